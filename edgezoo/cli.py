@@ -1,0 +1,115 @@
+"""The ``edgezoo`` command: one subcommand per stage, each a thin layer over the Python API.
+
+Heavy imports (torch, onnx) happen inside the subcommand that needs them, so
+``edgezoo --help`` is instant and runtime-only installs work without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from edgezoo.errors import EdgeZooError
+
+
+def run_guarded(fn: Callable[[], int], *args) -> int:
+    """Run ``fn``; a user error prints one clear line (exit 2) instead of a stack trace."""
+    try:
+        return fn(*args)
+    except EdgeZooError as e:
+        print(f"edgezoo: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from zoo.presets import summaries
+
+    rows = summaries()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {**vars(r), **{f"{b}bit_MB": r.weight_bytes(b) / 1e6 for b in (32, 16, 8, 4)}}
+                    for r in rows
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    header = f"{'family':<6} {'size':<7} {'params':>9} {'layers':>6} {'width':>5} {'heads':>5} {'kv':>3} {'ctx':>5} {'vocab':>6} {'fp32':>9} {'fp16':>9} {'int8':>9} {'int4':>9}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        mem = " ".join(f"{_mb(r.weight_bytes(b)):>9}" for b in (32, 16, 8, 4))
+        print(
+            f"{r.family:<6} {r.name:<7} {_count(r.params):>9} {r.layers:>6} {r.width:>5} {r.heads:>5} {r.kv_heads:>3} {r.context:>5} {r.vocab:>6} {mem}"
+        )
+    print(
+        "\nlm = decoder LM (Llama: RMSNorm, RoPE, SwiGLU, grouped-query attention); cls = encoder classifier (BERT)."
+    )
+    print("Memory is weights only; params count the default vocabulary and tied embeddings once.")
+    return 0
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from zoo.train import train
+    from zoo.train_config import config_from_args
+
+    result = train(config_from_args(args))
+    print(json.dumps({"out": str(result.out), "steps": result.steps, **result.metrics}))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from zoo.evaluate import evaluate_dir
+
+    print(json.dumps(evaluate_dir(args.model_dir, args.data, args.split), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgezoo",
+        description="Train small transformers, export them to ONNX, shrink and run them at the edge.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("models", help="list the size presets with parameters and weight memory")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(fn=cmd_models)
+
+    from zoo.train_config import add_arguments
+
+    s = sub.add_parser("train", help="train a decoder LM or an encoder classifier into a model dir")
+    add_arguments(s)
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser(
+        "eval", help="evaluate a model dir (LM: loss/perplexity; cls: accuracy, macro-F1)"
+    )
+    s.add_argument("model_dir")
+    s.add_argument("--data", help="corpus (default: the built-in one for the family)")
+    s.add_argument("--split", choices=("val", "train", "all"), default="val")
+    s.set_defaults(fn=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_guarded(args.fn, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

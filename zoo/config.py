@@ -1,0 +1,227 @@
+"""Architecture configs that round-trip through Hugging Face ``config.json``.
+
+A config is plain data. ``to_hf_dict`` writes exactly the keys transformers'
+``LlamaConfig`` / ``BertConfig`` read, so ``AutoModel*.from_pretrained(model_dir)``
+opens our dirs unchanged; ``from_hf_dict`` reads theirs back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from edgezoo.errors import ConfigError
+
+# Special token ids fixed by our tokenizer (zoo.tokenizer.SPECIAL_TOKENS order).
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+
+
+@dataclass
+class LlamaConfig:
+    """Decoder-only LM: RMSNorm, rotary embeddings, SwiGLU, grouped-query attention."""
+
+    family: ClassVar[str] = "lm"
+    vocab_size: int = 4096
+    hidden_size: int = 128
+    intermediate_size: int = 352
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 256
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = True
+    bos_token_id: int = BOS_ID
+    eos_token_id: int = EOS_ID
+    pad_token_id: int = PAD_ID
+    preset: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                f"{self.num_attention_heads}; pick a width that is a multiple of the heads."
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f"num_attention_heads {self.num_attention_heads} must be a multiple of "
+                f"num_key_value_heads {self.num_key_value_heads} (grouped-query attention)."
+            )
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim {self.head_dim} must be even for rotary embeddings.")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        d = {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": None,
+            "hidden_act": "silu",
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "mlp_bias": False,
+            "initializer_range": 0.02,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "torch_dtype": "float32",
+            "use_cache": True,
+        }
+        if self.preset:
+            d["edgezoo_preset"] = self.preset
+        return d
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any]) -> LlamaConfig:
+        if d.get("model_type") != "llama":
+            raise ConfigError(f"expected model_type 'llama', got {d.get('model_type')!r}")
+        if d.get("rope_scaling"):
+            raise ConfigError("rope_scaling is not supported by the zoo Llama family yet")
+        heads = d["num_attention_heads"]
+        if d.get("head_dim") not in (None, d["hidden_size"] // heads):
+            raise ConfigError("head_dim != hidden_size / num_attention_heads is not supported")
+        return cls(
+            vocab_size=d["vocab_size"],
+            hidden_size=d["hidden_size"],
+            intermediate_size=d["intermediate_size"],
+            num_hidden_layers=d["num_hidden_layers"],
+            num_attention_heads=heads,
+            num_key_value_heads=d.get("num_key_value_heads") or heads,
+            max_position_embeddings=d["max_position_embeddings"],
+            rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+            rope_theta=d.get("rope_theta", 10000.0),
+            tie_word_embeddings=d.get("tie_word_embeddings", False),
+            bos_token_id=_first(d.get("bos_token_id"), BOS_ID),
+            eos_token_id=_first(d.get("eos_token_id"), EOS_ID),
+            pad_token_id=_first(d.get("pad_token_id"), PAD_ID),
+            preset=d.get("edgezoo_preset"),
+        )
+
+
+@dataclass
+class BertConfig:
+    """Encoder classifier, BERT-style (post-norm, learned positions, GELU, pooler)."""
+
+    family: ClassVar[str] = "cls"
+    vocab_size: int = 4096
+    hidden_size: int = 128
+    intermediate_size: int = 512
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 2
+    max_position_embeddings: int = 256
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    num_labels: int = 2
+    id2label: dict[int, str] = field(default_factory=dict)
+    pad_token_id: int = PAD_ID
+    preset: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                f"{self.num_attention_heads}."
+            )
+        if not self.id2label:
+            self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        self.id2label = {int(k): v for k, v in self.id2label.items()}
+        if len(self.id2label) != self.num_labels:
+            raise ConfigError(
+                f"id2label has {len(self.id2label)} entries, num_labels is {self.num_labels}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        d = {
+            "architectures": ["BertForSequenceClassification"],
+            "model_type": "bert",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "max_position_embeddings": self.max_position_embeddings,
+            "type_vocab_size": self.type_vocab_size,
+            "layer_norm_eps": self.layer_norm_eps,
+            "hidden_act": "gelu",
+            "hidden_dropout_prob": 0.1,
+            "attention_probs_dropout_prob": 0.1,
+            "classifier_dropout": None,
+            "position_embedding_type": "absolute",
+            "initializer_range": 0.02,
+            "pad_token_id": self.pad_token_id,
+            "num_labels": self.num_labels,
+            "id2label": {str(i): v for i, v in self.id2label.items()},
+            "label2id": {v: i for i, v in self.id2label.items()},
+            "problem_type": "single_label_classification",
+            "torch_dtype": "float32",
+        }
+        if self.preset:
+            d["edgezoo_preset"] = self.preset
+        return d
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any]) -> BertConfig:
+        if d.get("model_type") != "bert":
+            raise ConfigError(f"expected model_type 'bert', got {d.get('model_type')!r}")
+        if d.get("hidden_act", "gelu") != "gelu":
+            raise ConfigError("only hidden_act 'gelu' is supported by the zoo BERT family")
+        id2label = {int(k): v for k, v in (d.get("id2label") or {}).items()}
+        return cls(
+            vocab_size=d["vocab_size"],
+            hidden_size=d["hidden_size"],
+            intermediate_size=d["intermediate_size"],
+            num_hidden_layers=d["num_hidden_layers"],
+            num_attention_heads=d["num_attention_heads"],
+            max_position_embeddings=d["max_position_embeddings"],
+            type_vocab_size=d.get("type_vocab_size", 2),
+            layer_norm_eps=d.get("layer_norm_eps", 1e-12),
+            num_labels=len(id2label) or d.get("num_labels", 2),
+            id2label=id2label,
+            pad_token_id=d.get("pad_token_id", PAD_ID) or 0,
+            preset=d.get("edgezoo_preset"),
+        )
+
+
+ModelConfig = LlamaConfig | BertConfig
+
+
+def config_from_hf_dict(d: dict[str, Any]) -> ModelConfig:
+    """Pick the family from ``model_type``."""
+    kind = d.get("model_type")
+    if kind == "llama":
+        return LlamaConfig.from_hf_dict(d)
+    if kind == "bert":
+        return BertConfig.from_hf_dict(d)
+    raise ConfigError(
+        f"model_type {kind!r} is not a zoo family (llama, bert). For other Hugging Face "
+        f"models use `edgezoo export --from-hf DIR`, which goes through optimum."
+    )
+
+
+def replace(cfg: ModelConfig, **changes: Any) -> ModelConfig:
+    return dataclasses.replace(cfg, **changes)
+
+
+def _first(value: Any, default: int) -> int:
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return default if value is None else int(value)

@@ -1,0 +1,104 @@
+"""Read and write Hugging Face-layout model dirs (config.json + model.safetensors).
+
+This is the one artifact every stage shares; transformers opens it unchanged. Weights are
+safetensors only (nothing here unpickles), and every write is atomic.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from edgezoo import atomic
+from edgezoo.errors import CheckpointError, ConfigError
+from zoo.bert import BertForSequenceClassification
+from zoo.config import BertConfig, LlamaConfig, ModelConfig, config_from_hf_dict
+from zoo.llama import LlamaForCausalLM
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    if isinstance(cfg, LlamaConfig):
+        return LlamaForCausalLM(cfg)
+    if isinstance(cfg, BertConfig):
+        return BertForSequenceClassification(cfg)
+    raise ConfigError(f"no model family for config {type(cfg).__name__}")
+
+
+def weights_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict with tied weights stored once (as transformers does) and contiguous."""
+    state = model.state_dict()
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def save_weights(model: nn.Module, path: str | Path) -> None:
+    state = weights_for_saving(model)
+    atomic.write_with(path, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+
+
+def save_config(cfg: ModelConfig, folder: str | Path) -> None:
+    atomic.write_json(Path(folder) / CONFIG_FILE, cfg.to_hf_dict())
+
+
+def save_model_dir(model: nn.Module, folder: str | Path) -> Path:
+    """Write config.json and model.safetensors (tokenizer files are written by zoo.tokenizer)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_config(model.config, folder)
+    save_weights(model, folder / WEIGHTS_FILE)
+    return folder
+
+
+def load_config(folder: str | Path) -> ModelConfig:
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"{folder} is not a model dir: {CONFIG_FILE} is missing. Train one with `edgezoo train` or pass the right path."
+        )
+    try:
+        return config_from_hf_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(
+            f"{path} is not a valid model config ({e}); re-create the model dir."
+        ) from e
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} is missing; the model dir is incomplete.")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{path} is corrupt or truncated ({e}); restore it from a checkpoint or retrain."
+        ) from e
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [
+        k for k in missing if not (k == "lm_head.weight" and model.config.tie_word_embeddings)
+    ]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}. "
+            "Was config.json edited or replaced?"
+        )
+
+
+def load_model(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Build the family from config.json and load its safetensors weights (eval mode)."""
+    cfg = load_config(folder)
+    model = build_model(cfg)
+    load_weights(model, Path(folder) / WEIGHTS_FILE)
+    return model.to(device).eval()

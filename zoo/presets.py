@@ -1,0 +1,141 @@
+"""Size presets: a ladder from ~1M to ~1B parameters for each family.
+
+Widths and depths follow well-known small models (llama2.c's 15M/42M/110M, TinyLlama's
+1.1B, the BERT-tiny…large ladder) so numbers can be compared. The default vocabulary
+grows with the model: a 1M model cannot afford a 32k embedding table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgezoo.errors import ConfigError
+from zoo.config import BertConfig, LlamaConfig, ModelConfig
+
+# name: (hidden, layers, heads, kv_heads, intermediate, context, vocab)
+LM_PRESETS: dict[str, tuple[int, ...]] = {
+    "nano": (96, 4, 4, 2, 256, 256, 4096),
+    "micro": (192, 6, 6, 2, 512, 512, 8192),
+    "mini": (288, 6, 6, 2, 768, 512, 8192),
+    "small": (512, 8, 8, 4, 1376, 1024, 16384),
+    "medium": (768, 12, 12, 4, 2048, 1024, 32000),
+    "base": (1024, 20, 16, 4, 2816, 2048, 32000),
+    "large": (1536, 24, 16, 4, 4096, 2048, 32000),
+    "xl": (2048, 22, 32, 4, 5632, 2048, 32000),
+}
+
+# name: (hidden, layers, heads, intermediate, context, vocab)
+CLS_PRESETS: dict[str, tuple[int, ...]] = {
+    "nano": (96, 2, 2, 384, 256, 4096),
+    "micro": (128, 2, 2, 512, 512, 8192),
+    "mini": (256, 4, 4, 1024, 512, 8192),
+    "small": (512, 4, 8, 2048, 512, 16384),
+    "medium": (512, 8, 8, 2048, 512, 32000),
+    "base": (768, 12, 12, 3072, 512, 32000),
+    "large": (1024, 24, 16, 4096, 512, 32000),
+    "xl": (1280, 36, 20, 5120, 512, 32000),
+}
+
+FAMILIES = ("lm", "cls")
+
+
+def preset_names(family: str) -> list[str]:
+    return list(_table(family))
+
+
+def make_config(
+    family: str, size: str, vocab_size: int | None = None, num_labels: int = 2, **overrides
+) -> ModelConfig:
+    """The config for ``family``/``size``; ``vocab_size`` overrides the preset's default."""
+    table = _table(family)
+    if size not in table:
+        raise ConfigError(
+            f"unknown size {size!r} for family {family!r}; valid sizes: {', '.join(table)}"
+        )
+    if family == "lm":
+        d, n_layers, heads, kv, ff, ctx, vocab = table[size]
+        cfg = LlamaConfig(
+            vocab_size=vocab_size or vocab,
+            hidden_size=d,
+            intermediate_size=ff,
+            num_hidden_layers=n_layers,
+            num_attention_heads=heads,
+            num_key_value_heads=kv,
+            max_position_embeddings=ctx,
+            tie_word_embeddings=size in ("nano", "micro", "mini", "small"),
+            preset=size,
+        )
+    else:
+        d, n_layers, heads, ff, ctx, vocab = table[size]
+        cfg = BertConfig(
+            vocab_size=vocab_size or vocab,
+            hidden_size=d,
+            intermediate_size=ff,
+            num_hidden_layers=n_layers,
+            num_attention_heads=heads,
+            max_position_embeddings=ctx,
+            num_labels=num_labels,
+            preset=size,
+        )
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    cfg.__post_init__()
+    return cfg
+
+
+def _table(family: str) -> dict[str, tuple[int, ...]]:
+    if family == "lm":
+        return LM_PRESETS
+    if family == "cls":
+        return CLS_PRESETS
+    raise ConfigError(f"unknown family {family!r}; valid families: {', '.join(FAMILIES)}")
+
+
+@dataclass
+class PresetSummary:
+    family: str
+    name: str
+    params: int
+    layers: int
+    width: int
+    heads: int
+    kv_heads: int
+    context: int
+    vocab: int
+
+    def weight_bytes(self, bits: int) -> int:
+        return self.params * bits // 8
+
+
+def count_params(cfg: ModelConfig) -> int:
+    """Parameters without building the model (counts tied weights once)."""
+    d, n, ff, v = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, cfg.vocab_size
+    if isinstance(cfg, LlamaConfig):
+        kv = cfg.num_key_value_heads * cfg.head_dim
+        per_layer = 2 * d * d + 2 * d * kv + 3 * d * ff + 2 * d
+        head = 0 if cfg.tie_word_embeddings else v * d
+        return v * d + n * per_layer + d + head
+    per_layer = 4 * (d * d + d) + 2 * d * ff + ff + d + 4 * d
+    emb = (v + cfg.max_position_embeddings + cfg.type_vocab_size) * d + 2 * d
+    return emb + n * per_layer + d * d + d + d * cfg.num_labels + cfg.num_labels
+
+
+def summaries() -> list[PresetSummary]:
+    out = []
+    for family in FAMILIES:
+        for name in preset_names(family):
+            cfg = make_config(family, name)
+            out.append(
+                PresetSummary(
+                    family,
+                    name,
+                    count_params(cfg),
+                    cfg.num_hidden_layers,
+                    cfg.hidden_size,
+                    cfg.num_attention_heads,
+                    getattr(cfg, "num_key_value_heads", cfg.num_attention_heads),
+                    cfg.max_position_embeddings,
+                    cfg.vocab_size,
+                )
+            )
+    return out

@@ -1,0 +1,121 @@
+"""Training settings as plain data, and their command-line flags.
+
+Kept apart from ``zoo.train`` so ``edgezoo --help`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Any
+
+from zoo import corpus
+from zoo.presets import FAMILIES
+
+
+@dataclass
+class TrainConfig:
+    family: str = "lm"
+    size: str = "nano"
+    data: str | None = None  # None: the built-in corpus for the family
+    out: str = "runs/lm-nano"
+    steps: int | None = None  # optimizer steps; or give a token budget
+    tokens: int | None = None
+    batch_size: int = 16  # global sequences per optimizer step (over accumulation and ranks)
+    grad_accum: int = 1
+    context: int | None = None  # sequence length; default: the preset's (LM) or 128 (cls)
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    vocab_size: int | None = None  # default: the preset's
+    val_frac: float = 0.05
+    eval_every: int = 100
+    eval_batches: int = 8
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 1337
+    device: str = "auto"
+    compile: bool = False
+    resume: bool = False
+    init_from: str | None = None
+    text_field: str = "text"
+    label_field: str = "label"
+    tokenizer_chars: int = 20_000_000
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def resolved_data(self) -> str:
+        return self.data or (corpus.LM_CORPUS if self.family == "lm" else corpus.CLS_CORPUS)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    p.add_argument(
+        "--family",
+        choices=FAMILIES,
+        default=d.family,
+        help="lm: decoder LM (Llama); cls: encoder classifier (BERT)",
+    )
+    p.add_argument("--size", default=d.size, help="size preset (see `edgezoo models`)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help=f"text file/folder/.jsonl (lm) or .csv/.jsonl with text+label (cls); default {corpus.LM_CORPUS} / {corpus.CLS_CORPUS}",
+    )
+    p.add_argument(
+        "--out", required=True, help="model dir to write (checkpoints go in OUT/checkpoints)"
+    )
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, help="optimizer steps to train (default 1000)")
+    budget.add_argument("--tokens", type=int, help="stop after this many training tokens instead")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help="global batch in sequences, over accumulation and processes",
+    )
+    p.add_argument(
+        "--grad-accum",
+        type=int,
+        default=d.grad_accum,
+        help="micro-batches per step (same result, less memory)",
+    )
+    p.add_argument(
+        "--context", type=int, help="sequence length (default: preset context for lm, 128 for cls)"
+    )
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    p.add_argument("--vocab-size", type=int, help="tokenizer vocabulary (default: the preset's)")
+    p.add_argument("--val-frac", type=float, default=d.val_frac)
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--eval-batches", type=int, default=d.eval_batches)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--device",
+        default=d.device,
+        help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...",
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the newest valid checkpoint in --out"
+    )
+    p.add_argument(
+        "--init-from", help="start from this model dir's weights and tokenizer (fine-tuning)"
+    )
+    p.add_argument("--text-field", default=d.text_field)
+    p.add_argument("--label-field", default=d.label_field)
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    names = set(TrainConfig.__dataclass_fields__) - {"extra", "tokenizer_chars"}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
