@@ -79,6 +79,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edgezoo.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(out=args.out, size=args.size, steps=args.steps))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edgezoo",
@@ -103,6 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="corpus (default: the built-in one for the family)")
     s.add_argument("--split", choices=("val", "train", "all"), default="val")
     s.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser(
+        "demo", help="the main job: train a small LM on the built-in corpus, then run it"
+    )
+    s.add_argument("--out", default="runs/demo", help="model dir to write")
+    s.add_argument("--size", default="nano", help="LM size preset")
+    s.add_argument(
+        "--steps",
+        type=int,
+        default=600,
+        help="training steps (600 ≈ 3 min for nano on 2 CPU cores)",
+    )
+    s.set_defaults(fn=cmd_demo)
     return p
 
 

@@ -64,6 +64,15 @@ def save_checkpoint(
     return target
 
 
+def remove_partial(run_dir: str | Path) -> None:
+    """Delete half-built checkpoint folders a killed run left behind (never a complete one)."""
+    root = checkpoint_dir(run_dir)
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.is_dir() and p.name.startswith(".step-"):
+                shutil.rmtree(p, ignore_errors=True)
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     root = checkpoint_dir(run_dir)
     if not root.is_dir():

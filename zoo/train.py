@@ -332,6 +332,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
     start_step, state = 0, None
     if cfg.resume:
+        if dist.is_main:
+            ckpt.remove_partial(out)
         found = ckpt.latest_valid(out)
         if found is None:
             raise CheckpointError(
@@ -455,7 +457,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     tokens_per_s = (steps - start_step) * tokens_per_step / max(elapsed, 1e-9)
     if dist.is_main:
         model.eval()
-        metrics = task.evaluate(model, device, micro * cfg.grad_accum, cfg.eval_batches * 4)
+        metrics = task.evaluate(model, device, micro * cfg.grad_accum, cfg.eval_batches)
         if steps > start_step:
             save(steps)
         save_model_dir(model, out)
@@ -473,7 +475,9 @@ def _progress(enabled: bool, start: int, total: int):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, disable=None)
+    return tqdm(
+        total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, disable=None
+    )
 
 
 def _log(f, record: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ class TrainConfig:
     vocab_size: int | None = None  # default: the preset's
     val_frac: float = 0.05
     eval_every: int = 100
-    eval_batches: int = 8
+    eval_batches: int = 16
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     log_every: int = 10

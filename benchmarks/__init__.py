@@ -1,0 +1,1 @@
+"""Benchmarks: measured numbers (latency, throughput, memory) written to benchmarks/results/."""

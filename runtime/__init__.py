@@ -1,0 +1,1 @@
+"""runtime: load an exported model and run it with numpy + onnxruntime + tokenizers, no torch."""

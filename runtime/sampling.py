@@ -1,0 +1,206 @@
+"""Next-token selection from logits, in numpy.
+
+The same steps and order as Hugging Face ``generate`` (repetition penalty, then temperature,
+top-k, top-p), so a seed-free comparison against transformers agrees token for token in
+greedy mode and in distribution when sampling. Everything works on a whole batch
+``[batch, vocab]`` at once: the decode loop calls this once per step, so it must be cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgezoo.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens. ``temperature == 0`` means greedy (top-k / top-p are then unused)."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    repetition_penalty: float = 1.0  # 1.0 = off
+    max_new_tokens: int = 128
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def validate(self) -> SamplingParams:
+        """Raise ``ConfigError`` naming the bad value and its valid range; return self."""
+        # `not (x >= 0)` rather than `x < 0` so that NaN is rejected too.
+        if not self.temperature >= 0:
+            raise ConfigError(
+                f"temperature={self.temperature!r} is invalid; use temperature >= 0 (0 = greedy)."
+            )
+        if not self.top_k >= 0:
+            raise ConfigError(f"top_k={self.top_k!r} is invalid; use top_k >= 0 (0 = off).")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p={self.top_p!r} is invalid; use 0 < top_p <= 1 (1 = off).")
+        if not self.repetition_penalty > 0:
+            raise ConfigError(
+                f"repetition_penalty={self.repetition_penalty!r} is invalid; "
+                "use repetition_penalty > 0 (1 = off)."
+            )
+        if not self.max_new_tokens >= 1:
+            raise ConfigError(
+                f"max_new_tokens={self.max_new_tokens!r} is invalid; use max_new_tokens >= 1."
+            )
+        if isinstance(self.stop, str) or any(not isinstance(s, str) or not s for s in self.stop):
+            raise ConfigError(
+                f"stop={self.stop!r} is invalid; use a tuple of non-empty strings, e.g. ('\\n\\n',)."
+            )
+        return self
+
+
+def apply_repetition_penalty(
+    logits: np.ndarray, seen: np.ndarray, penalty: float, *, out: np.ndarray | None = None
+) -> np.ndarray:
+    """CTRL / HF rule on tokens already seen: positive logits / penalty, negative * penalty.
+
+    Dividing a negative logit would *raise* its probability, hence the two cases. Pass
+    ``out=logits`` to work in place (no copy of the ``[batch, vocab]`` array per step).
+    """
+    if logits.shape != seen.shape:
+        raise ValueError(f"logits {logits.shape} and seen {seen.shape} must have the same shape")
+    if out is None:
+        out = logits.copy()
+    elif out is not logits:
+        np.copyto(out, logits)
+    if penalty == 1.0:
+        return out
+    penalised = np.where(logits < 0, logits * penalty, logits / penalty)
+    np.copyto(out, penalised, where=seen, casting="same_kind")
+    return out
+
+
+def top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
+    """Set all but the ``k`` largest scores per row to -inf (ties at the k-th value are kept, as HF)."""
+    vocab = scores.shape[-1]
+    if k <= 0 or k >= vocab:
+        return scores
+    kth = np.partition(scores, vocab - k, axis=-1)[..., vocab - k, None]  # O(vocab), no sort
+    return np.where(scores < kth, -np.inf, scores)
+
+
+def top_k_candidates(logits: np.ndarray, k: int) -> np.ndarray | None:
+    """Token ids ``[batch, k]`` (ascending) of each row's ``k`` best logits, or None.
+
+    Lets top-p, softmax and the draw run on ``k`` columns instead of the whole vocabulary.
+    None when a tie at the k-th value means HF would keep more than ``k`` (use the mask).
+    """
+    vocab = logits.shape[-1]
+    if k <= 0 or k >= vocab:
+        return None
+    ids = np.argpartition(logits, vocab - k, axis=-1)[:, vocab - k :]
+    kth = np.take_along_axis(logits, ids, axis=-1).min(axis=-1, keepdims=True)
+    if ((logits >= kth).sum(axis=-1) > k).any():
+        return None
+    return np.sort(ids, axis=-1)  # vocabulary order: same draw as the full-vocab path
+
+
+def top_p_mask(scores: np.ndarray, p: float) -> np.ndarray:
+    """Nucleus: keep the smallest set of tokens whose probability sums to >= ``p``.
+
+    Written exactly as HF's ``TopPLogitsWarper`` (ascending sort, drop tokens whose cumulative
+    mass is <= 1 - p, always keep the most likely one) so boundary cases agree, up to the
+    order of exactly tied scores (neither sort is stable).
+    """
+    if p >= 1.0:
+        return scores
+    order = np.argsort(scores, axis=-1)  # ascending; O(vocab log vocab): the costly step
+    sorted_scores = np.take_along_axis(scores, order, axis=-1)
+    cumulative = np.cumsum(softmax(sorted_scores), axis=-1)
+    drop_sorted = cumulative <= 1 - p
+    drop_sorted[..., -1] = False  # the top token always stays
+    drop = np.empty_like(drop_sorted)
+    np.put_along_axis(drop, order, drop_sorted, axis=-1)
+    return np.where(drop, -np.inf, scores)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Row softmax; subtracting the max keeps exp() finite, -inf entries get probability 0."""
+    z = np.exp(x - x.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+class Sampler:
+    """Picks one token per row. Owns its random generator, so a seed makes a run repeatable."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params.validate()
+        self.rng = np.random.default_rng(params.seed)
+
+    def __call__(self, logits: np.ndarray, seen: np.ndarray | None = None) -> np.ndarray:
+        """``logits [batch, vocab]`` (any float dtype), ``seen [batch, vocab]`` bool -> int64 ``[batch]``."""
+        logits = np.asarray(logits)
+        if logits.ndim != 2:
+            raise ValueError(f"logits must be [batch, vocab], got shape {logits.shape}")
+        p = self.params
+        if seen is not None and p.repetition_penalty != 1.0:
+            logits = apply_repetition_penalty(logits, seen, p.repetition_penalty)
+        if p.greedy:
+            return np.argmax(logits, axis=-1).astype(np.int64)  # first max wins, like torch
+        # Temperature does not change the order, so top-k can pick candidates on raw logits.
+        ids = top_k_candidates(logits, p.top_k)
+        if ids is not None:
+            logits = np.take_along_axis(logits, ids, axis=-1)
+        scores = logits.astype(np.float64) / p.temperature
+        if ids is None:
+            scores = top_k_mask(scores, p.top_k)
+        scores = top_p_mask(scores, p.top_p)
+        picks = self._draw(softmax(scores))
+        return picks if ids is None else np.take_along_axis(ids, picks[:, None], axis=-1)[:, 0]
+
+    def _draw(self, probs: np.ndarray) -> np.ndarray:
+        """Inverse-CDF sampling, one uniform per row, vectorised over the batch."""
+        cdf = np.cumsum(probs, axis=-1)
+        # (1 - u) is in (0, 1], so the threshold is > 0 and a zero-probability token
+        # (a flat step of the CDF) can never be the first index reaching it.
+        threshold = (1.0 - self.rng.random((probs.shape[0], 1))) * cdf[:, -1:]
+        return (cdf < threshold).sum(axis=-1).astype(np.int64)
+
+
+class StopChecker:
+    """Finds stop strings in decoded text, and says how much text streaming must hold back.
+
+    Held-back text is the longest tail that could still grow into a stop string: emitting it
+    early would show the user part of "</answer>" before we know to cut it.
+    """
+
+    def __init__(self, stop: Sequence[str]) -> None:
+        if isinstance(stop, str):
+            stop = (stop,)
+        self.stop = tuple(s for s in stop if s)
+        self.max_len = max((len(s) for s in self.stop), default=0)
+
+    def find(self, text: str, start: int = 0) -> int:
+        """Index of the earliest stop string at or after ``start``, or -1.
+
+        A loop that already checked ``old_text`` can pass ``start=len(old_text) - max_len + 1``
+        to scan only the new tail.
+        """
+        start = max(start, 0)
+        hits = [i for i in (text.find(s, start) for s in self.stop) if i >= 0]
+        return min(hits, default=-1)
+
+    def truncate(self, text: str) -> tuple[str, bool]:
+        """``(text before the first stop string, True)``, or ``(text, False)`` if none occurs."""
+        i = self.find(text)
+        return (text, False) if i < 0 else (text[:i], True)
+
+    def holdback(self, text: str) -> int:
+        """Length of the longest suffix of ``text`` that is a proper prefix of a stop string."""
+        best = 0
+        for s in self.stop:
+            for n in range(min(len(s) - 1, len(text)), best, -1):
+                if text.endswith(s[:n]):
+                    best = n
+                    break
+        return best

@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny corpora and tiny models made in the test run (nothing downloaded)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from zoo import corpus
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Token caches go to a per-run temp folder, never the user's ~/.cache."""
+    os.environ["EDGEZOO_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def text_corpus(tmp_path_factory) -> Path:
+    """~250 KB of real text: small stdlib modules copied into a folder."""
+    folder = tmp_path_factory.mktemp("corpus")
+    total = 0
+    for path in corpus.stdlib_files():
+        size = path.stat().st_size
+        if 2_000 < size < 15_000:
+            (folder / path.name).write_bytes(path.read_bytes())
+            total += size
+        if total > 250_000:
+            break
+    return folder
+
+
+@pytest.fixture(scope="session")
+def labelled_csv(tmp_path_factory) -> Path:
+    """A small, learnable labelled set: functions from three stdlib packages."""
+    rows = [r for r in corpus.stdlib_functions(n_classes=3, per_class=120)]
+    random.Random(0).shuffle(rows)
+    path = tmp_path_factory.mktemp("cls") / "functions.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(rows)
+    return path
