@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from edgezoo.errors import EdgeZooError
 
@@ -79,6 +80,45 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    kwargs = {
+        "opset": args.opset,
+        "tolerance": args.tolerance,
+        "greedy_steps": args.greedy_steps,
+        "fast": not args.no_fast,
+        "optimize": not args.no_optimize,
+    }
+    if args.from_hf:
+        from export.hf_import import import_hf
+
+        result = import_hf(args.from_hf, args.model_dir, **kwargs)
+    else:
+        from export.onnx_export import to_onnx
+
+        result = to_onnx(args.model_dir, **kwargs)
+    if args.ort_format:
+        from export.ort_format import to_ort_format
+
+        for name in list(result.variants):
+            result.variants[f"{name}-ort"] = to_ort_format(args.model_dir, name)
+    print(
+        f"{'variant':<10} {'graph':<14} {'file':<20} {'MB':>8} {'max |Δ| vs torch':>17} {'greedy':>7}"
+    )
+    for name, v in result.variants.items():
+        greedy = (
+            f"{v.get('greedy_steps', 0)}/{v.get('greedy_steps', 0)}"
+            if v.get("greedy_steps")
+            else "-"
+        )
+        print(
+            f"{name:<10} {v['graph']:<14} {v['file']:<20} {v['bytes'] / 1e6:>8.2f} {v['max_abs_diff']:>17.2e} {greedy:>7}"
+        )
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"manifest: {Path(args.model_dir) / 'onnx' / 'manifest.json'}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgezoo.demo import DemoConfig, run_demo
 
@@ -110,6 +150,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="corpus (default: the built-in one for the family)")
     s.add_argument("--split", choices=("val", "train", "all"), default="val")
     s.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser(
+        "export", help="export a model dir to validated ONNX (portable, ORT-optimized, GQA)"
+    )
+    s.add_argument("model_dir", help="zoo model dir (with --from-hf: the model dir to create)")
+    s.add_argument(
+        "--from-hf", metavar="DIR", help="import a local Hugging Face checkpoint folder first"
+    )
+    s.add_argument(
+        "--opset", type=int, default=18, help="ONNX opset of the portable graph (default 18)"
+    )
+    s.add_argument(
+        "--tolerance", type=float, default=1e-4, help="max |logit Δ| vs PyTorch to accept"
+    )
+    s.add_argument(
+        "--greedy-steps", type=int, default=64, help="greedy tokens that must match PyTorch exactly"
+    )
+    s.add_argument(
+        "--no-fast", action="store_true", help="skip the GroupQueryAttention decoder graph"
+    )
+    s.add_argument(
+        "--no-optimize", action="store_true", help="skip ONNX Runtime's transformer optimizer"
+    )
+    s.add_argument(
+        "--ort-format",
+        action="store_true",
+        help="also write .ort files for minimal/mobile ORT builds",
+    )
+    s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser(
         "demo", help="the main job: train a small LM on the built-in corpus, then run it"

@@ -57,6 +57,12 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (x * cos.to(x.dtype)) + (rotate_half(x) * sin.to(x.dtype))
 
 
+def repeat_kv(x: Tensor, rep: int) -> Tensor:
+    """[B, kv, T, D] -> [B, kv * rep, T, D], each kv head repeated ``rep`` times in place."""
+    b, kv, t, d = x.shape
+    return x[:, :, None].expand(b, kv, rep, t, d).reshape(b, kv * rep, t, d)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
@@ -86,9 +92,7 @@ class Attention(nn.Module):
             v = torch.cat((past[1], v), dim=2)
         present = (k, v)
         if self.n_kv != self.n_heads:  # grouped-query: each kv head serves n_heads/n_kv queries
-            rep = self.n_heads // self.n_kv
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
+            k, v = repeat_kv(k, self.n_heads // self.n_kv), repeat_kv(v, self.n_heads // self.n_kv)
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:

@@ -14,7 +14,7 @@ from zoo.config import BertConfig, LlamaConfig, ModelConfig
 
 # name: (hidden, layers, heads, kv_heads, intermediate, context, vocab)
 LM_PRESETS: dict[str, tuple[int, ...]] = {
-    "nano": (96, 4, 4, 2, 256, 256, 4096),
+    "nano": (128, 4, 4, 2, 256, 256, 4096),
     "micro": (192, 6, 6, 2, 512, 512, 8192),
     "mini": (288, 6, 6, 2, 768, 512, 8192),
     "small": (512, 8, 8, 4, 1376, 1024, 16384),

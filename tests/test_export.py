@@ -1,0 +1,196 @@
+"""Export: validated ONNX graphs with the Optimum I/O layout, manifest, failures, HF import."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from edgezoo import atomic, manifest
+from edgezoo.errors import CheckpointError, ExportError
+from export import validate
+from export.onnx_export import to_onnx
+from export.wrappers import DecoderForExport, decoder_inputs
+from zoo import data
+from zoo.config import BertConfig, LlamaConfig
+from zoo.modeldir import build_model, save_model_dir
+from zoo.tokenizer import save_tokenizer, train_tokenizer
+
+TINY_LM = dict(
+    vocab_size=600,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(text_corpus):
+    return train_tokenizer((t for _, t in data.iter_documents(str(text_corpus))), vocab_size=600)
+
+
+def make_dir(path, cfg, tokenizer):
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    save_model_dir(model, path)
+    save_tokenizer(tokenizer, path, cfg.max_position_embeddings)
+    return model
+
+
+@pytest.fixture(scope="session")
+def exported_lm(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("lm")
+    model = make_dir(path, LlamaConfig(**TINY_LM), tokenizer)
+    return path, model, to_onnx(path)
+
+
+def test_decoder_export_writes_validated_variants_and_manifest(exported_lm):
+    path, _, _ = exported_lm
+    info = manifest.read(path)
+    assert set(info["variants"]) == {"fp32", "opt", "gqa"}
+    assert info["family"] == "lm" and info["model_type"] == "llama"
+    for name, entry in info["variants"].items():
+        file = path / "onnx" / entry["file"]
+        assert entry["sha256"] == atomic.sha256_file(file) and entry["bytes"] == file.stat().st_size
+        assert entry["max_abs_diff"] <= 1e-4, name
+        assert entry["greedy_steps"] == 64, name
+        assert entry["source_weights_sha256"] == atomic.sha256_file(path / "model.safetensors")
+    portable = info["variants"]["fp32"]
+    names = [i["name"] for i in portable["inputs"]]
+    assert names[:3] == ["input_ids", "attention_mask", "position_ids"]
+    assert names[3:5] == ["past_key_values.0.key", "past_key_values.0.value"]
+    assert [o["name"] for o in portable["outputs"]][:2] == ["logits", "present.0.key"]
+    assert portable["inputs"][3]["shape"] == ["batch", 2, "past_sequence_length", 16]
+    assert portable["opset"] == 18
+    assert (
+        "ort-trt" in portable["backends"] and "ort-trt" not in info["variants"]["gqa"]["backends"]
+    )
+    assert not [p for p in (path / "onnx").iterdir() if p.name.startswith(".")]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("variant", ["fp32", "opt"])
+def test_portable_graph_is_dynamic_at_untraced_shapes(exported_lm, variant):
+    path, model, _ = exported_lm
+    sess = ort.InferenceSession(
+        str(manifest.variant_file(path, variant)), providers=["CPUExecutionProvider"]
+    )
+    names = [i.name for i in sess.get_inputs()]
+    wrapper = DecoderForExport(model)
+    for batch, seq, past in [(5, 11, 0), (1, 2, 60), (4, 1, 1)]:
+        inputs = decoder_inputs(
+            model.config, batch, seq, past, torch.Generator().manual_seed(batch), vocab=600
+        )
+        got = sess.run(None, dict(zip(names, (t.numpy() for t in inputs), strict=True)))
+        expected = wrapper(*inputs)
+        assert max(np.abs(g - e.numpy()).max() for g, e in zip(got, expected, strict=True)) <= 1e-4
+
+
+def test_gqa_graph_is_compact(exported_lm):
+    import onnx
+
+    path, _, _ = exported_lm
+    graph = onnx.load(str(manifest.variant_file(path, "gqa"))).graph
+    ops = [n.op_type for n in graph.node]
+    assert (
+        ops.count("GroupQueryAttention") == 2 and ops.count("SkipSimplifiedLayerNormalization") == 4
+    )
+    assert len(ops) < 16 * 2 + 16  # ~12 per layer plus a few shared nodes
+
+
+def test_encoder_export(tmp_path, tokenizer):
+    cfg = BertConfig(
+        vocab_size=600,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        num_labels=3,
+    )
+    make_dir(tmp_path, cfg, tokenizer)
+    result = to_onnx(tmp_path)
+    assert set(result.variants) == {"fp32", "opt"}
+    entry = result.variants["fp32"]
+    assert [i["name"] for i in entry["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert entry["outputs"][0]["shape"] == ["batch", 3]
+    assert entry["max_abs_diff"] <= 1e-4
+    assert result.variants["opt"]["fusions"].get("SkipLayerNormalization", 0) >= 2
+
+
+def test_failed_validation_keeps_the_previous_export(exported_lm, monkeypatch):
+    path, _, _ = exported_lm
+    before = {p.name: atomic.sha256_file(p) for p in (path / "onnx").iterdir()}
+
+    def fail(*_a, **_k):
+        raise ExportError("ONNX output differs from PyTorch by 1e-2")
+
+    monkeypatch.setattr(validate, "compare_logits", fail)
+    with pytest.raises(ExportError, match="differs"):
+        to_onnx(path, fast=False, optimize=False)
+    assert {p.name: atomic.sha256_file(p) for p in (path / "onnx").iterdir()} == before
+
+
+def test_export_of_a_broken_model_dir_says_what_is_wrong(tmp_path, tokenizer):
+    with pytest.raises(CheckpointError, match=r"config\.json is missing"):
+        to_onnx(tmp_path)
+    make_dir(tmp_path, LlamaConfig(**TINY_LM), tokenizer)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        to_onnx(tmp_path)
+    assert not (tmp_path / "onnx" / "model.onnx").exists()
+
+
+def test_odd_head_dim_skips_only_the_gqa_graph(tmp_path, tokenizer):
+    cfg = LlamaConfig(**{**TINY_LM, "hidden_size": 96, "num_attention_heads": 4})  # head_dim 24
+    make_dir(tmp_path, cfg, tokenizer)
+    result = to_onnx(tmp_path, optimize=False, greedy_steps=8)
+    assert set(result.variants) == {"fp32"}
+    assert "multiple of 16" in " ".join(result.notes)
+
+
+def test_ort_format_conversion(exported_lm):
+    from export.ort_format import to_ort_format
+
+    path, _, _ = exported_lm
+    entry = to_ort_format(path, "fp32")
+    sess = ort.InferenceSession(
+        str(path / "onnx" / entry["file"]), providers=["CPUExecutionProvider"]
+    )
+    assert [i.name for i in sess.get_inputs()][:2] == ["input_ids", "attention_mask"]
+    assert manifest.read(path)["variants"]["fp32-ort"]["format"] == "ort"
+
+
+def test_import_local_hf_checkpoints(tmp_path, tokenizer):
+    transformers = pytest.importorskip("transformers")
+    from export.hf_import import import_hf
+
+    llama_src = tmp_path / "hf-llama"
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY_LM)).save_pretrained(llama_src)
+    tokenizer.save(str(llama_src / "tokenizer.json"))
+    result = import_hf(llama_src, tmp_path / "llama", optimize=False, greedy_steps=16)
+    assert {"fp32", "gqa"} <= set(result.variants)
+    assert json.loads((tmp_path / "llama" / "config.json").read_text())["model_type"] == "llama"
+
+    gpt2_src = tmp_path / "hf-gpt2"
+    transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(vocab_size=600, n_embd=64, n_layer=2, n_head=4, n_positions=128)
+    ).save_pretrained(gpt2_src)
+    tokenizer.save(str(gpt2_src / "tokenizer.json"))
+    result = import_hf(gpt2_src, tmp_path / "gpt2")
+    entry = result.variants["fp32"]
+    assert entry["max_abs_diff"] <= 1e-4 and "optimum" in entry["exporter"]
+    names = {i["name"] for i in entry["inputs"]}
+    assert {"input_ids", "attention_mask", "past_key_values.0.key"} <= names
+    assert (tmp_path / "gpt2" / "tokenizer.json").is_file()
+
+    (gpt2_src / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match=r"tokenizer\.json"):
+        import_hf(gpt2_src, tmp_path / "again")
