@@ -119,6 +119,65 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sampling_args(args: argparse.Namespace) -> dict:
+    return {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "repetition_penalty": args.repetition_penalty,
+        "stop": tuple(args.stop or ()),
+        "seed": args.seed,
+    }
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import runtime
+
+    lm = runtime.load(
+        args.model_dir, backend=args.backend, variant=args.variant, threads=args.threads
+    )
+    print(f"[{lm.backend} · {lm.variant}] {lm.reason}", file=sys.stderr)
+    if args.no_stream:
+        print(args.prompt + lm.generate(args.prompt, **_sampling_args(args)).text)
+        return 0
+    print(args.prompt, end="", flush=True)
+    for delta in lm.stream(args.prompt, **_sampling_args(args)):
+        print(delta, end="", flush=True)
+    g = lm.last
+    print(
+        f"\n[{len(g.token_ids)} tokens, {g.finish_reason}; first token {g.time_to_first_token_s * 1000:.1f} ms, "
+        f"{len(g.token_ids) / max(g.decode_s, 1e-9):.1f} tokens/s]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    import runtime
+
+    clf = runtime.load(
+        args.model_dir, backend=args.backend, variant=args.variant, threads=args.threads
+    )
+    texts = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    results = clf.classify(texts)
+    for text, r in zip(texts, results, strict=True):
+        print(json.dumps({"label": r["label"], "score": round(r["score"], 4), "text": text[:60]}))
+    return 0
+
+
+def _runtime_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--backend", default="auto", help="auto | ort-cpu | ort-cuda | ort-trt | tensorrt"
+    )
+    s.add_argument(
+        "--variant", default="fp32", help="fp32 | fp16 | int8 | int4 | auto | a manifest name"
+    )
+    s.add_argument(
+        "--threads", type=int, default=0, help="intra-op threads (0 = ONNX Runtime's default)"
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgezoo.demo import DemoConfig, run_demo
 
@@ -179,6 +238,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write .ort files for minimal/mobile ORT builds",
     )
     s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("generate", help="generate text from an exported LM (streams to stdout)")
+    s.add_argument("model_dir")
+    s.add_argument("prompt")
+    _runtime_args(s)
+    s.add_argument("--max-new-tokens", type=int, default=64)
+    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    s.add_argument("--top-k", type=int, default=0)
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--repetition-penalty", type=float, default=1.0)
+    s.add_argument("--stop", action="append", help="stop string (repeatable)")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--no-stream", action="store_true", help="print the whole text at the end")
+    s.set_defaults(fn=cmd_generate)
+
+    s = sub.add_parser(
+        "classify", help="classify texts with an exported classifier (args or stdin lines)"
+    )
+    s.add_argument("model_dir")
+    s.add_argument("text", nargs="*", help="texts; read lines from stdin when none")
+    _runtime_args(s)
+    s.set_defaults(fn=cmd_classify)
 
     s = sub.add_parser(
         "demo", help="the main job: train a small LM on the built-in corpus, then run it"

@@ -28,3 +28,7 @@ class ResourceError(EdgeZooError):
 
 class ExportError(EdgeZooError):
     """An ONNX export that failed or did not validate."""
+
+
+class InputError(EdgeZooError):
+    """A request the model cannot serve: empty prompt, prompt longer than the context, ..."""

@@ -1,0 +1,85 @@
+"""``runtime.load``: one call from a model dir to something that generates or classifies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from edgezoo.errors import CheckpointError, ConfigError
+from runtime import backends
+from runtime.classifier import Classifier
+from runtime.language_model import LanguageModel
+from runtime.model_files import locate
+from runtime.session import make_session
+
+
+def load(
+    path: str | Path,
+    backend: str = "auto",
+    variant: str = "fp32",
+    threads: int = 0,
+    *,
+    graph: str = "auto",
+    fp16: bool = False,
+    max_batch: int = 8,
+    verbose: bool = False,
+) -> LanguageModel | Classifier:
+    """Load a model dir (or an .onnx file beside its tokenizer) for inference.
+
+    ``backend``: auto | ort-cpu | ort-cuda | ort-trt | tensorrt. ``variant``: a precision
+    (fp32, fp16, int8, int4), ``auto`` (the fastest variant the quantize gate recommended
+    for this backend) or an exact manifest name; ``graph`` restricts the kind of graph
+    (portable | ort-optimized | gqa; default: the best for the backend). ``threads``: intra-op threads (0 = ORT's
+    default). The returned object's ``backend``, ``variant`` and ``reason`` say what was
+    chosen and why.
+    """
+    chosen, why_backend = backends.resolve_backend(backend)
+    files = locate(path, chosen, variant, graph)
+    tokenizer = load_tokenizer(files.model_dir)
+    reason = f"{why_backend}; {files.reason}"
+    if chosen == "tensorrt":
+        from runtime.tensorrt_engine import load_tensorrt
+
+        return load_tensorrt(files, tokenizer, reason=reason, fp16=fp16, max_batch=max_batch)
+    profile = None
+    if chosen == "ort-trt":
+        context = int(files.config.get("max_position_embeddings", 512))
+        make = backends.decoder_profile if files.family == "lm" else backends.encoder_profile
+        profile = make(files.entry.get("inputs", []), context, max_batch)
+    session = make_session(
+        files.onnx_path,
+        chosen,
+        threads,
+        model_sha256=files.entry.get("sha256", ""),
+        profile=profile,
+        fp16=fp16,
+        int8=files.entry.get("precision") == "int8",
+    )
+    if verbose:
+        print(f"edgezoo runtime: {reason}")
+    common = {"backend": chosen, "variant": files.variant, "reason": reason}
+    if files.family == "lm":
+        return LanguageModel(
+            session,
+            tokenizer,
+            files.config,
+            graph=files.entry.get("graph", "portable"),
+            device=backends.device_type(chosen),
+            **common,
+        )
+    if files.family == "cls":
+        return Classifier(session, tokenizer, files.config, **common)
+    raise ConfigError(f"unknown model family {files.family!r} in {files.model_dir}")
+
+
+def load_tokenizer(model_dir: Path) -> Tokenizer:
+    path = Path(model_dir) / "tokenizer.json"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path} is missing; the runtime needs the model's tokenizer.json beside its ONNX files."
+        )
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+        raise CheckpointError(f"{path} is not a valid tokenizer file ({e}).") from e

@@ -1,0 +1,88 @@
+"""The two ways a decoder graph keeps its KV cache between steps.
+
+``ConcatCache`` (portable graphs): each step returns ``present`` = past + new keys, which
+becomes the next step's ``past``. The tensors stay where ORT put them (as ``OrtValue``s,
+on the GPU under CUDA) instead of round-tripping through numpy.
+
+``SharedBufferCache`` (GroupQueryAttention graphs): one buffer per layer, allocated once
+at the maximum length and bound as both ``past`` and ``present``; the kernel writes the
+new keys in place, and the logits go to a preallocated buffer, so a decode step allocates
+and copies nothing but the token ids and the mask.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+
+class ConcatCache:
+    def __init__(self, sess: ort.InferenceSession, batch: int, device: str) -> None:
+        self.sess, self.device = sess, device
+        inputs = {i.name: i for i in sess.get_inputs()}
+        self.kv_names = [n for n in inputs if n.startswith("past_key_values")]
+        self.has_positions = "position_ids" in inputs
+        self.has_mask = "attention_mask" in inputs
+        self.past: list[ort.OrtValue] = []
+        for name in self.kv_names:
+            shape = [
+                batch if not isinstance(d, int) and i == 0 else (0 if not isinstance(d, int) else d)
+                for i, d in enumerate(inputs[name].shape)
+            ]
+            self.past.append(
+                ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32), device, 0)
+            )
+        self.outputs = ["logits"] + [n.replace("past_key_values", "present") for n in self.kv_names]
+
+    def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        binding = self.sess.io_binding()
+        binding.bind_cpu_input("input_ids", ids)
+        if self.has_mask:
+            binding.bind_cpu_input("attention_mask", mask)
+        if self.has_positions:
+            binding.bind_cpu_input("position_ids", positions)
+        for name, value in zip(self.kv_names, self.past, strict=True):
+            binding.bind_ortvalue_input(name, value)
+        for name in self.outputs:
+            binding.bind_output(name, self.device)
+        self.sess.run_with_iobinding(binding)
+        out = binding.get_outputs()
+        self.past = list(out[1:])
+        return out[0].numpy()
+
+
+class SharedBufferCache:
+    def __init__(self, sess: ort.InferenceSession, batch: int, max_len: int, device: str) -> None:
+        self.sess, self.device = sess, device
+        inputs = {i.name: i for i in sess.get_inputs()}
+        self.kv_names = [n for n in inputs if n.startswith("past_key_values")]
+        spec = inputs[self.kv_names[0]].shape
+        shape = [batch, spec[1], max_len, spec[3]]
+        self.buffers = [
+            ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, device, 0)
+            for _ in self.kv_names
+        ]
+        vocab = sess.get_outputs()[0].shape[-1]
+        self.step_logits = ort.OrtValue.ortvalue_from_shape_and_type(
+            [batch, 1, vocab], np.float32, device, 0
+        )
+        self.max_len = max_len
+
+    def step(
+        self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``mask`` is right-padded: its row sums are each row's total length."""
+        binding = self.sess.io_binding()
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("attention_mask", mask)
+        if ids.shape[1] == 1:
+            binding.bind_ortvalue_output("logits", self.step_logits)
+        else:
+            binding.bind_output("logits", self.device)
+        for name, buf in zip(self.kv_names, self.buffers, strict=True):
+            binding.bind_ortvalue_input(name, buf)
+            binding.bind_ortvalue_output(name.replace("past_key_values", "present"), buf)
+        self.sess.run_with_iobinding(binding)
+        if ids.shape[1] == 1:
+            return self.step_logits.numpy()
+        return binding.get_outputs()[0].numpy()

@@ -1,0 +1,248 @@
+"""``LanguageModel``: text generation and scoring over an exported decoder graph.
+
+The prompt is processed once (prefill) and each new token reuses the KV cache — the
+prompt is never recomputed. Prompts of different lengths in one batch are right-padded:
+each row's true length drives its positions, its mask and where its next token goes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from edgezoo.errors import InputError
+from runtime.kv_cache import ConcatCache, SharedBufferCache
+from runtime.sampling import Sampler, SamplingParams, StopChecker
+from runtime.streaming import TextStreamer
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "eos", "stop" (a stop string) or "length"
+    prompt_tokens: int
+    time_to_first_token_s: float = 0.0
+    decode_s: float = 0.0
+
+
+@dataclass
+class _Row:
+    prompt_len: int
+    streamer: TextStreamer
+    ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish: str | None = None
+
+
+class LanguageModel:
+    """Generate with ``generate`` / ``stream``; measure with ``score`` (perplexity)."""
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        tokenizer: Tokenizer,
+        config: dict[str, Any],
+        *,
+        graph: str,
+        device: str = "cpu",
+        backend: str = "ort-cpu",
+        variant: str = "fp32",
+        reason: str = "",
+    ) -> None:
+        self.session, self.tokenizer, self.config = session, tokenizer, config
+        self.graph, self.device, self.backend, self.variant, self.reason = (
+            graph,
+            device,
+            backend,
+            variant,
+            reason,
+        )
+        self.context = int(
+            config.get("max_position_embeddings") or config.get("n_positions") or 2048
+        )
+        eos = tokenizer.token_to_id("</s>")
+        self.eos_id = eos if eos is not None else config.get("eos_token_id")
+        self.pad_id = tokenizer.token_to_id("<pad>") or 0
+
+    # ------------------------------------------------------------------ public API ------
+
+    def generate(
+        self, prompt: str | Sequence[str], params: SamplingParams | None = None, **overrides: Any
+    ) -> Generation | list[Generation]:
+        """Continue one prompt (returns a ``Generation``) or a batch (returns a list)."""
+        single = isinstance(prompt, str)
+        prompts = [prompt] if single else list(prompt)
+        *_, rows = self._run(prompts, self._params(params, overrides))  # run to the end
+        results = [self._result(r) for r in rows]
+        return results[0] if single else results
+
+    def stream(
+        self, prompt: str, params: SamplingParams | None = None, **overrides: Any
+    ) -> Iterator[str]:
+        """Yield text deltas as they are generated (never a split UTF-8 character, never
+        text past a stop string). ``self.last`` holds the full ``Generation`` afterwards."""
+        for delta, _ in self.stream_events(prompt, params, **overrides):
+            if delta:
+                yield delta
+
+    def stream_events(
+        self, prompt: str, params: SamplingParams | None = None, **overrides: Any
+    ) -> Iterator[tuple[str, str | None]]:
+        """(delta, finish_reason or None) pairs; the last pair carries the finish reason."""
+        params = self._params(params, overrides)
+        stops = StopChecker(params.stop)
+        emitted = 0
+        rows = None
+        for rows in self._run([prompt], params):
+            row = rows[0]
+            safe = len(row.text) - (0 if row.finish else stops.holdback(row.text))
+            if safe > emitted:
+                yield row.text[emitted:safe], None
+                emitted = safe
+        self.last = self._result(rows[0])
+        yield "", rows[0].finish
+
+    def score(self, text: str) -> dict[str, float]:
+        """Mean next-token loss and perplexity of ``text`` (windows of the context length)."""
+        ids = self.tokenizer.encode(text).ids
+        if self.eos_id is not None:
+            ids = [*ids, self.eos_id]
+        if len(ids) < 2:
+            raise InputError("text too short to score: it needs at least one token after <s>.")
+        total, count = 0.0, 0
+        for start in range(0, len(ids) - 1, self.context - 1):
+            window = np.array([ids[start : start + self.context]], np.int64)
+            logits = self._prefill_logits(window)
+            logits = logits[0, :-1].astype(np.float64)
+            targets = window[0, 1:]
+            logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+            total += float((logz - logits[np.arange(len(targets)), targets]).sum())
+            count += len(targets)
+        loss = total / count
+        return {"tokens": count, "loss": loss, "perplexity": float(np.exp(min(loss, 50)))}
+
+    # ------------------------------------------------------------------ the loop --------
+
+    def _params(self, params: SamplingParams | None, overrides: dict[str, Any]) -> SamplingParams:
+        params = params or SamplingParams()
+        if overrides:
+            if "stop" in overrides and isinstance(overrides["stop"], str):
+                overrides["stop"] = (overrides["stop"],)
+            params = SamplingParams(**{**params.__dict__, **overrides})
+        return params.validate()
+
+    def encode(self, prompts: list[str]) -> list[list[int]]:
+        if not prompts:
+            raise InputError("no prompt given.")
+        encoded = []
+        for p in prompts:
+            if not isinstance(p, str) or not p:
+                raise InputError("empty prompt: give some text to continue.")
+            ids = self.tokenizer.encode(p).ids
+            if len(ids) >= self.context:
+                raise InputError(
+                    f"prompt is {len(ids)} tokens but this model's context is {self.context}: shorten the prompt "
+                    f"to under {self.context} tokens (leaving room for the reply) or use a longer-context model."
+                )
+            encoded.append(ids)
+        return encoded
+
+    def _run(self, prompts: list[str], params: SamplingParams) -> Iterator[list[_Row]]:
+        """Yield the rows after every step; the caller reads ``row.text``/``row.finish``."""
+        encoded = self.encode(prompts)
+        batch, longest = len(encoded), max(len(e) for e in encoded)
+        max_new = min(params.max_new_tokens, self.context - longest)
+        lengths = np.array([len(e) for e in encoded], np.int64)
+        rows = [_Row(len(e), TextStreamer(self.tokenizer, prompt_ids=e)) for e in encoded]
+        sampler, stops = Sampler(params), StopChecker(params.stop)
+        seen = None
+        if params.repetition_penalty != 1.0:
+            seen = np.zeros((batch, self.session.get_outputs()[0].shape[-1]), bool)
+            for b, e in enumerate(encoded):
+                seen[b, e] = True
+
+        ids = np.full((batch, longest), self.pad_id, np.int64)
+        for b, e in enumerate(encoded):
+            ids[b, : len(e)] = e
+        prompt_mask = (np.arange(longest)[None, :] < lengths[:, None]).astype(np.int64)
+        t0 = time.perf_counter()
+        if self.graph == "gqa":
+            cache = SharedBufferCache(self.session, batch, longest + max_new, self.device)
+            logits = cache.step(ids, prompt_mask)
+        else:
+            cache = ConcatCache(self.session, batch, self.device)
+            positions = np.broadcast_to(np.arange(longest, dtype=np.int64), (batch, longest)).copy()
+            logits = cache.step(ids, prompt_mask, positions)
+            full_mask = np.concatenate([prompt_mask, np.ones((batch, max_new), np.int64)], axis=1)
+        last = logits[np.arange(batch), lengths - 1]
+        self._first_token_s = time.perf_counter() - t0
+        for step in range(max_new):
+            tokens = sampler(last, seen)
+            if seen is not None:
+                seen[np.arange(batch), tokens] = True
+            self._advance(rows, tokens, stops, step + 1 == max_new)
+            yield rows
+            if all(r.finish for r in rows):
+                break
+            next_ids = np.where([r.finish is None for r in rows], tokens, self.pad_id).astype(
+                np.int64
+            )[:, None]
+            if self.graph == "gqa":
+                mask = (
+                    np.arange(longest + step + 1)[None, :] < (lengths + step + 1)[:, None]
+                ).astype(np.int64)
+                last = cache.step(next_ids, mask)[:, 0]
+            else:
+                mask = np.ascontiguousarray(full_mask[:, : longest + step + 1])
+                last = cache.step(next_ids, mask, (lengths + step)[:, None])[:, 0]
+        self._decode_s = time.perf_counter() - t0 - self._first_token_s
+
+    def _advance(
+        self, rows: list[_Row], tokens: np.ndarray, stops: StopChecker, out_of_budget: bool
+    ) -> None:
+        for row, token in zip(rows, tokens.tolist(), strict=True):
+            if row.finish:
+                continue
+            if token == self.eos_id:
+                row.finish = "eos"
+                row.text += row.streamer.flush()
+                continue
+            row.ids.append(token)
+            row.text += row.streamer.push(token)
+            if stops.stop:
+                cut, found = stops.truncate(row.text)
+                if found:
+                    row.text, row.finish = cut, "stop"
+                    continue
+            if out_of_budget:
+                row.finish = "length"
+                row.text += row.streamer.flush()
+                if stops.stop:
+                    row.text, found = stops.truncate(row.text)
+                    row.finish = "stop" if found else "length"
+
+    def _result(self, row: _Row) -> Generation:
+        return Generation(
+            row.text,
+            row.ids,
+            row.finish or "length",
+            row.prompt_len,
+            getattr(self, "_first_token_s", 0.0),
+            getattr(self, "_decode_s", 0.0),
+        )
+
+    def _prefill_logits(self, ids: np.ndarray) -> np.ndarray:
+        mask = np.ones_like(ids)
+        if self.graph == "gqa":
+            return SharedBufferCache(self.session, ids.shape[0], ids.shape[1], self.device).step(
+                ids, mask
+            )
+        positions = np.arange(ids.shape[1], dtype=np.int64)[None].repeat(ids.shape[0], 0)
+        return ConcatCache(self.session, ids.shape[0], self.device).step(ids, mask, positions)

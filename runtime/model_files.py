@@ -1,0 +1,154 @@
+"""Find what to load: the model dir, its tokenizer and config, and the right variant.
+
+``path`` may be a model dir or an ``.onnx`` file beside its tokenizer (in the model dir or
+its ``onnx/`` folder). Variants come from ``onnx/manifest.json``; a bare ``.onnx`` file
+without a manifest is described by inspecting its inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgezoo import manifest
+from edgezoo.errors import CheckpointError, ConfigError
+from runtime.backends import GRAPH_PREFERENCE
+
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+
+
+@dataclass
+class ModelFiles:
+    model_dir: Path
+    onnx_path: Path
+    variant: str
+    entry: dict[str, Any]
+    config: dict[str, Any]
+    family: str
+    reason: str
+
+
+def locate(
+    path: str | Path, backend: str, variant: str = "fp32", graph: str = "auto"
+) -> ModelFiles:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(
+            f"{path} does not exist; pass a model dir (with onnx/) or an .onnx file."
+        )
+    if path.is_file():
+        return _from_file(path)
+    info = manifest.read(path)
+    if not info["variants"]:
+        raise CheckpointError(
+            f"{path} has no exported ONNX model; run `edgezoo export {path}` first."
+        )
+    name, entry, reason = select_variant(info["variants"], backend, variant, graph)
+    onnx_path = manifest.onnx_dir(path) / entry["file"]
+    if not onnx_path.is_file():
+        raise CheckpointError(
+            f"{onnx_path} is listed in the manifest but missing; re-run `edgezoo export {path}`."
+        )
+    return ModelFiles(path, onnx_path, name, entry, _config(path), info.get("family", "lm"), reason)
+
+
+def select_variant(
+    variants: dict[str, dict], backend: str, wanted: str, graph: str = "auto"
+) -> tuple[str, dict, str]:
+    """Pick a variant by precision (the best graph for the backend), ``auto`` or exact name.
+
+    ``graph`` (portable | ort-optimized | gqa) restricts the choice, e.g. to compare graphs."""
+    usable = {
+        k: v
+        for k, v in variants.items()
+        if backend in v.get("backends", []) and v.get("format") != "ort"
+    }
+    if graph != "auto":
+        usable = {k: v for k, v in usable.items() if v.get("graph") == graph}
+    if wanted in variants and wanted not in PRECISIONS:
+        if backend not in variants[wanted].get("backends", []):
+            raise ConfigError(
+                f"variant {wanted!r} cannot run on {backend} (it runs on {variants[wanted].get('backends')})."
+            )
+        return wanted, variants[wanted], f"variant {wanted!r} as asked"
+    if wanted == "auto":
+        recommended = {k: v for k, v in usable.items() if backend in v.get("recommended", {})}
+        if recommended:
+            best = max(recommended, key=lambda k: recommended[k]["recommended"][backend]["speedup"])
+            why = recommended[best]["recommended"][backend]
+            return (
+                best,
+                usable[best],
+                f"auto: {best} is the fastest variant recommended for {backend} ({why['speedup']:.2f}× fp32, quality {why['quality_change']})",
+            )
+        wanted = "fp32"
+        auto_note = "auto: no quantized variant is recommended for this backend yet, using fp32; "
+    else:
+        auto_note = ""
+    if wanted not in PRECISIONS:
+        raise ConfigError(
+            f"unknown variant {wanted!r}; use auto, a precision ({', '.join(PRECISIONS)}) or one of: {', '.join(variants)}"
+        )
+    for kind in GRAPH_PREFERENCE[backend]:
+        for name, entry in usable.items():
+            if entry.get("precision") == wanted and entry.get("graph") == kind:
+                return (
+                    name,
+                    entry,
+                    f"{auto_note}{name} ({kind} graph, {wanted}) is the best {wanted} graph for {backend}",
+                )
+    have = ", ".join(f"{k} ({v.get('precision')}, {v.get('graph')})" for k, v in variants.items())
+    hint = " Make one with `edgezoo quantize`." if wanted != "fp32" else ""
+    only = f" with a {graph} graph" if graph != "auto" else ""
+    raise ConfigError(f"no {wanted} variant{only} that runs on {backend}; available: {have}.{hint}")
+
+
+def _config(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{model_dir} has no config.json; the runtime needs it next to the ONNX files."
+        )
+    return json.loads(path.read_text())
+
+
+def _from_file(path: Path) -> ModelFiles:
+    if path.suffix not in (".onnx", ".ort"):
+        raise CheckpointError(f"{path} is not an .onnx/.ort file or a model dir.")
+    model_dir = path.parent.parent if path.parent.name == manifest.ONNX_DIR else path.parent
+    info = manifest.read(model_dir)
+    for name, entry in info["variants"].items():
+        if entry["file"] == path.name:
+            return ModelFiles(
+                model_dir,
+                path,
+                name,
+                entry,
+                _config(model_dir),
+                info.get("family", "lm"),
+                f"file {path.name}",
+            )
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    ops = {n.op_type for n in proto.graph.node}
+    inputs = [i.name for i in proto.graph.input]
+    graph = "gqa" if "GroupQueryAttention" in ops else "portable"
+    family = "lm" if any(n.startswith("past_key_values") for n in inputs) else "cls"
+    entry = {
+        "file": path.name,
+        "graph": graph,
+        "precision": "unknown",
+        "backends": list(GRAPH_PREFERENCE),
+    }
+    return ModelFiles(
+        model_dir,
+        path,
+        path.stem,
+        entry,
+        _config(model_dir),
+        family,
+        f"file {path.name} (no manifest entry)",
+    )

@@ -1,0 +1,52 @@
+"""Create ONNX Runtime sessions with the options that matter for speed, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+
+from edgezoo.errors import CheckpointError
+from runtime import backends
+
+DEFAULT_THREADS = 0  # 0 = ONNX Runtime's choice (one per physical core)
+
+
+def make_session(
+    path: Path,
+    backend: str,
+    threads: int = DEFAULT_THREADS,
+    *,
+    model_sha256: str = "",
+    profile: backends.ProfileShapes | None = None,
+    fp16: bool = False,
+    int8: bool = False,
+    optimization: str = "all",
+) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = {
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.inter_op_num_threads = 1
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    providers = backends.providers_for(
+        backend, model_sha256=model_sha256, profile=profile, fp16=fp16, int8=int8
+    )
+    if backend == "ort-trt":
+        backends.trt_cache_dir(model_sha256, backends.tensorrt_version()).mkdir(
+            parents=True, exist_ok=True
+        )
+    try:
+        return ort.InferenceSession(str(path), opts, providers=providers)
+    except Exception as e:  # ORT raises Fail/InvalidGraph/... with long C++ traces
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"ONNX Runtime cannot load {path.name}: {first_line}. The file may be truncated or corrupt; "
+            "re-run `edgezoo export` (and `edgezoo quantize`) to rebuild it."
+        ) from e

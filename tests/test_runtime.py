@@ -1,0 +1,258 @@
+"""Runtime: parity with PyTorch, batching, streaming, stops, guards, variant selection."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import runtime
+from edgezoo.errors import CheckpointError, ConfigError, InputError
+from export.onnx_export import to_onnx
+from runtime import backends
+from runtime.model_files import select_variant
+from zoo import data
+from zoo.config import BertConfig, LlamaConfig
+from zoo.generate import generate_ids
+from zoo.modeldir import build_model, save_model_dir
+from zoo.tokenizer import save_tokenizer, train_tokenizer
+
+LM = dict(
+    vocab_size=600,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=96,
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(text_corpus):
+    return train_tokenizer((t for _, t in data.iter_documents(str(text_corpus))), vocab_size=600)
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("rt-lm")
+    torch.manual_seed(0)
+    model = build_model(LlamaConfig(**LM)).eval()
+    save_model_dir(model, path)
+    save_tokenizer(tokenizer, path, LM["max_position_embeddings"])
+    to_onnx(path, greedy_steps=16)
+    return path, model
+
+
+@pytest.fixture(scope="module")
+def cls_dir(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("rt-cls")
+    torch.manual_seed(0)
+    model = build_model(
+        BertConfig(
+            vocab_size=600,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=96,
+            num_labels=3,
+            id2label={0: "a", 1: "b", 2: "c"},
+        )
+    ).eval()
+    save_model_dir(model, path)
+    save_tokenizer(tokenizer, path, 96)
+    to_onnx(path)
+    return path, model
+
+
+PROMPTS = ["def main(args):\n    return", "import os", 'class Config(object):\n    """Hold']
+
+
+@pytest.mark.parametrize("graph", ["portable", "ort-optimized", "gqa"])
+def test_greedy_generation_equals_pytorch(lm_dir, tokenizer, graph):
+    path, model = lm_dir
+    lm = runtime.load(path, backend="ort-cpu", graph=graph)
+    assert lm.graph == graph
+    for prompt in PROMPTS:
+        expected = generate_ids(model, tokenizer.encode(prompt).ids, 40)
+        got = lm.generate(prompt, max_new_tokens=40)
+        assert got.token_ids == expected
+        assert got.finish_reason == "length" and got.prompt_tokens == len(
+            tokenizer.encode(prompt).ids
+        )
+
+
+@pytest.mark.parametrize("graph", ["portable", "gqa"])
+def test_batched_prompts_of_different_lengths_match_single_runs(lm_dir, graph):
+    lm = runtime.load(lm_dir[0], backend="ort-cpu", graph=graph)
+    batch = lm.generate(PROMPTS, max_new_tokens=24)
+    assert [b.token_ids for b in batch] == [
+        lm.generate(p, max_new_tokens=24).token_ids for p in PROMPTS
+    ]
+
+
+def test_streaming_yields_the_same_text_in_pieces(lm_dir):
+    lm = runtime.load(lm_dir[0], backend="ort-cpu")
+    pieces = list(lm.stream(PROMPTS[0], max_new_tokens=40))
+    assert len(pieces) > 3
+    assert "".join(pieces) == lm.generate(PROMPTS[0], max_new_tokens=40).text == lm.last.text
+    assert "\ufffd" not in "".join(pieces)
+
+
+def test_stop_strings_cut_the_text_and_the_stream(lm_dir):
+    lm = runtime.load(lm_dir[0], backend="ort-cpu")
+    full = lm.generate(PROMPTS[0], max_new_tokens=40).text
+    stop = full[10:13]
+    assert stop and full.find(stop) >= 0
+    cut = lm.generate(PROMPTS[0], max_new_tokens=40, stop=stop)
+    assert cut.text == full[: full.find(stop)] and cut.finish_reason == "stop"
+    assert "".join(lm.stream(PROMPTS[0], max_new_tokens=40, stop=[stop])) == cut.text
+
+
+def test_sampling_is_seeded(lm_dir):
+    lm = runtime.load(lm_dir[0], backend="ort-cpu")
+    a = lm.generate(PROMPTS[1], max_new_tokens=20, temperature=1.0, top_k=50, top_p=0.9, seed=7)
+    b = lm.generate(PROMPTS[1], max_new_tokens=20, temperature=1.0, top_k=50, top_p=0.9, seed=7)
+    c = lm.generate(PROMPTS[1], max_new_tokens=20, temperature=1.0, top_k=50, top_p=0.9, seed=8)
+    assert a.token_ids == b.token_ids != c.token_ids
+    penalised = lm.generate(PROMPTS[1], max_new_tokens=30, repetition_penalty=1.5)
+    plain = lm.generate(PROMPTS[1], max_new_tokens=30)
+    assert len(set(penalised.token_ids)) >= len(set(plain.token_ids))
+
+
+def test_guards_give_clear_errors(lm_dir):
+    lm = runtime.load(lm_dir[0], backend="ort-cpu")
+    with pytest.raises(InputError, match="empty prompt"):
+        lm.generate("")
+    with pytest.raises(InputError, match="context is 96"):
+        lm.generate("word " * 200)
+    near = lm.generate("x " * 40, max_new_tokens=500)  # clipped to the context
+    assert near.prompt_tokens + len(near.token_ids) <= 96
+    with pytest.raises(ConfigError, match="temperature"):
+        lm.generate("x", temperature=-1)
+
+
+def test_score_matches_pytorch_perplexity(lm_dir, tokenizer):
+    path, model = lm_dir
+    text = "def add(a, b):\n    return a + b\n"
+    ids = [*tokenizer.encode(text).ids, 2]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]))[0][0, :-1]
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:])).item()
+    for graph in ("portable", "gqa"):
+        got = runtime.load(path, backend="ort-cpu", graph=graph).score(text)
+        assert abs(got["loss"] - loss) < 1e-4 and got["tokens"] == len(ids) - 1
+
+
+def test_classifier_matches_pytorch(cls_dir):
+    path, model = cls_dir
+    clf = runtime.load(path, backend="ort-cpu")
+    texts = ["import os", "def f(x):\n    return x * 2\n" * 3, "class A: pass"]
+    probs = clf.predict_proba(texts)
+    tok = clf.tokenizer
+    with torch.no_grad():
+        for row, text in zip(probs, texts, strict=True):
+            expected = torch.softmax(model(torch.tensor([tok.encode(text).ids])), -1)[0].numpy()
+            assert np.abs(row - expected).max() < 1e-5
+    labels = clf.classify(texts)
+    assert [r["label"] for r in labels] == [["a", "b", "c"][i] for i in probs.argmax(-1)]
+    with pytest.raises(InputError):
+        clf.classify("   ")
+
+
+def test_variant_selection():
+    variants = {
+        "fp32": {
+            "graph": "portable",
+            "precision": "fp32",
+            "backends": ["ort-cpu", "ort-cuda", "ort-trt", "tensorrt"],
+        },
+        "gqa": {"graph": "gqa", "precision": "fp32", "backends": ["ort-cpu", "ort-cuda"]},
+        "gqa-int4": {
+            "graph": "gqa",
+            "precision": "int4",
+            "backends": ["ort-cpu", "ort-cuda"],
+            "recommended": {"ort-cpu": {"speedup": 3.1, "quality_change": "+1.2% ppl"}},
+        },
+    }
+    assert select_variant(variants, "ort-cpu", "fp32")[0] == "gqa"
+    assert select_variant(variants, "ort-cpu", "fp32", graph="portable")[0] == "fp32"
+    assert select_variant(variants, "ort-trt", "fp32")[0] == "fp32"
+    assert select_variant(variants, "ort-cpu", "auto")[0] == "gqa-int4"
+    assert select_variant(variants, "ort-cuda", "auto")[0] == "gqa"  # nothing recommended there
+    with pytest.raises(ConfigError, match="no int4 variant that runs on ort-trt"):
+        select_variant(variants, "ort-trt", "int4")
+    with pytest.raises(ConfigError, match="unknown variant"):
+        select_variant(variants, "ort-cpu", "int3")
+
+
+def test_backend_resolution_and_gpu_options():
+    assert backends.resolve_backend("auto", ["CPUExecutionProvider"])[0] == "ort-cpu"
+    assert (
+        backends.resolve_backend("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"])[0]
+        == "ort-cuda"
+    )
+    with pytest.raises(ConfigError, match="valid backends"):
+        backends.resolve_backend("cuda-fast", ["CPUExecutionProvider"])
+    with pytest.raises(ConfigError, match="edgezoo\\[gpu\\]"):
+        backends.resolve_backend("ort-trt", ["CPUExecutionProvider"])
+    inputs = [
+        {"name": "input_ids", "shape": ["batch", "sequence_length"]},
+        {"name": "attention_mask", "shape": ["batch", "total_sequence_length"]},
+        {"name": "past_key_values.0.key", "shape": ["batch", 4, "past_sequence_length", 64]},
+    ]
+    prof = backends.decoder_profile(inputs, context=1024, max_batch=4)
+    opts = backends.providers_for("ort-trt", model_sha256="ab" * 32, profile=prof, fp16=True)[0][1]
+    assert (
+        opts["trt_profile_min_shapes"]
+        == "input_ids:1x1,attention_mask:1x1,past_key_values.0.key:1x4x0x64"
+    )
+    assert (
+        opts["trt_profile_max_shapes"]
+        == "input_ids:4x1024,attention_mask:4x1024,past_key_values.0.key:4x4x1023x64"
+    )
+    assert opts["trt_fp16_enable"] and opts["trt_engine_cache_enable"]
+    assert opts["trt_engine_cache_path"].endswith(
+        f"{'ab' * 8}-trt{backends.tensorrt_version() or 'unknown'}"
+    )
+    assert backends.providers_for("ort-cuda")[0][0] == "CUDAExecutionProvider"
+
+
+def test_corrupt_onnx_file_gets_a_clear_error(tmp_path, lm_dir):
+    import shutil
+
+    copy = tmp_path / "m"
+    shutil.copytree(lm_dir[0], copy)
+    graph = copy / "onnx" / "model.gqa.onnx"
+    graph.write_bytes(graph.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        runtime.load(copy, backend="ort-cpu")
+    with pytest.raises(CheckpointError, match="edgezoo export"):
+        runtime.load(tmp_path, backend="ort-cpu")
+
+
+def test_runtime_runs_without_torch(lm_dir):
+    """The edge install has numpy + onnxruntime + tokenizers only: torch must never load."""
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None  # any `import torch` now raises ImportError
+        import runtime
+        lm = runtime.load({str(lm_dir[0])!r}, backend="ort-cpu")
+        print(len(lm.generate("def f():", max_new_tokens=5).token_ids))
+        assert not [m for m in sys.modules if m.startswith("torch") and sys.modules[m] is not None]
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "5"
+
+
+@pytest.mark.gpu
+def test_cuda_backend_matches_cpu(lm_dir):
+    cpu = runtime.load(lm_dir[0], backend="ort-cpu").generate(PROMPTS[0], max_new_tokens=16)
+    gpu = runtime.load(lm_dir[0], backend="ort-cuda").generate(PROMPTS[0], max_new_tokens=16)
+    assert gpu.token_ids == cpu.token_ids
