@@ -73,6 +73,23 @@ def load(
     raise ConfigError(f"unknown model family {files.family!r} in {files.model_dir}")
 
 
+def load_variant(
+    model_dir: str | Path, name: str, backend: str = "ort-cpu", threads: int = 0
+) -> LanguageModel | Classifier:
+    """Load exactly the manifest entry ``name`` (no selection): for measuring variants."""
+    from edgezoo import manifest
+
+    info = manifest.read(model_dir)
+    if name not in info["variants"]:
+        raise ConfigError(
+            f"{model_dir} has no variant {name!r}; available: {', '.join(info['variants'])}"
+        )
+    entry = info["variants"][name]
+    return load(
+        Path(model_dir) / manifest.ONNX_DIR / entry["file"], backend=backend, threads=threads
+    )
+
+
 def load_tokenizer(model_dir: Path) -> Tokenizer:
     path = Path(model_dir) / "tokenizer.json"
     if not path.is_file():

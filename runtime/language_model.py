@@ -114,11 +114,18 @@ class LanguageModel:
         ids = self.tokenizer.encode(text).ids
         if self.eos_id is not None:
             ids = [*ids, self.eos_id]
+        return self.score_ids(ids)
+
+    def score_ids(self, ids: Sequence[int], window: int | None = None) -> dict[str, float]:
+        """Loss and perplexity of a token sequence, in windows of ``window`` (default: context)."""
         if len(ids) < 2:
             raise InputError("text too short to score: it needs at least one token after <s>.")
+        size = min(window or self.context, self.context)
         total, count = 0.0, 0
-        for start in range(0, len(ids) - 1, self.context - 1):
-            window = np.array([ids[start : start + self.context]], np.int64)
+        for start in range(0, len(ids) - 1, size - 1):
+            window = np.array([ids[start : start + size]], np.int64)
+            if window.shape[1] < 2:
+                break
             logits = self._prefill_logits(window)
             logits = logits[0, :-1].astype(np.float64)
             targets = window[0, 1:]

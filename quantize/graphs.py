@@ -1,0 +1,217 @@
+"""Make smaller ONNX graphs with ONNX Runtime's own quantization tools.
+
+Each function reads an fp32 graph and writes one compressed graph; choosing, validating
+and recording variants is ``quantize.pipeline``'s job.
+
+* ``int8_dynamic``: ``quantize_dynamic`` — MatMul weights int8 (per-channel optional),
+  activations quantized on the fly (DynamicQuantizeLinear + MatMulInteger). Gather
+  (embeddings), norms, softmax and attention stay fp32: they are not matmuls with constant
+  weights, and quantizing the norms would cost accuracy for no speed.
+* ``weight_only``: ``MatMulNBitsQuantizer`` — weights 4- or 8-bit in blocks along the
+  input dimension, activations fp32 (or int8 inside the kernel with ``accuracy_level=4``).
+  The fastest decode form on CPU (PERF-NOTES §2). Embeddings are quantized too
+  (GatherBlockQuantized) and a tied LM head is untied first so that it can be quantized —
+  otherwise the fp32 embedding dominates small models and int4 files come out bigger than
+  int8 ones. The LM head can stay at 8 bits (mixed precision, as llama.cpp and ORT GenAI).
+* ``fp16``: ORT's float16 converter, graph inputs/outputs kept fp32, norms and softmax
+  kept fp32 where fp16 would overflow.
+* ``int8_static``: ``quantize_static`` in QDQ format with calibration data (MinMax,
+  Entropy or Percentile); symmetric activations and weights when meant for TensorRT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def _save(model: onnx.ModelProto, dst: Path) -> None:
+    from export.onnx_export import save_onnx
+
+    save_onnx(model, dst)
+
+
+def int8_dynamic(src: Path, dst: Path, per_channel: bool = True) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet():
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            op_types_to_quantize=["MatMul", "Gemm"],
+            per_channel=per_channel,
+            weight_type=QuantType.QInt8,
+            extra_options={"MatMulConstBOnly": True},
+        )
+
+
+def untie_lm_head(model: onnx.ModelProto) -> bool:
+    """Replace ``MatMul(x, Transpose(embedding))`` with its own transposed initializer."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    for node in list(graph.node):
+        if node.op_type == "Transpose" and node.input[0] in inits:
+            weight = numpy_helper.to_array(inits[node.input[0]]).T.copy()
+            graph.initializer.append(numpy_helper.from_array(weight, "lm_head.weight"))
+            for consumer in graph.node:
+                for i, name in enumerate(consumer.input):
+                    if name == node.output[0]:
+                        consumer.input[i] = "lm_head.weight"
+            graph.node.remove(node)
+            return True
+    return False
+
+
+def lm_head_node(model: onnx.ModelProto) -> str | None:
+    """The MatMul producing ``logits`` (the LM head), if the graph has one."""
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and "logits" in node.output:
+            return node.name
+    return None
+
+
+def weight_only(
+    src: Path,
+    dst: Path,
+    bits: int = 4,
+    block_size: int = 32,
+    symmetric: bool = True,
+    accuracy_level: int = 4,
+    head_bits: int | None = 8,
+    embeddings: bool = True,
+) -> dict:
+    """MatMulNBits weight-only quantization; returns what was done for the manifest."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = onnx.load(str(src))
+    untied = untie_lm_head(model)
+    head = lm_head_node(model)
+    ops = ("MatMul", "Gather") if embeddings else ("MatMul",)
+    axes = (("MatMul", 0), ("Gather", 1))
+    exclude = [head] if head and head_bits and head_bits != bits else None
+    with _quiet():
+        q = MatMulNBitsQuantizer(
+            model,
+            bits=bits,
+            block_size=block_size,
+            is_symmetric=symmetric,
+            accuracy_level=accuracy_level,
+            nodes_to_exclude=exclude,
+            op_types_to_quantize=ops,
+            quant_axes=axes,
+        )
+        q.process()
+        model = q.model.model
+        if exclude:
+            q = MatMulNBitsQuantizer(
+                model,
+                bits=head_bits,
+                block_size=block_size,
+                is_symmetric=symmetric,
+                accuracy_level=accuracy_level,
+                nodes_to_include=[head],
+                op_types_to_quantize=("MatMul",),
+                quant_axes=axes,
+            )
+            q.process()
+            model = q.model.model
+    _save(model, dst)
+    return {
+        "bits": bits,
+        "block_size": block_size,
+        "symmetric": symmetric,
+        "accuracy_level": accuracy_level,
+        "lm_head_bits": head_bits if exclude else bits if head else None,
+        "embeddings_quantized": embeddings,
+        "untied_lm_head": untied,
+    }
+
+
+FP16_KEEP_FP32 = [
+    "SimplifiedLayerNormalization",
+    "SkipSimplifiedLayerNormalization",
+    "LayerNormalization",
+    "SkipLayerNormalization",
+    "Softmax",
+    "ReduceMean",
+    "Pow",
+    "Sqrt",
+    "Reciprocal",
+    "Range",
+    "CumSum",
+]
+
+
+def fp16(src: Path, dst: Path, keep_io_types: bool = True) -> None:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    with _quiet():
+        model = convert_float_to_float16(
+            model,
+            keep_io_types=keep_io_types,
+            op_block_list=FP16_KEEP_FP32,
+            disable_shape_infer=True,
+        )
+    _save(model, dst)
+
+
+def int8_static(
+    src: Path,
+    dst: Path,
+    reader,
+    method: str = "minmax",
+    per_channel: bool = True,
+    symmetric: bool = False,
+) -> dict:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": True, "MatMulConstBOnly": True}
+    with _quiet():
+        quantize_static(
+            str(src),
+            str(dst),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            per_channel=per_channel,
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=methods[method],
+            extra_options=extra,
+        )
+    return {"calibration": method, "per_channel": per_channel, "symmetric_activations": symmetric}
+
+
+class FeedReader:
+    """``CalibrationDataReader`` over a list of ready-made input dicts."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._it = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)

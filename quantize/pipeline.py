@@ -1,0 +1,270 @@
+"""``edgezoo quantize``: make a variant, validate it, measure it, gate it, record it.
+
+Every new graph is built in a temporary file beside the others and renamed into place only
+after ONNX Runtime loads it and its logits stay close to the fp32 graph's; then it is
+measured (quality on the validation split, greedy agreement with fp32 over 64 steps, size,
+CPU batch-1 latency) and the **gate** marks it ``recommended`` for a backend only if it is
+faster than fp32 there *and* within the quality budget. ``runtime.load(variant="auto")``
+picks the fastest recommended variant.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgezoo import manifest
+from edgezoo.errors import CheckpointError, ConfigError, ExportError
+from export.onnx_export import file_facts, io_signature
+from quantize import graphs
+from quantize.evaluate import EvalData, eval_data, measure, quality_change, speed_of
+
+TARGETS = ("int8", "int8-static", "fp16", "int4")
+DEFAULT_BUDGET = {"perplexity_pct": 2.0, "accuracy_points": 1.0}
+
+
+@dataclass
+class QuantizeOptions:
+    per_channel: bool = True
+    block_size: int = 32
+    symmetric: bool = True
+    accuracy_level: int = 4
+    head_bits: int | None = 8  # keep the LM head at int8 in int4 variants (None: same bits)
+    embeddings: bool = True
+    calibration: str = "minmax"
+    calibration_samples: int = 32
+    for_tensorrt: bool = False
+    ppl_budget_pct: float = DEFAULT_BUDGET["perplexity_pct"]
+    acc_budget_points: float = DEFAULT_BUDGET["accuracy_points"]
+    data: str | None = None
+    logit_tolerance: float = 5.0  # sanity bound on |Δ logits| vs fp32; quality is judged on data
+
+
+def plan(variants: dict[str, dict], to: str, opts: QuantizeOptions) -> list[tuple[str, str, str]]:
+    """(new variant name, source variant, method) for ``--to``."""
+    if to not in TARGETS:
+        raise ConfigError(f"unknown target {to!r}; choose one of {', '.join(TARGETS)}")
+    has_gqa = "gqa" in variants
+    if "fp32" not in variants:
+        raise CheckpointError("no fp32 ONNX graph to quantize; run `edgezoo export` first.")
+    if to == "int8":
+        jobs = [("int8", "fp32", "int8-dynamic")]
+        if has_gqa:
+            jobs.append(("gqa-int8", "gqa", "weight-only-8"))
+        return jobs
+    if to == "int4":
+        return (
+            [("gqa-int4", "gqa", "weight-only-4")]
+            if has_gqa
+            else [("int4", "opt" if "opt" in variants else "fp32", "weight-only-4")]
+        )
+    if to == "fp16":
+        return [("fp16", "fp32", "fp16")]
+    name = "int8-static-trt" if opts.for_tensorrt else "int8-static"
+    return [(name, "fp32", "int8-static")]
+
+
+def quantize_model(
+    model_dir: str | Path, to: str, opts: QuantizeOptions | None = None
+) -> dict[str, dict]:
+    """Create the variants for ``to``; return all variants with their measurements."""
+    opts = opts or QuantizeOptions()
+    model_dir = Path(model_dir)
+    info = manifest.read(model_dir)
+    jobs = plan(info["variants"], to, opts)
+    ev = eval_data(model_dir, opts.data)
+    onnx_dir = manifest.onnx_dir(model_dir)
+    for name, source, method in jobs:
+        src_entry = manifest.read(model_dir)["variants"][source]
+        file = f"model.{name}.onnx"
+        with tempfile.TemporaryDirectory(prefix=".quantize-", dir=onnx_dir) as tmp:
+            staged = Path(tmp) / file
+            t0 = time.perf_counter()
+            details = _make(onnx_dir / src_entry["file"], staged, method, opts, model_dir, ev)
+            build_s = time.perf_counter() - t0
+            delta = _logit_delta(onnx_dir / src_entry["file"], staged, src_entry)
+            if not delta <= opts.logit_tolerance:
+                raise ExportError(
+                    f"{name}: logits moved by {delta:.2f} vs {source} (limit {opts.logit_tolerance}); variant not written."
+                )
+            entry = {
+                "file": file,
+                "graph": src_entry["graph"],
+                "precision": _precision(method),
+                "method": method,
+                "source_variant": source,
+                "backends": _backends(src_entry, method, opts),
+                "quantization": details,
+                "max_abs_diff_vs_fp32": delta,
+                "build_s": round(build_s, 2),
+                **io_signature(staged),
+                **file_facts(staged),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            for f in Path(tmp).iterdir():
+                if f.name.startswith(file):
+                    shutil.move(str(f), str(onnx_dir / f.name))
+        manifest.add_variant(model_dir, name, entry)
+    return measure_and_gate(model_dir, ev, opts)
+
+
+def measure_and_gate(model_dir: Path, ev: EvalData, opts: QuantizeOptions) -> dict[str, dict]:
+    """Measure every variant in one run (timings are only comparable within a run), then
+    gate each compressed one against the fastest fp32 graph — the one fp32 users get."""
+    variants = manifest.read(model_dir)["variants"]
+    names = [n for n, e in variants.items() if e.get("format") != "ort"]
+    fp32 = [n for n in names if variants[n]["precision"] == "fp32"]
+    for name in fp32:
+        variants[name].update(measure(model_dir, name, ev))
+    best = min(fp32, key=lambda n: speed_of(variants[n]))
+    for name in names:
+        entry = variants[name]
+        if entry["precision"] == "fp32":
+            entry.pop("gate", None), entry.pop("recommended", None)
+            continue
+        reference = variants[entry.get("source_variant", best)].get("greedy_tokens")
+        entry.update(measure(model_dir, name, ev, reference))
+        entry.update(_gate(entry, variants[best], best, opts))
+    data = manifest.read(model_dir)
+    data["variants"].update({n: variants[n] for n in names})
+    data["quality_budget"] = {
+        "perplexity_pct": opts.ppl_budget_pct,
+        "accuracy_points": opts.acc_budget_points,
+    }
+    manifest.write(model_dir, data)
+    return data["variants"]
+
+
+def _make(
+    src: Path, dst: Path, method: str, opts: QuantizeOptions, model_dir: Path, ev: EvalData
+) -> dict:
+    if method == "int8-dynamic":
+        graphs.int8_dynamic(src, dst, opts.per_channel)
+        return {
+            "per_channel": opts.per_channel,
+            "kept_fp32": "Gather (embeddings), norms, softmax, attention",
+        }
+    if method.startswith("weight-only"):
+        bits = int(method.rsplit("-", 1)[1])
+        return graphs.weight_only(
+            src,
+            dst,
+            bits,
+            opts.block_size,
+            opts.symmetric,
+            opts.accuracy_level,
+            opts.head_bits if bits == 4 else None,
+            opts.embeddings and bits == 4,
+        )
+    if method == "fp16":
+        graphs.fp16(src, dst)
+        return {"keep_io_types": True, "kept_fp32": graphs.FP16_KEEP_FP32}
+    feeds = _calibration_feeds(src, ev, opts.calibration_samples)
+    details = graphs.int8_static(
+        src, dst, graphs.FeedReader(feeds), opts.calibration, opts.per_channel, opts.for_tensorrt
+    )
+    return {**details, "calibration_samples": len(feeds)}
+
+
+def _calibration_feeds(src: Path, ev: EvalData, samples: int) -> list[dict[str, np.ndarray]]:
+    """Inputs drawn from the model's own validation data, in the graph's input layout."""
+    import onnxruntime as ort
+
+    from runtime.api import load_tokenizer
+
+    inputs = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()
+    feeds = []
+    if ev.lm_tokens is not None:
+        windows = [ev.lm_tokens[i : i + 64] for i in range(0, len(ev.lm_tokens) - 64, 64)][:samples]
+        seqs = [np.array([w], np.int64) for w in windows]
+    else:
+        tok = load_tokenizer(src.parent.parent)
+        seqs = [np.array([tok.encode(text).ids[:128]], np.int64) for text, _ in ev.rows[:samples]]
+    for ids in seqs:
+        feed = {}
+        for spec in inputs:
+            if spec.name == "input_ids":
+                feed[spec.name] = ids
+            elif spec.name in ("attention_mask", "token_type_ids"):
+                feed[spec.name] = (
+                    np.ones_like(ids) if spec.name == "attention_mask" else np.zeros_like(ids)
+                )
+            elif spec.name == "position_ids":
+                feed[spec.name] = np.arange(ids.shape[1], dtype=np.int64)[None]
+            elif spec.name.startswith("past_key_values"):
+                feed[spec.name] = np.zeros((1, spec.shape[1], 0, spec.shape[3]), np.float32)
+        feeds.append(feed)
+    if not feeds:
+        raise ConfigError("no calibration data: the validation split is too small; pass --data.")
+    return feeds
+
+
+def _logit_delta(reference: Path, candidate: Path, entry: dict) -> float:
+    """Max |Δ logits| on one fixed prompt: a sanity check that the graph still works."""
+    import onnxruntime as ort
+
+    def run(path: Path) -> np.ndarray:
+        try:
+            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT error: the variant is broken
+            raise ExportError(f"{path.name} does not load in ONNX Runtime: {e}") from e
+        ids = np.array([[1, 100, 200, 300, 150, 50, 7, 9]], np.int64)
+        feeds = {}
+        for spec in sess.get_inputs():
+            if spec.name == "input_ids":
+                feeds[spec.name] = ids
+            elif spec.name == "attention_mask":
+                feeds[spec.name] = np.ones_like(ids)
+            elif spec.name == "token_type_ids":
+                feeds[spec.name] = np.zeros_like(ids)
+            elif spec.name == "position_ids":
+                feeds[spec.name] = np.arange(8, dtype=np.int64)[None]
+            else:
+                kind = np.float16 if "float16" in spec.type else np.float32
+                feeds[spec.name] = np.zeros((1, spec.shape[1], 0, spec.shape[3]), kind)
+        try:
+            return sess.run(["logits"], feeds)[0].astype(np.float32)
+        except Exception as e:  # ORT error: the variant is broken
+            raise ExportError(f"{path.name} does not run in ONNX Runtime: {e}") from e
+
+    return float(np.abs(run(reference) - run(candidate)).max())
+
+
+def _precision(method: str) -> str:
+    return {
+        "int8-dynamic": "int8",
+        "weight-only-8": "int8",
+        "weight-only-4": "int4",
+        "fp16": "fp16",
+        "int8-static": "int8",
+    }[method]
+
+
+def _backends(src_entry: dict, method: str, opts: QuantizeOptions) -> list[str]:
+    if method == "int8-static" and opts.for_tensorrt:
+        return ["ort-cpu", "ort-trt", "tensorrt"]  # symmetric QDQ is what TensorRT's int8 wants
+    if method == "fp16":
+        return list(src_entry["backends"])
+    return [b for b in src_entry["backends"] if b in ("ort-cpu", "ort-cuda")]
+
+
+def _gate(entry: dict, base: dict, base_name: str, opts: QuantizeOptions) -> dict:
+    """Recommended for ort-cpu only if faster than fp32 *and* within the quality budget.
+    (GPU backends can only be gated where a GPU measured them.)"""
+    speedup = speed_of(base) / speed_of(entry)
+    change, text = quality_change(entry, base)
+    budget = opts.ppl_budget_pct if "perplexity" in entry["quality"] else opts.acc_budget_points
+    verdict = {
+        "speedup": speedup,
+        "quality_change": text,
+        "within_budget": change <= budget,
+        "faster": speedup > 1.0,
+        "baseline": base_name,
+    }
+    recommended = {"ort-cpu": verdict} if verdict["faster"] and verdict["within_budget"] else {}
+    return {"gate": {"ort-cpu": verdict}, "recommended": recommended}

@@ -1,0 +1,44 @@
+"""One table comparing every measured variant of a model: size, speed, quality, verdict."""
+
+from __future__ import annotations
+
+
+def variants_table(variants: dict[str, dict]) -> str:
+    rows = [(n, e) for n, e in variants.items() if "quality" in e]
+    if not rows:
+        return "no measured variants yet (run `edgezoo quantize`)."
+    lm = "perplexity" in rows[0][1]["quality"]
+    head = [
+        "variant",
+        "graph",
+        "precision",
+        "MB",
+        "ms/token" if lm else "ms/classify",
+        "perplexity" if lm else "accuracy",
+        "greedy = fp32" if lm else "macro-F1",
+        "gate (ort-cpu)",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, e in rows:
+        lat = e["latency"].get("decode_ms_per_token_p50", e["latency"].get("classify_ms_p50"))
+        q = e["quality"]
+        quality = f"{q['perplexity']:.2f}" if lm else f"{q['accuracy']:.3f}"
+        agree = e.get("greedy_agreement")
+        third = (
+            (f"{agree['matching']}/{agree['of']}" if agree else "ref")
+            if lm
+            else f"{q['macro_f1']:.3f}"
+        )
+        gate = e.get("gate", {}).get("ort-cpu")
+        verdict = (
+            "baseline"
+            if gate is None
+            else (
+                f"{'**recommended**' if e.get('recommended') else 'not recommended'}: "
+                f"{gate['speedup']:.2f}× speed, {gate['quality_change']}"
+            )
+        )
+        lines.append(
+            f"| {name} | {e['graph']} | {e['precision']} | {e['bytes'] / 1e6:.2f} | {lat:.3f} | {quality} | {third} | {verdict} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,166 @@
+"""Quantize: every variant is written, validated, measured and gated; failures leave nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import runtime
+from edgezoo import atomic, manifest
+from edgezoo.errors import CheckpointError, ConfigError, ExportError
+from export.onnx_export import to_onnx
+from quantize import graphs
+from quantize.pipeline import QuantizeOptions, _gate, quantize_model
+from quantize.report import variants_table
+from zoo import data
+from zoo.config import BertConfig, LlamaConfig
+from zoo.modeldir import build_model, save_model_dir
+from zoo.tokenizer import save_tokenizer, train_tokenizer
+
+LM = dict(
+    vocab_size=600,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(text_corpus):
+    return train_tokenizer((t for _, t in data.iter_documents(str(text_corpus))), vocab_size=600)
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory, tokenizer, text_corpus):
+    path = tmp_path_factory.mktemp("q-lm")
+    torch.manual_seed(0)
+    save_model_dir(build_model(LlamaConfig(**LM)).eval(), path)
+    save_tokenizer(tokenizer, path, 128)
+    to_onnx(path, greedy_steps=8)
+    opts = QuantizeOptions(data=str(text_corpus), calibration_samples=4)
+    for target in ("int8", "int4", "fp16", "int8-static"):
+        quantize_model(path, target, opts)
+    return path
+
+
+def test_every_target_writes_a_measured_variant(lm_dir):
+    variants = manifest.read(lm_dir)["variants"]
+    assert {"int8", "gqa-int8", "gqa-int4", "fp16", "int8-static"} <= set(variants)
+    for name in ("int8", "gqa-int8", "gqa-int4", "fp16", "int8-static"):
+        e = variants[name]
+        assert e["sha256"] == atomic.sha256_file(lm_dir / "onnx" / e["file"])
+        assert e["quality"]["perplexity"] > 0 and e["latency"]["decode_ms_per_token_p50"] > 0
+        assert e["greedy_agreement"]["of"] == 64
+        assert set(e["gate"]["ort-cpu"]) >= {"speedup", "quality_change", "within_budget", "faster"}
+    sizes = {n: variants[n]["bytes"] for n in variants}
+    assert sizes["gqa-int4"] < sizes["gqa-int8"] < sizes["gqa"]
+    assert sizes["fp16"] < 0.75 * sizes["fp32"]
+    assert variants["gqa-int4"]["quantization"]["embeddings_quantized"]
+    assert variants["gqa-int4"]["quantization"]["lm_head_bits"] == 8
+    # near-lossless variants stay close to fp32 in quality on the same data
+    base = variants["gqa"]["quality"]["perplexity"]
+    assert abs(variants["gqa-int8"]["quality"]["perplexity"] / base - 1) < 0.01
+    assert abs(variants["fp16"]["quality"]["perplexity"] / base - 1) < 0.001
+    assert "| gqa-int4 | gqa | int4 |" in variants_table(variants)
+
+
+def test_quantized_graphs_use_the_expected_ops(lm_dir):
+    ops = {
+        n: {node.op_type for node in onnx.load(str(lm_dir / "onnx" / f"model.{n}.onnx")).graph.node}
+        for n in ("int8", "gqa-int4", "int8-static")
+    }
+    assert "MatMulInteger" in ops["int8"] or "DynamicQuantizeMatMul" in ops["int8"]
+    assert {"MatMulNBits", "GatherBlockQuantized"} <= ops["gqa-int4"]
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops["int8-static"]
+
+
+def test_runtime_picks_variants_by_precision_and_auto(lm_dir):
+    lm = runtime.load(lm_dir, backend="ort-cpu", variant="int4")
+    assert (
+        lm.variant == "gqa-int4" and len(lm.generate("def f():", max_new_tokens=8).token_ids) == 8
+    )
+    auto = runtime.load(lm_dir, backend="ort-cpu", variant="auto")
+    recommended = [n for n, e in manifest.read(lm_dir)["variants"].items() if e.get("recommended")]
+    assert (auto.variant in recommended) if recommended else auto.variant == "gqa"
+    assert "auto" in auto.reason
+
+
+def test_gate_needs_speed_and_quality():
+    base = {"quality": {"perplexity": 10.0}, "latency": {"decode_ms_per_token_p50": 2.0}}
+    opts = QuantizeOptions()
+
+    def verdict(ppl, ms):
+        return _gate(
+            {"quality": {"perplexity": ppl}, "latency": {"decode_ms_per_token_p50": ms}},
+            base,
+            "gqa",
+            opts,
+        )
+
+    assert verdict(10.1, 1.0)["recommended"]["ort-cpu"]["speedup"] == 2.0
+    assert verdict(10.1, 2.5)["recommended"] == {}  # slower
+    assert verdict(10.5, 1.0)["recommended"] == {}  # 5 % worse > 2 % budget
+    assert not verdict(10.5, 1.0)["gate"]["ort-cpu"]["within_budget"]
+
+
+def test_int8_static_for_tensorrt_is_symmetric(lm_dir, text_corpus):
+    variants = quantize_model(
+        lm_dir,
+        "int8-static",
+        QuantizeOptions(data=str(text_corpus), calibration_samples=4, for_tensorrt=True),
+    )
+    entry = variants["int8-static-trt"]
+    assert "ort-trt" in entry["backends"] and entry["quantization"]["symmetric_activations"]
+    graph = onnx.load(str(lm_dir / "onnx" / entry["file"])).graph
+    zero_points = {
+        i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer if "zero_point" in i.name
+    }
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points.values())
+
+
+def test_classifier_int8(tmp_path, tokenizer, labelled_csv):
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=600,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        num_labels=3,
+        id2label=dict(
+            enumerate(sorted({label for _, label in data.read_labelled(str(labelled_csv))}))
+        ),
+    )
+    save_model_dir(build_model(cfg).eval(), tmp_path)
+    save_tokenizer(tokenizer, tmp_path, 128)
+    to_onnx(tmp_path)
+    variants = quantize_model(tmp_path, "int8", QuantizeOptions(data=str(labelled_csv)))
+    assert (
+        0 <= variants["int8"]["quality"]["accuracy"] <= 1
+        and "classify_ms_p50" in variants["int8"]["latency"]
+    )
+    assert "accuracy points" in variants["int8"]["gate"]["ort-cpu"]["quality_change"]
+
+
+def test_bad_input_and_failed_variants_leave_nothing(lm_dir, tmp_path, monkeypatch, text_corpus):
+    with pytest.raises(ConfigError, match="choose one of"):
+        quantize_model(lm_dir, "int3")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="edgezoo export"):
+        quantize_model(tmp_path, "int8")
+
+    def broken(src, dst, *a, **k):
+        dst.write_bytes(b"not an onnx graph")
+        return {}
+
+    monkeypatch.setattr(graphs, "weight_only", broken)
+    before = sorted(p.name for p in (lm_dir / "onnx").iterdir())
+    with pytest.raises(ExportError):
+        quantize_model(lm_dir, "int4", QuantizeOptions(data=str(text_corpus)))
+    assert sorted(p.name for p in (lm_dir / "onnx").iterdir()) == before
