@@ -65,6 +65,10 @@ def _mb(n: int) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc > 1:
+        from zoo.launch import launch
+
+        return launch(args.nproc, sys.argv[1:], args.max_restarts)
     from zoo.train import train
     from zoo.train_config import config_from_args
 
@@ -224,6 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train a decoder LM or an encoder classifier into a model dir")
     add_arguments(s)
+    s.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="processes on this machine (>1: runs torchrun for you; DDP, or FSDP with --fsdp)",
+    )
+    s.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        help="with --nproc: restart failed workers this often; they resume from the last checkpoint",
+    )
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser(
@@ -329,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", help="evaluation/calibration data (default: the data the model was trained on)"
     )
     s.set_defaults(fn=cmd_quantize)
+
+    from quantize.prune import add_prune_parser
+    from runtime.server import add_serve_parser
+
+    add_prune_parser(sub)
+    add_serve_parser(sub)
 
     s = sub.add_parser("generate", help="generate text from an exported LM (streams to stdout)")
     s.add_argument("model_dir")

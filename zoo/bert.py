@@ -31,15 +31,18 @@ class Embeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, cfg: BertConfig) -> None:
+    """``n_heads`` heads of width ``cfg.head_dim`` (fewer than configured after head pruning)."""
+
+    def __init__(self, cfg: BertConfig, n_heads: int) -> None:
         super().__init__()
-        self.n_heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
-        self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.n_heads, self.head_dim = n_heads, cfg.head_dim
+        width = n_heads * cfg.head_dim
+        self.query = nn.Linear(cfg.hidden_size, width)
+        self.key = nn.Linear(cfg.hidden_size, width)
+        self.value = nn.Linear(cfg.hidden_size, width)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        b, s, d = x.shape
+        b, s, _ = x.shape
 
         def heads(t: Tensor) -> Tensor:
             return t.view(b, s, self.n_heads, self.head_dim).transpose(1, 2)
@@ -47,7 +50,7 @@ class SelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(
             heads(self.query(x)), heads(self.key(x)), heads(self.value(x)), attn_mask=mask
         )
-        return y.transpose(1, 2).reshape(b, s, d)
+        return y.transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim)
 
 
 class DenseNorm(nn.Module):
@@ -63,10 +66,10 @@ class DenseNorm(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    def __init__(self, cfg: BertConfig) -> None:
+    def __init__(self, cfg: BertConfig, n_heads: int) -> None:
         super().__init__()
-        self.self = SelfAttention(cfg)
-        self.output = DenseNorm(cfg.hidden_size, cfg.hidden_size, cfg.layer_norm_eps)
+        self.self = SelfAttention(cfg, n_heads)
+        self.output = DenseNorm(n_heads * cfg.head_dim, cfg.hidden_size, cfg.layer_norm_eps)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         return self.output(self.self(x, mask), x)
@@ -82,9 +85,9 @@ class Intermediate(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, cfg: BertConfig) -> None:
+    def __init__(self, cfg: BertConfig, index: int) -> None:
         super().__init__()
-        self.attention = AttentionBlock(cfg)
+        self.attention = AttentionBlock(cfg, cfg.heads_in_layer(index))
         self.intermediate = Intermediate(cfg)
         self.output = DenseNorm(cfg.intermediate_size, cfg.hidden_size, cfg.layer_norm_eps)
 
@@ -96,7 +99,7 @@ class EncoderLayer(nn.Module):
 class Encoder(nn.Module):
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
-        self.layer = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.layer = nn.ModuleList(EncoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
 
 
 class Pooler(nn.Module):

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from edgezoo import atomic
 from edgezoo.errors import CheckpointError
-from zoo.modeldir import WEIGHTS_FILE, load_weights, weights_for_saving
+from zoo.modeldir import WEIGHTS_FILE
 
 STATE_FILE = "state.pt"
 META_FILE = "trainer.json"
@@ -41,16 +40,19 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
-    model: nn.Module,
+    weights: dict[str, torch.Tensor],
     training_state: dict[str, Any],
     meta: dict[str, Any],
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint ``step`` atomically, then delete all but the newest ``keep``."""
+    """Write checkpoint ``step`` atomically, then delete all but the newest ``keep``.
+
+    ``weights`` is a full (unsharded) state dict; ``training_state`` holds the optimizer
+    state keyed by parameter name, so a run with another world size can resume it."""
     from safetensors.torch import save_file
 
     root = checkpoint_dir(run_dir)
-    weights = weights_for_saving(model)
+    weights = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
     needed = sum(t.numel() * t.element_size() for t in weights.values()) * 3  # + Adam moments
     atomic.ensure_free_disk(root, needed, f"checkpoint step {step}")
     target = root / f"step-{step:08d}"
@@ -105,7 +107,9 @@ def latest_valid(run_dir: str | Path) -> Checkpoint | None:
     return None
 
 
-def load_checkpoint(ckpt: Checkpoint, model: nn.Module) -> dict[str, Any]:
-    """Load weights into ``model`` and return the training state (optimizer, RNG, ...)."""
-    load_weights(model, ckpt.path / WEIGHTS_FILE)
-    return torch.load(ckpt.path / STATE_FILE, map_location="cpu", weights_only=True)
+def load_checkpoint(ckpt: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(weights, training state) of a verified checkpoint."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(ckpt.path / WEIGHTS_FILE))
+    return weights, torch.load(ckpt.path / STATE_FILE, map_location="cpu", weights_only=True)

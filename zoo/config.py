@@ -36,9 +36,17 @@ class LlamaConfig:
     eos_token_id: int = EOS_ID
     pad_token_id: int = PAD_ID
     preset: str | None = None
+    # None: hidden_size // num_attention_heads (every preset). Set when structured pruning
+    # removed heads: fewer heads of the same width, so q/o_proj are narrower than hidden.
+    explicit_head_dim: int | None = None
 
     def __post_init__(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
+        derived = self.hidden_size // self.num_attention_heads
+        if self.explicit_head_dim == derived and not self.hidden_size % self.num_attention_heads:
+            self.explicit_head_dim = None  # one spelling per architecture
+        if self.explicit_head_dim is not None and self.explicit_head_dim < 1:
+            raise ConfigError(f"head_dim {self.explicit_head_dim} must be a positive integer.")
+        if self.explicit_head_dim is None and self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
                 f"{self.num_attention_heads}; pick a width that is a multiple of the heads."
@@ -53,6 +61,8 @@ class LlamaConfig:
 
     @property
     def head_dim(self) -> int:
+        if self.explicit_head_dim is not None:
+            return self.explicit_head_dim
         return self.hidden_size // self.num_attention_heads
 
     def to_hf_dict(self) -> dict[str, Any]:
@@ -93,8 +103,6 @@ class LlamaConfig:
         if d.get("rope_scaling"):
             raise ConfigError("rope_scaling is not supported by the zoo Llama family yet")
         heads = d["num_attention_heads"]
-        if d.get("head_dim") not in (None, d["hidden_size"] // heads):
-            raise ConfigError("head_dim != hidden_size / num_attention_heads is not supported")
         return cls(
             vocab_size=d["vocab_size"],
             hidden_size=d["hidden_size"],
@@ -110,6 +118,7 @@ class LlamaConfig:
             eos_token_id=_first(d.get("eos_token_id"), EOS_ID),
             pad_token_id=_first(d.get("pad_token_id"), PAD_ID),
             preset=d.get("edgezoo_preset"),
+            explicit_head_dim=d.get("head_dim"),
         )
 
 
@@ -130,6 +139,9 @@ class BertConfig:
     id2label: dict[int, str] = field(default_factory=dict)
     pad_token_id: int = PAD_ID
     preset: str | None = None
+    # layer -> original head indices removed by structured pruning (transformers' own
+    # ``pruned_heads``: BERT keeps head width hidden_size / num_attention_heads).
+    pruned_heads: dict[int, list[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
@@ -137,6 +149,20 @@ class BertConfig:
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
                 f"{self.num_attention_heads}."
             )
+        self.pruned_heads = {
+            int(k): sorted({int(h) for h in v}) for k, v in self.pruned_heads.items() if v
+        }
+        for layer, heads in self.pruned_heads.items():
+            if not 0 <= layer < self.num_hidden_layers:
+                raise ConfigError(
+                    f"pruned_heads names layer {layer}; the model has {self.num_hidden_layers}."
+                )
+            if not all(0 <= h < self.num_attention_heads for h in heads):
+                raise ConfigError(
+                    f"pruned_heads[{layer}] = {heads} names heads outside 0..{self.num_attention_heads - 1}."
+                )
+            if len(heads) == self.num_attention_heads:
+                raise ConfigError(f"pruned_heads removes every head of layer {layer}; keep one.")
         if not self.id2label:
             self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
         self.id2label = {int(k): v for k, v in self.id2label.items()}
@@ -148,6 +174,9 @@ class BertConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    def heads_in_layer(self, layer: int) -> int:
+        return self.num_attention_heads - len(self.pruned_heads.get(layer, ()))
 
     def to_hf_dict(self) -> dict[str, Any]:
         d = {
@@ -174,6 +203,8 @@ class BertConfig:
             "problem_type": "single_label_classification",
             "torch_dtype": "float32",
         }
+        if self.pruned_heads:  # only when pruned: unpruned configs stay byte-identical
+            d["pruned_heads"] = {str(k): v for k, v in self.pruned_heads.items()}
         if self.preset:
             d["edgezoo_preset"] = self.preset
         return d
@@ -198,6 +229,7 @@ class BertConfig:
             id2label=id2label,
             pad_token_id=d.get("pad_token_id", PAD_ID) or 0,
             preset=d.get("edgezoo_preset"),
+            pruned_heads={int(k): list(v) for k, v in (d.get("pruned_heads") or {}).items()},
         )
 
 

@@ -1,4 +1,4 @@
-"""Process-group plumbing for ``torchrun``: DDP by default, FSDP on request.
+"""Process-group plumbing for ``torchrun``: DDP by default, FSDP2 on request.
 
 A run is distributed exactly when torchrun set ``WORLD_SIZE`` > 1; the backend follows
 the device (NCCL on CUDA, gloo on CPU). With one process every helper is a no-op, so the
@@ -53,35 +53,86 @@ class Dist:
         return t / self.world
 
     def wrap(self, model: nn.Module) -> nn.Module:
+        """DDP, or FSDP2 (``fully_shard``: each block, then the root) with ``fsdp=True``.
+
+        FSDP2 shards parameters, gradients and optimizer state and, unlike FSDP1, also runs
+        on CPU with gloo — so the code path that shards across GPUs is tested here too.
+        """
         if not self.active:
             return model
         if self.fsdp:
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+            from torch.distributed.fsdp import fully_shard
 
-            return FSDP(
-                model,
-                device_id=self.device if self.device.type == "cuda" else None,
-                use_orig_params=True,
-            )
+            for block in _blocks(model):
+                fully_shard(block)
+            fully_shard(model)
+            return model  # fully_shard converts the module in place
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         return DDP(model, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
 
     def no_sync_unless(self, model: nn.Module, sync: bool):
-        """Skip the gradient all-reduce on accumulation micro-steps but the last."""
+        """Skip DDP's gradient all-reduce on accumulation micro-steps but the last."""
         if self.active and not sync and hasattr(model, "no_sync"):
             return model.no_sync()
         return contextlib.nullcontext()
+
+    def full_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+        """Unsharded weights and optimizer state keyed by parameter name, on CPU: the same
+        format whatever the world size or wrapping, so any later run can resume it."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(model, options=opts), get_optimizer_state_dict(
+            model, optimizer, options=opts
+        )
+
+    def load_full_state(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict, optim: dict
+    ) -> None:
+        """Load a ``full_state`` into a (possibly sharded) model and its optimizer."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(model, weights, options=opts)
+        set_optimizer_state_dict(model, optimizer, optim, options=opts)
 
     def teardown(self) -> None:
         if self.active and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
 
 
+def _blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated transformer blocks: FSDP's natural sharding units."""
+    from zoo.bert import EncoderLayer
+    from zoo.llama import DecoderLayer
+
+    return [m for m in model.modules() if isinstance(m, DecoderLayer | EncoderLayer)]
+
+
+def restarted_by_torchrun() -> bool:
+    """True when torchrun's --max-restarts brought this worker back after a failure."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
 def setup(device: str = "auto", fsdp: bool = False) -> Dist:
     """Join the process group torchrun describes in the environment (if any)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
+        if fsdp:
+            from edgezoo.errors import ConfigError
+
+            raise ConfigError(
+                "--fsdp needs several processes: launch with --nproc N (or torchrun)."
+            )
         return Dist()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
@@ -90,6 +141,39 @@ def setup(device: str = "auto", fsdp: bool = False) -> Dist:
         dev = torch.device("cuda", local_rank)
     else:
         dev = torch.device("cpu")
+        # Processes on one machine share its cores; oversubscribing them slows everyone.
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     if not torch_dist.is_initialized():
-        torch_dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        if use_cuda:
+            torch_dist.init_process_group(backend="nccl")
+        else:
+            torch_dist.init_process_group(
+                backend="gloo", store=_attempt_store(world), rank=rank, world_size=world
+            )
     return Dist(rank, world, local_rank, dev, fsdp)
+
+
+def _attempt_store(world: int) -> torch_dist.Store | None:
+    """torchrun's store, namespaced by restart attempt.
+
+    After ``--max-restarts`` restarts the workers, gloo reads the *previous* attempt's peer
+    addresses from the agent's store and fails with "connection refused" (seen with torch
+    2.13 on CPU). A key prefix per attempt keeps each attempt's rendezvous apart. The
+    attempt count is per node, so this fixes single-node restarts (tested); multi-node
+    gloo restarts may still need torchrun's own fix.
+    """
+    import datetime
+
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = torch_dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=False,
+        timeout=datetime.timedelta(minutes=10),
+    )
+    return torch_dist.PrefixStore(
+        f"edgezoo/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store
+    )

@@ -34,11 +34,21 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
 def weights_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
     """State dict with tied weights stored once (as transformers does) and contiguous."""
-    state = model.state_dict()
-    cfg = getattr(model, "config", None)
+    return store_tied_once(model.state_dict(), getattr(model, "config", None))
+
+
+def store_tied_once(state: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
+    state = dict(state)
     if getattr(cfg, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def with_tied(state: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
+    """The inverse: a full state dict (both names) for ``load_state_dict``-style APIs."""
+    if getattr(cfg, "tie_word_embeddings", False) and "lm_head.weight" not in state:
+        state = {**state, "lm_head.weight": state["model.embed_tokens.weight"]}
+    return state
 
 
 def save_weights(model: nn.Module, path: str | Path) -> None:

@@ -111,13 +111,15 @@ def count_params(cfg: ModelConfig) -> int:
     """Parameters without building the model (counts tied weights once)."""
     d, n, ff, v = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, cfg.vocab_size
     if isinstance(cfg, LlamaConfig):
-        kv = cfg.num_key_value_heads * cfg.head_dim
-        per_layer = 2 * d * d + 2 * d * kv + 3 * d * ff + 2 * d
+        q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+        per_layer = 2 * d * q + 2 * d * kv + 3 * d * ff + 2 * d
         head = 0 if cfg.tie_word_embeddings else v * d
         return v * d + n * per_layer + d + head
-    per_layer = 4 * (d * d + d) + 2 * d * ff + ff + d + 4 * d
+    attn = sum(cfg.heads_in_layer(i) * cfg.head_dim for i in range(n))  # narrower when pruned
+    per_layer = 2 * d * ff + ff + d + d + 4 * d  # MLP, attention output bias, 2 LayerNorms
+    total_layers = n * per_layer + 4 * d * attn + 3 * attn
     emb = (v + cfg.max_position_embeddings + cfg.type_vocab_size) * d + 2 * d
-    return emb + n * per_layer + d * d + d + d * cfg.num_labels + cfg.num_labels
+    return emb + total_layers + d * d + d + d * cfg.num_labels + cfg.num_labels
 
 
 def summaries() -> list[PresetSummary]:

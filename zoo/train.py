@@ -15,7 +15,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from zoo import checkpoint as ckpt
 from zoo import data
 from zoo.config import BertConfig, LlamaConfig, ModelConfig
 from zoo.metrics import classification_report, perplexity
-from zoo.modeldir import build_model, load_config, save_model_dir
+from zoo.modeldir import build_model, load_config, save_model_dir, store_tied_once, with_tied
 from zoo.presets import FAMILIES, make_config
 from zoo.tokenizer import copy_tokenizer, load_tokenizer, save_tokenizer, train_tokenizer
 from zoo.train_config import TrainConfig, add_arguments, config_from_args
@@ -271,9 +271,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.family not in FAMILIES:
         raise ConfigError(f"unknown family {cfg.family!r}; valid families: {', '.join(FAMILIES)}")
     make_config(cfg.family, cfg.size)  # validates the size early, listing valid ones
-    dist = distributed.setup(cfg.device)
+    dist = distributed.setup(cfg.device, cfg.fsdp)
     device = dist.device if dist.world > 1 else pick_device(cfg.device)
     out = Path(cfg.out)
+    if distributed.restarted_by_torchrun() and ckpt.list_checkpoints(out):
+        cfg = replace(cfg, resume=True)  # torchrun --max-restarts brought us back: continue
     _check_resumable(out, cfg)
     if cfg.batch_size % (cfg.grad_accum * dist.world):
         raise ConfigError(
@@ -334,6 +336,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.resume:
         if dist.is_main:
             ckpt.remove_partial(out)
+        dist.barrier()
         found = ckpt.latest_valid(out)
         if found is None:
             raise CheckpointError(
@@ -343,18 +346,21 @@ def train(cfg: TrainConfig) -> TrainResult:
             raise ConfigError(
                 f"cannot resume {out}: the checkpoint's model config differs from this run's."
             )
-        state = ckpt.load_checkpoint(found, model)
+        state = ckpt.load_checkpoint(found)
         start_step = found.step
     model.to(device)
+    train_model = dist.wrap(model)
     optimizer = make_optimizer(model, cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg.warmup_steps, steps, cfg.min_lr_ratio)
     )
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-    train_model = dist.wrap(model)
+        weights, training_state = state
+        dist.load_full_state(
+            model, optimizer, with_tied(weights, model_cfg), training_state["optimizer"]
+        )
+        scheduler.load_state_dict(training_state["scheduler"])
+        torch.set_rng_state(training_state["torch_rng"])
     if cfg.compile:
         train_model = torch.compile(train_model)
 
@@ -363,23 +369,38 @@ def train(cfg: TrainConfig) -> TrainResult:
         save_tokenizer(tok, out, context)
         _truncate_log(out / LOG_FILE, start_step)
     log = open(out / LOG_FILE, "a") if dist.is_main else None
-    meta = {"model_config": model_cfg.to_hf_dict(), "train_config": asdict(cfg)}
+    meta = {
+        "model_config": model_cfg.to_hf_dict(),
+        "train_config": asdict(cfg),
+        "world_size": dist.world,
+    }
 
-    def save(step: int) -> None:
+    def save(step: int) -> dict[str, torch.Tensor]:
+        """Gather the full state (a collective under FSDP); rank 0 writes it."""
+        weights, optim_state = dist.full_state(model, optimizer)
         if dist.is_main:
+            training_state = {
+                "optimizer": optim_state,
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            }
             ckpt.save_checkpoint(
                 out,
                 step,
-                model,
-                {
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                },
+                store_tied_once(weights, model_cfg),
+                training_state,
                 meta,
                 keep=cfg.keep_checkpoints,
             )
         dist.barrier()
+        return weights
+
+    def evaluate() -> dict[str, float]:
+        """FSDP's forward is a collective, so every rank evaluates; otherwise rank 0 alone."""
+        if not (dist.fsdp or dist.is_main):
+            return {}
+        model.eval()
+        return task.evaluate(model, device, micro * cfg.grad_accum, cfg.eval_batches)
 
     progress = _progress(cfg.progress and dist.is_main, start_step, steps)
     tokens_per_step = cfg.batch_size * task.tokens_per_example
@@ -419,22 +440,28 @@ def train(cfg: TrainConfig) -> TrainResult:
                         "step": done,
                         "loss": loss_value,
                         "lr": scheduler.get_last_lr()[0],
-                        "grad_norm": float(grad_norm),
+                        "grad_norm": float(
+                            grad_norm.full_tensor()
+                            if hasattr(grad_norm, "full_tensor")
+                            else grad_norm
+                        ),
                         "tokens_per_s": tps,
                         "epoch": task.sampler.epoch_of(done * cfg.batch_size),
                         "elapsed_s": now - t_start,
                     },
                 )
-            if done % cfg.eval_every == 0 and done != steps and dist.is_main:
-                model.eval()
-                metrics = task.evaluate(model, device, micro * cfg.grad_accum, cfg.eval_batches)
-                _log(log, {"step": done, "event": "eval", **metrics})
+            if done % cfg.eval_every == 0 and done != steps:
+                metrics = evaluate()
+                if log:
+                    _log(log, {"step": done, "event": "eval", **metrics})
             if done % cfg.checkpoint_every == 0 and done != steps:
                 save(done)
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(
-                    loss=f"{loss_value:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}"
+                    loss=f"{loss_value:.3f}",
+                    lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                    tok_s=f"{(done - start_step) * tokens_per_step / max(time.perf_counter() - t_start, 1e-9):,.0f}",
                 )
     except torch.cuda.OutOfMemoryError as e:
         raise ResourceError(
@@ -442,7 +469,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             "--grad-accum (same global batch, less memory), shorten --context or pick a smaller --size."
         ) from e
     except KeyboardInterrupt:
-        if step > start_step:
+        if step > start_step and not dist.active:
             save(step)
             print(
                 f"\ninterrupted: checkpoint at step {step} saved; continue with --resume",
@@ -455,17 +482,17 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     elapsed = time.perf_counter() - t_start
     tokens_per_s = (steps - start_step) * tokens_per_step / max(elapsed, 1e-9)
+    weights = save(steps) if steps > start_step else dist.full_state(model, optimizer)[0]
     if dist.is_main:
-        model.eval()
-        metrics = task.evaluate(model, device, micro * cfg.grad_accum, cfg.eval_batches)
-        if steps > start_step:
-            save(steps)
-        save_model_dir(model, out)
+        final = build_model(model_cfg)  # a plain copy on CPU, whatever the wrapping
+        final.load_state_dict(with_tied(weights, model_cfg))
+        final.eval()
+        metrics = task.evaluate(final.to(device), device, micro * cfg.grad_accum, cfg.eval_batches)
+        save_model_dir(final, out)
         _log(log, {"step": steps, "event": "final", **metrics, "train_tokens_per_s": tokens_per_s})
         atomic.write_json(out / "eval.json", {"step": steps, "data": source, **metrics})
         log.close()
-    elif steps > start_step:
-        save(steps)
+    dist.barrier()
     dist.teardown()
     return TrainResult(out, steps, metrics, tokens_per_s)
 

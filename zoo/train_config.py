@@ -39,6 +39,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"
     compile: bool = False
+    fsdp: bool = False
     resume: bool = False
     init_from: str | None = None
     text_field: str = "text"
@@ -105,6 +106,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    p.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="shard parameters, gradients and optimizer state (FSDP2) across processes",
+    )
     p.add_argument(
         "--resume", action="store_true", help="continue from the newest valid checkpoint in --out"
     )

@@ -1,0 +1,540 @@
+"""HTTP server: OpenAI-compatible answers equal the Python API, batching, limits, auth, metrics.
+
+All traffic goes through fastapi's in-process TestClient (or straight ASGI calls): nothing
+touches the network. Slow or gated models are thin wrappers around the real tiny LM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from starlette.requests import ClientDisconnect
+
+import runtime
+from edgezoo.errors import ConfigError
+from export.onnx_export import to_onnx
+from runtime.sampling import SamplingParams
+from runtime.server import (
+    Batcher,
+    Job,
+    Metrics,
+    add_serve_parser,
+    check_bind,
+    create_app,
+    is_loopback,
+    serve,
+)
+from zoo import data
+from zoo.config import BertConfig, LlamaConfig
+from zoo.modeldir import build_model, save_model_dir
+from zoo.tokenizer import save_tokenizer, train_tokenizer
+
+CONTEXT = 96
+GREEDY = {"temperature": 0, "max_tokens": 12}
+PROMPTS = ["def main(args):\n    return", "import os", 'class Config(object):\n    """Hold']
+
+
+@pytest.fixture(scope="module")
+def tokenizer(text_corpus):
+    return train_tokenizer((t for _, t in data.iter_documents(str(text_corpus))), vocab_size=600)
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("srv-lm")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=600,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=CONTEXT,
+    )
+    save_model_dir(build_model(cfg).eval(), path)
+    save_tokenizer(tokenizer, path, CONTEXT)
+    to_onnx(path, greedy_steps=16, fast=False, optimize=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def lm(lm_dir):
+    return runtime.load(lm_dir, backend="ort-cpu")
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("srv-cls")
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=600,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=CONTEXT,
+        num_labels=3,
+        id2label={0: "a", 1: "b", 2: "c"},
+    )
+    save_model_dir(build_model(cfg).eval(), path)
+    save_tokenizer(tokenizer, path, CONTEXT)
+    to_onnx(path, fast=False, optimize=False)
+    return runtime.load(path, backend="ort-cpu")
+
+
+@pytest.fixture(scope="module")
+def client(lm):
+    with TestClient(create_app(lm, model_name="tiny", max_tokens_limit=64)) as c:
+        yield c
+
+
+def expected(lm, prompt: str, max_tokens: int = 12):
+    return lm.generate(prompt, max_new_tokens=max_tokens)
+
+
+class Gated:
+    """The real LM, but ``generate`` records each batch and can be held until released."""
+
+    def __init__(self, lm, *, held: bool = False) -> None:
+        self.lm, self.batches = lm, []
+        self.started, self.release = threading.Event(), threading.Event()
+        if not held:
+            self.release.set()
+
+    def __getattr__(self, name):
+        return getattr(self.lm, name)
+
+    def generate(self, prompts, params=None, **overrides):
+        self.batches.append(len(prompts))
+        self.started.set()
+        assert self.release.wait(10)
+        return self.lm.generate(prompts, params, **overrides)
+
+
+# ---------------------------------------------------------------------- completions ----------
+
+
+def test_greedy_completion_matches_generate(client, lm):
+    r = client.post("/v1/completions", json={"model": "tiny", "prompt": PROMPTS[0], **GREEDY})
+    assert r.status_code == 200, r.text
+    body, want = r.json(), expected(lm, PROMPTS[0])
+    assert body["object"] == "text_completion" and body["model"] == "tiny"
+    assert body["choices"] == [
+        {"text": want.text, "index": 0, "logprobs": None, "finish_reason": "length"}
+    ]
+    assert body["usage"] == {
+        "prompt_tokens": want.prompt_tokens,
+        "completion_tokens": len(want.token_ids),
+        "total_tokens": want.prompt_tokens + len(want.token_ids),
+    }
+
+
+def test_list_prompt_gives_one_choice_per_prompt(client, lm):
+    r = client.post("/v1/completions", json={"prompt": PROMPTS, **GREEDY})
+    assert r.status_code == 200, r.text
+    choices = r.json()["choices"]
+    assert [c["index"] for c in choices] == [0, 1, 2]
+    assert [c["text"] for c in choices] == [expected(lm, p).text for p in PROMPTS]
+
+
+def test_stop_string_cuts_the_text(client, lm):
+    want = expected(lm, PROMPTS[1], 24).text
+    stop = want[len(want) // 2 : len(want) // 2 + 2]
+    r = client.post(
+        "/v1/completions", json={"prompt": PROMPTS[1], "stop": stop, **GREEDY, "max_tokens": 24}
+    )
+    choice = r.json()["choices"][0]
+    assert choice["text"] == want[: want.index(stop)]
+    assert choice["finish_reason"] == "stop"
+
+
+def test_streaming_chunks_join_to_the_same_text(client, lm):
+    body = {
+        "prompt": PROMPTS[2],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **GREEDY,
+    }
+    with client.stream("POST", "/v1/completions", json=body) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        raw = "".join(r.iter_text())
+    events = [e.removeprefix("data: ") for e in raw.split("\n\n") if e]
+    assert all(e for e in raw.split("\n\n")[:-1]) and raw.endswith("data: [DONE]\n\n")
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    *text_chunks, usage = chunks
+    want = expected(lm, PROMPTS[2])
+    assert "".join(c["choices"][0]["text"] for c in text_chunks) == want.text
+    assert [c["choices"][0]["finish_reason"] for c in text_chunks][-1] == "length"
+    assert all(c["object"] == "text_completion" for c in chunks)
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == len(want.token_ids)
+
+
+def test_streaming_a_list_of_prompts_indexes_the_chunks(client, lm):
+    body = {"prompt": PROMPTS[:2], "stream": True, **GREEDY}
+    events = client.post("/v1/completions", json=body).text.split("\n\n")
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events if e and e != "data: [DONE]"]
+    for index, prompt in enumerate(PROMPTS[:2]):
+        mine = [c["choices"][0] for c in chunks if c["choices"][0]["index"] == index]
+        assert "".join(c["text"] for c in mine) == expected(lm, prompt).text
+        assert mine[-1]["finish_reason"] == "length"
+
+
+def test_seeded_sampling_is_repeatable_and_never_batched(lm):
+    model = Gated(lm)
+    body = {"prompt": PROMPTS[0], "temperature": 1.5, "seed": 7, "max_tokens": 12}
+    with TestClient(create_app(model, model_name="tiny", batch_wait_ms=500)) as c:
+        texts = []
+        threads = [
+            threading.Thread(
+                target=lambda: texts.append(c.post("/v1/completions", json=body).json())
+            )
+            for _ in range(3)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    want = lm.generate(PROMPTS[0], temperature=1.5, seed=7, max_new_tokens=12).text
+    assert [t["choices"][0]["text"] for t in texts] == [want] * 3
+    assert model.batches == [1, 1, 1]
+
+
+def test_models_lists_the_served_model(client):
+    body = client.get("/v1/models").json()
+    assert body["object"] == "list"
+    assert [(m["id"], m["object"], m["owned_by"]) for m in body["data"]] == [
+        ("tiny", "model", "edgezoo")
+    ]
+    assert body["data"][0]["context_length"] == CONTEXT
+
+
+def test_classify_returns_labels_and_scores(classifier):
+    texts = ["import os\nos.getcwd()", "def f(x):\n    return x"]
+    with TestClient(create_app(classifier, model_name="cls")) as c:
+        r = c.post("/v1/classify", json={"input": texts})
+        assert r.status_code == 200, r.text
+        want = classifier.classify(texts)
+        got = r.json()["data"]
+        assert [d["label"] for d in got] == [w["label"] for w in want]
+        assert [d["score"] for d in got] == pytest.approx([w["score"] for w in want], abs=1e-6)
+        assert set(got[0]["scores"]) == {"a", "b", "c"}
+        wrong = c.post("/v1/completions", json={"prompt": "hi"})
+        assert wrong.status_code == 400 and "/v1/classify" in wrong.json()["error"]["message"]
+
+
+# ---------------------------------------------------------------------- bad requests ---------
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"prompt": ""}, "empty prompt"),
+        ({"prompt": ["ok", ""]}, "empty prompt"),
+        ({"prompt": "word " * 200}, f"context is {CONTEXT}"),
+        ({"prompt": "hi", "temperature": -1}, "temperature=-1"),
+        ({"prompt": "hi", "temperature": "hot"}, "temperature must be a finite number"),
+        ({"prompt": "hi", "max_tokens": 65}, "limit of 64"),
+        ({"prompt": "hi", "max_tokens": 0}, "max_tokens >= 1"),
+        ({"prompt": "hi", "n": 2}, "n is not supported"),
+        ({"prompt": 42}, "prompt must be a string"),
+        ({"prompt": "hi", "stop": [""]}, "stop="),
+        ({"prompt": "hi", "stream": "yes"}, "stream must be true or false"),
+        ({"prompt": "hi", "seed": -1}, "seed must be an integer >= 0"),
+    ],
+)
+def test_bad_completion_requests_are_400(client, body, says):
+    r = client.post("/v1/completions", json=body)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert says in error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_other_request_errors(client, lm):
+    r = client.post(
+        "/v1/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = client.post("/v1/classify", json={"input": "hi"})
+    assert r.status_code == 400 and "/v1/completions" in r.json()["error"]["message"]
+    r = client.post("/v1/completions", json={"model": "gpt-4", "prompt": "hi"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    assert client.get("/nope").json()["error"]["message"] == "Not Found"
+
+
+def test_prompt_over_the_server_limit_is_400(lm):
+    with TestClient(create_app(lm, model_name="tiny", max_prompt_tokens=4)) as c:
+        r = c.post("/v1/completions", json={"prompt": PROMPTS[0]})
+    assert r.status_code == 400 and "at most 4" in r.json()["error"]["message"]
+
+
+def test_body_over_the_limit_is_413(lm):
+    with TestClient(create_app(lm, model_name="tiny", max_body_bytes=1000)) as c:
+        r = c.post("/v1/completions", json={"prompt": "x" * 2000})
+        assert r.status_code == 413 and "1000 bytes" in r.json()["error"]["message"]
+        assert c.post("/v1/completions", json={"prompt": "x", "max_tokens": 1}).status_code == 200
+
+
+# ---------------------------------------------------------------------- auth -----------------
+
+
+def test_api_key_is_required_except_for_health(lm):
+    with TestClient(create_app(lm, model_name="tiny", api_key="s3cret")) as c:
+        body = {"prompt": "hi", "max_tokens": 2}
+        assert c.get("/health").status_code == 200
+        r = c.post("/v1/completions", json=body)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert r.json()["error"]["code"] == "invalid_api_key"
+        wrong = {"Authorization": "Bearer nope"}
+        assert c.post("/v1/completions", json=body, headers=wrong).status_code == 401
+        assert c.get("/v1/models", headers=wrong).status_code == 401
+        assert c.get("/metrics").status_code == 401
+        right = {"Authorization": "Bearer s3cret"}
+        assert c.post("/v1/completions", json=body, headers=right).status_code == 200
+        assert c.get("/v1/models", headers=right).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.8.9.1", True), ("::1", True), ("[::1]", True),
+     ("localhost", True), ("0.0.0.0", False), ("::", False), ("192.168.1.5", False),
+     ("example.com", False)],
+)  # fmt: skip
+def test_loopback_detection(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+def test_non_loopback_bind_without_key_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="--api-key"):
+        serve(tmp_path, host="0.0.0.0")  # refused before the model is even loaded
+    check_bind("0.0.0.0", "key")
+    check_bind("127.0.0.1", None)
+
+
+# ---------------------------------------------------------------------- load -----------------
+
+
+def test_concurrent_requests_are_batched(lm):
+    model = Gated(lm)
+    app = create_app(model, model_name="tiny", max_batch=4, batch_wait_ms=2000)
+    results: dict[int, dict] = {}
+    with TestClient(app) as c:
+
+        def ask(i: int) -> None:
+            prompt = PROMPTS[i % len(PROMPTS)]
+            results[i] = c.post("/v1/completions", json={"prompt": prompt, **GREEDY}).json()
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        metrics = c.get("/metrics").text
+    assert max(model.batches) > 1 and sum(model.batches) == 4
+    for i, body in results.items():
+        assert body["choices"][0]["text"] == expected(lm, PROMPTS[i % len(PROMPTS)]).text
+    assert "edgezoo_batch_size_count" in metrics
+
+
+def test_full_queue_answers_503_with_retry_after(lm):
+    model = Gated(lm, held=True)
+    app = create_app(model, model_name="tiny", max_queue=1, batch_wait_ms=0)
+    statuses = []
+    with TestClient(app) as c:
+
+        def ask() -> None:
+            statuses.append(
+                c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2}).status_code
+            )
+
+        first = threading.Thread(target=ask)
+        first.start()
+        assert model.started.wait(10)  # the worker holds request 1 ...
+        second = threading.Thread(target=ask)
+        second.start()
+        deadline = time.monotonic() + 10
+        while len(app.state.batcher.pending) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)  # ... and request 2 fills the queue
+        r = c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2})
+        model.release.set()
+        first.join(10)
+        second.join(10)
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json()["error"]["code"] == "overloaded"
+    assert statuses == [200, 200]
+
+
+def test_slow_request_times_out_with_504(lm):
+    model = Gated(lm, held=True)
+    with TestClient(create_app(model, model_name="tiny", request_timeout_s=0.2)) as c:
+        r = c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2})
+        s = c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2, "stream": True})
+        model.release.set()
+    assert r.status_code == 504 and "0.2 s" in r.json()["error"]["message"]
+    assert s.status_code == 504
+
+
+def test_metrics_count_requests_and_tokens(lm):
+    with TestClient(create_app(lm, model_name="tiny")) as c:
+        c.post("/v1/completions", json={"prompt": PROMPTS[1], **GREEDY})
+        c.post("/v1/completions", json={"prompt": ""})
+        r = c.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert 'edgezoo_requests_total{endpoint="/v1/completions",status="200"} 1.0' in text
+    assert 'edgezoo_requests_total{endpoint="/v1/completions",status="400"} 1.0' in text
+    assert 'edgezoo_request_duration_seconds_count{endpoint="/v1/completions"} 2.0' in text
+    want = expected(lm, PROMPTS[1])
+    assert f"edgezoo_generated_tokens_total {float(len(want.token_ids))}" in text
+    assert f"edgezoo_prompt_tokens_total {float(want.prompt_tokens)}" in text
+    assert "edgezoo_queue_depth 0.0" in text
+    assert "edgezoo_batch_size_bucket" in text
+
+
+# ---------------------------------------------------------------------- streams & shutdown ---
+
+
+class Endless:
+    """A fake LM whose stream never ends on its own: shows whether a disconnect stops it."""
+
+    context = CONTEXT
+
+    def __init__(self) -> None:
+        self.pulled = 0
+
+    def encode(self, prompts):
+        return [[1, 2]] * len(prompts)
+
+    def generate(self, prompts, params=None):
+        raise AssertionError("not used")
+
+    def stream_events(self, prompt, params=None):
+        for _ in range(10_000):
+            self.pulled += 1
+            time.sleep(0.002)
+            yield "x", None
+        self.last = SimpleNamespace(token_ids=[0] * self.pulled)
+        yield "", "length"
+
+
+@pytest.mark.parametrize("spec", ["2.3", "2.4"])  # Starlette notices a disconnect differently
+def test_stream_stops_generating_when_the_client_leaves(spec):
+    """Raw ASGI: the client reads three chunks, then disconnects."""
+    model = Endless()
+    app = create_app(model, model_name="endless")
+    body = json.dumps({"prompt": "hi", "stream": True, "max_tokens": 10_000}).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": spec},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/completions",
+        "raw_path": b"/v1/completions",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json")],
+        "server": ("test", 80),
+        "client": ("test", 1),
+    }
+
+    async def scenario() -> list[dict]:
+        chunks, gone = [], asyncio.Event()
+        requested = False
+
+        async def receive() -> dict:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                if gone.is_set():
+                    raise OSError("client went away")  # what a server does on a closed socket
+                chunks.append(message)
+                if len(chunks) == 3:
+                    gone.set()
+
+        async with app.router.lifespan_context(app):
+            with contextlib.suppress(ClientDisconnect):
+                await asyncio.wait_for(app(scope, receive, send), 10)
+            pulled = model.pulled
+            await asyncio.sleep(0.1)
+            assert model.pulled <= pulled + 1  # nothing generated after the stream ended
+        return chunks
+
+    chunks = asyncio.run(scenario())
+    assert len(chunks) == 3
+    assert model.pulled < 20
+
+
+def test_shutdown_finishes_queued_work_then_refuses():
+    class Slow:
+        def generate(self, prompts, params=None):
+            time.sleep(0.05)
+            return [SimpleNamespace(text=p.upper(), token_ids=[1]) for p in prompts]
+
+    async def scenario():
+        batcher = Batcher(Slow(), Metrics(), max_batch=2, max_queue=8, batch_wait_s=0)
+        batcher.start()
+        params = SamplingParams()
+        jobs = [Job([f"p{i}"], params) for i in range(5)]
+        for job in jobs:
+            batcher.submit(job)
+        await batcher.stop(timeout_s=10)
+        with pytest.raises(Exception, match="shutting down"):
+            batcher.submit(Job(["late"], params))
+        return [job.future.result()[0].text for job in jobs], batcher.task.done()
+
+    texts, stopped = asyncio.run(scenario())
+    assert texts == ["P0", "P1", "P2", "P3", "P4"] and stopped
+
+
+# ---------------------------------------------------------------------- packaging ------------
+
+
+def test_serve_parser_defaults_and_env_key(monkeypatch):
+    monkeypatch.setenv("EDGEZOO_API_KEY", "from-env")
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers())
+    args = parser.parse_args(["serve", "runs/x", "--max-batch", "4", "--timeout", "5"])
+    assert (args.host, args.port, args.api_key) == ("127.0.0.1", 8000, "from-env")
+    assert (args.max_batch, args.max_queue, args.timeout) == (4, 64, 5.0)
+    assert callable(args.fn)
+
+
+def test_server_runs_without_torch(lm_dir):
+    """Importing the module costs nothing (the CLI imports it); serving never needs torch."""
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None  # any `import torch` now raises ImportError
+        import runtime.server as server
+        assert "fastapi" not in sys.modules and "uvicorn" not in sys.modules
+        import runtime
+        from fastapi.testclient import TestClient
+        lm = runtime.load({str(lm_dir)!r}, backend="ort-cpu")
+        with TestClient(server.create_app(lm, model_name="t")) as c:
+            r = c.post("/v1/completions", json={{"prompt": "def f():", "max_tokens": 3}})
+        print(r.status_code, r.json()["usage"]["completion_tokens"])
+        assert not [m for m in sys.modules if m.startswith("torch") and sys.modules[m] is not None]
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "200"
