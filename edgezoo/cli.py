@@ -206,6 +206,12 @@ def _runtime_args(s: argparse.ArgumentParser) -> None:
     )
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from benchmarks.bench import main as bench_main
+
+    return bench_main(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgezoo.demo import DemoConfig, run_demo
 
@@ -345,6 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", help="evaluation/calibration data (default: the data the model was trained on)"
     )
     s.set_defaults(fn=cmd_quantize)
+
+    from benchmarks.bench import add_arguments as add_bench_arguments
+
+    s = sub.add_parser(
+        "bench",
+        help="latency per size × precision × batch × prompt length (+ peers); JSON, table, plots",
+    )
+    add_bench_arguments(s)
+    s.set_defaults(fn=cmd_bench)
 
     from quantize.prune import add_prune_parser
     from runtime.server import add_serve_parser

@@ -1,18 +1,24 @@
 """``edgezoo demo``: the main job end to end on the built-in corpus, with progress.
 
-Trains a small LM on the Python standard library, measures it against the unigram
-baseline, and writes a sample. Each later stage (export, quantize, run, benchmark) adds
-its step here as it lands, so the demo always exercises everything that exists.
+1. train a small Llama-style LM on the Python standard library (the built-in corpus);
+2. export it to validated ONNX (portable graph + GroupQueryAttention graph);
+3. quantize it to int8 and int4, each measured on held-out text and gated against fp32;
+4. generate a sample through the runtime (ONNX Runtime, no PyTorch), streaming;
+5. benchmark every variant against PyTorch eager on the same weights and print the table.
+
+A second run reuses what the first one finished (training resumes from its checkpoint).
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 
 @dataclass
@@ -23,25 +29,37 @@ class DemoConfig:
     batch_size: int = 16
     context: int = 256
     prompt: str = "def read_config(path):\n"
+    threads: int = 2
 
 
 def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
-    from zoo import corpus
-    from zoo.checkpoint import list_checkpoints
-    from zoo.data import token_cache
-    from zoo.generate import generate_ids
-    from zoo.metrics import unigram_loss
-    from zoo.modeldir import load_model
-    from zoo.tokenizer import load_tokenizer
-    from zoo.train import TrainConfig, train
-
     console = console or Console()
     out = Path(cfg.out)
     report: dict = {"out": str(out)}
     t0 = time.perf_counter()
+    report["train"] = _train(cfg, out, console)
+    report["export"] = _export(out, console)
+    report["quantize"] = _quantize(out, console)
+    report["sample"] = _generate(cfg, out, console)
+    report["bench"] = _bench(cfg, out, console)
+    report["elapsed_s"] = time.perf_counter() - t0
+    (out / "demo.json").write_text(json.dumps(report, indent=2))
+    console.rule(
+        f"done in {report['elapsed_s'] / 60:.1f} min — model dir {out}, report {out / 'demo.json'}"
+    )
+    return report
+
+
+def _train(cfg: DemoConfig, out: Path, console: Console) -> dict:
+    from zoo import corpus
+    from zoo.checkpoint import list_checkpoints
+    from zoo.data import token_cache
+    from zoo.metrics import unigram_loss
+    from zoo.tokenizer import load_tokenizer
+    from zoo.train import TrainConfig, train
 
     console.rule(
-        f"[bold]1/2 train[/] lm-{cfg.size} on {corpus.LM_CORPUS} ({len(corpus.stdlib_files())} stdlib files)"
+        f"[bold]1/5 train[/] lm-{cfg.size} on {corpus.LM_CORPUS} ({len(corpus.stdlib_files())} stdlib files)"
     )
     train_cfg = TrainConfig(
         family="lm",
@@ -53,32 +71,103 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
         eval_every=max(1, cfg.steps // 3),
         checkpoint_every=max(1, cfg.steps // 3),
         log_every=25,
-        resume=bool(list_checkpoints(out)),  # a second run reuses or finishes the first
+        resume=bool(list_checkpoints(out)),
     )
     result = train(train_cfg)
     tok = load_tokenizer(out)
     splits = token_cache(corpus.LM_CORPUS, tok, train_cfg.val_frac)
     baseline = unigram_loss(splits.train, splits.val, tok.get_vocab_size())
-    report["train"] = {
+    console.print(
+        f"validation loss {result.metrics['val_loss']:.3f} (perplexity {result.metrics['val_ppl']:.1f}) vs "
+        f"unigram baseline {baseline:.3f} (perplexity {2.718281828**baseline:.0f})"
+    )
+    return {
         "steps": result.steps,
         "val_loss": result.metrics["val_loss"],
         "val_ppl": result.metrics["val_ppl"],
         "unigram_val_loss": baseline,
         "train_tokens_per_s": result.tokens_per_s,
     }
-    console.print(
-        f"val loss {result.metrics['val_loss']:.3f} (perplexity {result.metrics['val_ppl']:.1f}) "
-        f"vs unigram baseline {baseline:.3f}; {result.tokens_per_s:,.0f} train tokens/s"
-    )
 
-    console.rule("[bold]2/2 generate[/] (PyTorch reference, greedy)")
-    model = load_model(out)
-    prompt_ids = tok.encode(cfg.prompt).ids
-    new_ids = generate_ids(model, prompt_ids, 48, eos_id=tok.token_to_id("</s>"))
-    sample = cfg.prompt + tok.decode(new_ids)
-    console.print(sample, markup=False, highlight=False)
-    report["sample"] = sample
-    report["elapsed_s"] = time.perf_counter() - t0
-    (out / "demo.json").write_text(json.dumps(report, indent=2))
-    console.rule(f"done in {report['elapsed_s']:.0f} s — model dir: {out}")
-    return report
+
+def _export(out: Path, console: Console) -> dict:
+    from export.onnx_export import to_onnx
+
+    console.rule("[bold]2/5 export[/] to ONNX, validated against PyTorch")
+    result = to_onnx(out)
+    for name, v in result.variants.items():
+        console.print(
+            f"{name:>5}: {v['graph']:<14} max |Δ logits| {v['max_abs_diff']:.1e}, "
+            f"{v['greedy_steps']}/{v['greedy_steps']} greedy tokens equal, {v['bytes'] / 1e6:.1f} MB"
+        )
+    return {
+        n: {"max_abs_diff": v["max_abs_diff"], "bytes": v["bytes"]}
+        for n, v in result.variants.items()
+    }
+
+
+def _quantize(out: Path, console: Console) -> dict:
+    from quantize.pipeline import quantize_model
+    from quantize.report import variants_table
+
+    console.rule("[bold]3/5 quantize[/] int8 and int4, measured on held-out stdlib text")
+    quantize_model(out, "int8")
+    variants = quantize_model(out, "int4")
+    console.print(variants_table(variants), markup=False, highlight=False)
+    return {
+        n: {
+            k: v.get(k)
+            for k in ("precision", "graph", "bytes", "quality", "latency", "recommended")
+        }
+        for n, v in variants.items()
+        if "quality" in v
+    }
+
+
+def _generate(cfg: DemoConfig, out: Path, console: Console) -> str:
+    import runtime
+
+    lm = runtime.load(out, backend="auto", variant="auto", threads=cfg.threads)
+    console.rule(f"[bold]4/5 generate[/] with the runtime: {lm.backend}, variant {lm.variant}")
+    console.print(f"[dim]{lm.reason}[/]")
+    console.print(cfg.prompt, end="", markup=False, highlight=False)
+    text = ""
+    for delta in lm.stream(cfg.prompt, max_new_tokens=64, repetition_penalty=1.1):
+        text += delta
+        console.print(delta, end="", markup=False, highlight=False)
+    console.print()
+    return cfg.prompt + text
+
+
+def _bench(cfg: DemoConfig, out: Path, console: Console) -> dict:
+    from benchmarks.peers import run_peer
+
+    from runtime.api import load_variant
+
+    console.rule(
+        f"[bold]5/5 benchmark[/] batch 1, 32-token prompt, 128 new tokens, {cfg.threads} threads"
+    )
+    from edgezoo import manifest
+
+    variants = [n for n, e in manifest.read(out)["variants"].items() if e.get("format") != "ort"]
+    prompt = None
+    rows = {}
+    for name in variants:
+        lm = load_variant(out, name, threads=cfg.threads)
+        prompt = prompt or lm.tokenizer.encode(cfg.prompt * 4).ids[:32]
+        lm.ignore_eos = True
+        lm.encode = lambda prompts, p=prompt: [p]
+        lm.generate("x", max_new_tokens=4)
+        steps = []
+        for _ in range(3):
+            lm.generate("x", max_new_tokens=128)
+            steps.extend(lm.step_s)
+        rows[name] = statistics.median(steps) * 1000
+    torch_result = run_peer("pytorch-eager", out, prompt, 128, cfg.threads)
+    table = Table("runtime", "variant", "ms/token (p50)", "tokens/s", "× PyTorch eager fp32")
+    base = torch_result.decode_ms_per_token_p50
+    table.add_row("PyTorch eager (SDPA)", "fp32", f"{base:.2f}", f"{1000 / base:.0f}", "1.00")
+    for name, ms in sorted(rows.items(), key=lambda kv: kv[1]):
+        table.add_row("edgezoo ort-cpu", name, f"{ms:.2f}", f"{1000 / ms:.0f}", f"{base / ms:.2f}")
+    console.print(table)
+    return {"pytorch_eager_ms": base, "edgezoo_ms": rows, "threads": cfg.threads}

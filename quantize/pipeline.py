@@ -70,14 +70,17 @@ def plan(variants: dict[str, dict], to: str, opts: QuantizeOptions) -> list[tupl
 
 
 def quantize_model(
-    model_dir: str | Path, to: str, opts: QuantizeOptions | None = None
+    model_dir: str | Path, to: str, opts: QuantizeOptions | None = None, measure_all: bool = True
 ) -> dict[str, dict]:
-    """Create the variants for ``to``; return all variants with their measurements."""
+    """Create the variants for ``to``; return all variants with their measurements.
+
+    ``measure_all=False`` only builds and validates them: benchmarks of random-init
+    models, where quality means nothing, use it."""
     opts = opts or QuantizeOptions()
     model_dir = Path(model_dir)
     info = manifest.read(model_dir)
     jobs = plan(info["variants"], to, opts)
-    ev = eval_data(model_dir, opts.data)
+    ev = eval_data(model_dir, opts.data) if measure_all or to == "int8-static" else EvalData()
     onnx_dir = manifest.onnx_dir(model_dir)
     for name, source, method in jobs:
         src_entry = manifest.read(model_dir)["variants"][source]
@@ -110,6 +113,8 @@ def quantize_model(
                 if f.name.startswith(file):
                     shutil.move(str(f), str(onnx_dir / f.name))
         manifest.add_variant(model_dir, name, entry)
+    if not measure_all:
+        return manifest.read(model_dir)["variants"]
     return measure_and_gate(model_dir, ev, opts)
 
 

@@ -70,6 +70,7 @@ class LanguageModel:
         eos = tokenizer.token_to_id("</s>")
         self.eos_id = eos if eos is not None else config.get("eos_token_id")
         self.pad_id = tokenizer.token_to_id("<pad>") or 0
+        self.ignore_eos = False  # benchmarks set it to always produce max_new_tokens
 
     # ------------------------------------------------------------------ public API ------
 
@@ -190,7 +191,9 @@ class LanguageModel:
             full_mask = np.concatenate([prompt_mask, np.ones((batch, max_new), np.int64)], axis=1)
         last = logits[np.arange(batch), lengths - 1]
         self._first_token_s = time.perf_counter() - t0
+        self.step_s: list[float] = []  # seconds per decode step (sampling + graph), for benchmarks
         for step in range(max_new):
+            t_step = time.perf_counter()
             tokens = sampler(last, seen)
             if seen is not None:
                 seen[np.arange(batch), tokens] = True
@@ -209,6 +212,7 @@ class LanguageModel:
             else:
                 mask = np.ascontiguousarray(full_mask[:, : longest + step + 1])
                 last = cache.step(next_ids, mask, (lengths + step)[:, None])[:, 0]
+            self.step_s.append(time.perf_counter() - t_step)
         self._decode_s = time.perf_counter() - t0 - self._first_token_s
 
     def _advance(
@@ -217,7 +221,7 @@ class LanguageModel:
         for row, token in zip(rows, tokens.tolist(), strict=True):
             if row.finish:
                 continue
-            if token == self.eos_id:
+            if token == self.eos_id and not self.ignore_eos:
                 row.finish = "eos"
                 row.text += row.streamer.flush()
                 continue

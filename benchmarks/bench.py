@@ -1,0 +1,455 @@
+"""``edgezoo bench``: decode latency per model size × backend × precision × batch × prompt.
+
+For each size a random-init model dir is built once (cached under ``--work``), exported
+and quantized; then every variant is timed with warm-up and repeats, threads fixed:
+
+* ``pp{N}``: prompt processing, tokens/s for an N-token prompt (llama-bench's naming), and
+  time to first token;
+* ``tg{N}``: token generation, per-token latency p50/p95 over N new tokens and tokens/s;
+* achieved memory bandwidth = weight bytes read per token × tokens/s (as gpt-fast reports)
+  and the physical floor = weight bytes ÷ measured copy bandwidth;
+* load time, file size and peak RSS (the kernel's high-water mark, reset per variant).
+
+Random weights are fine for speed and the output says so; quality comes from
+``edgezoo quantize`` on trained models. Results: JSON + markdown table + plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgezoo import atomic, manifest
+
+RESULTS = Path(__file__).parent / "results"
+PRECISION_VARIANTS = {
+    "fp32": "gqa",
+    "int8": "gqa-int8",
+    "int4": "gqa-int4",
+    "fp32-portable": "fp32",
+}
+
+
+def machine() -> dict:
+    import onnxruntime
+    import torch
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = next(
+        (
+            int(line.split()[1]) * 1024
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        ),
+        0,
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(mem / 2**30, 1),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "torch": torch.__version__,
+        "execution_providers": onnxruntime.get_available_providers(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def copy_bandwidth_gbs(threads: int, mb: int = 256, repeats: int = 5) -> float:
+    """Read + write bytes per second of a large multi-threaded copy: the decode floor's
+    denominator (a decode step streams every weight from memory once)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    src = torch.ones(mb * 2**20 // 4)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / best / 1e9
+
+
+def prepare(size: str, work: Path, context: int = 1024) -> Path:
+    """A random-init LM of preset ``size`` with fp32 (portable + GQA), int8 and int4 graphs."""
+    from export.onnx_export import to_onnx
+    from quantize.pipeline import QuantizeOptions, quantize_model
+    from zoo.modeldir import build_model, save_model_dir
+    from zoo.presets import make_config
+    from zoo.tokenizer import save_tokenizer, train_tokenizer
+
+    out = work / f"lm-{size}"
+    if {"gqa", "gqa-int8", "gqa-int4"} <= set(manifest.read(out)["variants"]):
+        return out
+    import torch
+
+    torch.manual_seed(0)
+    cfg = make_config("lm", size)
+    cfg.max_position_embeddings = max(cfg.max_position_embeddings, context)
+    save_model_dir(build_model(cfg).eval(), out)
+    tok = train_tokenizer(_tokenizer_text(), cfg.vocab_size, max_chars=2_000_000)
+    save_tokenizer(tok, out, cfg.max_position_embeddings)
+    to_onnx(out, greedy_steps=8, optimize=False)
+    for target in ("int8", "int4"):
+        quantize_model(out, target, QuantizeOptions(), measure_all=False)
+    return out
+
+
+def _tokenizer_text():
+    from zoo.corpus import stdlib_documents
+
+    for _, text in stdlib_documents():
+        yield text
+
+
+def peak_rss_reset() -> None:
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_variant(
+    model_dir: Path,
+    variant: str,
+    batch: int,
+    prompt: int,
+    new_tokens: int,
+    threads: int,
+    repeats: int,
+) -> dict:
+    from runtime.api import load_variant
+
+    peak_rss_reset()
+    t0 = time.perf_counter()
+    lm = load_variant(model_dir, variant, backend="ort-cpu", threads=threads)
+    load_s = time.perf_counter() - t0
+    lm.ignore_eos = True
+    vocab = lm.tokenizer.get_vocab_size()
+    rng = np.random.default_rng(0)
+    # Prompts of exactly `prompt` tokens: random ids decoded to text re-encode differently,
+    # so we drive the loop with token ids through the model's own encode hook.
+    ids = [[1, *rng.integers(4, vocab, prompt - 1).tolist()] for _ in range(batch)]
+    lm.encode = lambda prompts, ids=ids: ids[: len(prompts)]
+    texts = ["x"] * batch
+    lm.generate(texts, max_new_tokens=4)  # warm-up (allocations, thread pools)
+    ttft, steps = [], []
+    for _ in range(repeats):
+        lm.generate(texts, max_new_tokens=new_tokens)
+        ttft.append(lm._first_token_s)
+        steps.extend(lm.step_s)
+    bytes_ = manifest.read(model_dir)["variants"][variant]["bytes"]
+    p50 = statistics.median(steps)
+    return {
+        "variant": variant,
+        "batch": batch,
+        "prompt": prompt,
+        "new_tokens": new_tokens,
+        "threads": threads,
+        "load_s": load_s,
+        "ttft_ms": statistics.median(ttft) * 1000,
+        "pp_tokens_per_s": batch * prompt / statistics.median(ttft),
+        "decode_ms_p50": p50 * 1000,
+        "decode_ms_p95": float(np.percentile(steps, 95)) * 1000,
+        "tokens_per_s": batch / p50,
+        "weight_bytes": bytes_,
+        "achieved_gbs": bytes_ / p50 / 1e9,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def run(
+    sizes: list[str],
+    precisions: list[str],
+    batches: list[int],
+    prompts: list[int],
+    new_tokens: int,
+    threads: int,
+    repeats: int,
+    peers: list[str],
+    work: Path,
+) -> dict:
+    from rich.progress import Progress
+
+    from zoo.presets import count_params, make_config
+
+    results = {
+        "machine": machine(),
+        "threads": threads,
+        "weights": "random-init (speed only; quality: edgezoo quantize)",
+        "copy_bandwidth_gbs": copy_bandwidth_gbs(threads),
+        "runs": [],
+        "peers": [],
+    }
+    bw = results["copy_bandwidth_gbs"]
+    jobs = [(s, p, b, n) for s in sizes for p in precisions for b in batches for n in prompts]
+    with Progress() as progress:
+        task = progress.add_task("bench", total=len(jobs) + len(sizes) * len(peers))
+        prepared: dict[str, Path] = {}
+        for size, precision, batch, prompt in jobs:
+            if size not in prepared:
+                progress.update(task, description=f"prepare {size}")
+                prepared[size] = prepare(size, work)
+            model_dir = prepared[size]
+            variant = PRECISION_VARIANTS[precision]
+            progress.update(task, description=f"{size} {precision} b{batch} p{prompt}")
+            row = bench_variant(model_dir, variant, batch, prompt, new_tokens, threads, repeats)
+            row.update(
+                size=size,
+                precision=precision,
+                params=count_params(make_config("lm", size)),
+                floor_ms=row["weight_bytes"] / bw / 1e6,
+            )
+            row["ratio_to_floor"] = row["decode_ms_p50"] / row["floor_ms"]
+            results["runs"].append(row)
+            progress.advance(task)
+        for size in sizes:
+            for peer in peers:
+                progress.update(task, description=f"{size} peer {peer}")
+                results["peers"].append(
+                    _peer_row(peer, prepared[size], size, new_tokens, threads, repeats, work)
+                )
+                progress.advance(task)
+    return results
+
+
+def _peer_row(
+    peer: str, model_dir: Path, size: str, new_tokens: int, threads: int, repeats: int, work: Path
+) -> dict:
+    from dataclasses import asdict
+
+    from benchmarks.peers import run_peer
+    from runtime.api import load_variant
+
+    rng = np.random.default_rng(0)
+    lm = load_variant(model_dir, "gqa", threads=threads)
+    prompt = [1, *rng.integers(4, lm.tokenizer.get_vocab_size(), 31).tolist()]
+    precision = "int4" if peer.endswith(":int4") else "int8" if peer.endswith(":int8") else "fp32"
+    result = asdict(
+        run_peer(
+            peer.split(":")[0],
+            model_dir,
+            prompt,
+            new_tokens,
+            threads,
+            precision,
+            repeats,
+            work / "peers" / size,
+        )
+    )
+    ours = {"fp32": "gqa", "int8": "gqa-int8", "int4": "gqa-int4"}[precision]
+    mine = load_variant(model_dir, ours, threads=threads)
+    mine.ignore_eos = True
+    mine.encode = lambda prompts: [prompt]
+    mine.generate("x", max_new_tokens=4)
+    steps = []
+    for _ in range(repeats):
+        tokens = mine.generate("x", max_new_tokens=new_tokens).token_ids
+        steps.extend(mine.step_s)
+    result.update(
+        size=size,
+        edgezoo_variant=ours,
+        edgezoo_decode_ms_p50=statistics.median(steps) * 1000,
+        greedy_agreement=sum(a == b for a, b in zip(tokens, result["tokens"], strict=False)),
+    )
+    if result.get("decode_ms_per_token_p50"):
+        result["speedup_vs_peer"] = (
+            result["decode_ms_per_token_p50"] / result["edgezoo_decode_ms_p50"]
+        )
+    result.pop("tokens")
+    return result
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; onnxruntime {m['onnxruntime']}, torch {m['torch']}; "
+        f"{results['threads']} threads; copy bandwidth {results['copy_bandwidth_gbs']:.1f} GB/s; {m['date']}. "
+        f"Weights: {results['weights']}.",
+        "",
+        "| size | params | precision | batch | prompt | TTFT ms | pp tok/s | tg ms/token p50 | p95 | tok/s | MB | floor ms | × floor | GB/s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["runs"]:
+        lines.append(
+            f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['precision']} | {r['batch']} | {r['prompt']} | {r['ttft_ms']:.1f} | "
+            f"{r['pp_tokens_per_s']:.0f} | {r['decode_ms_p50']:.2f} | {r['decode_ms_p95']:.2f} | {r['tokens_per_s']:.0f} | "
+            f"{r['weight_bytes'] / 1e6:.1f} | {r['floor_ms']:.2f} | {r['ratio_to_floor']:.1f} | {r['achieved_gbs']:.1f} | {r['peak_rss_mb']:.0f} |"
+        )
+    if results["peers"]:
+        lines += [
+            "",
+            "Peers, batch 1, 32-token prompt, same weights, same run (edgezoo ÷ peer < 1 means edgezoo is faster):",
+            "",
+            "| size | peer | precision | peer ms/token | edgezoo ms/token | peer ÷ edgezoo | greedy tokens equal | note |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for p in results["peers"]:
+            if p["available"]:
+                lines.append(
+                    f"| {p['size']} | {p['peer']} | {p['precision']} | {p['decode_ms_per_token_p50']:.2f} | {p['edgezoo_decode_ms_p50']:.2f} | "
+                    f"{p.get('speedup_vs_peer', float('nan')):.2f}× | {p['greedy_agreement']} | {p['note'][:60]} |"
+                )
+            else:
+                lines.append(
+                    f"| {p['size']} | {p['peer']} | {p['precision']} | – | {p['edgezoo_decode_ms_p50']:.2f} | – | – | skipped: {p['note'][:80]} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    """Decode latency vs parameters (log-log) per precision, and tokens/s vs batch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    runs = [
+        r
+        for r in results["runs"]
+        if r["batch"] == 1 and r["prompt"] == min(x["prompt"] for x in results["runs"])
+    ]
+    for precision in sorted({r["precision"] for r in runs}):
+        rows = sorted((r for r in runs if r["precision"] == precision), key=lambda r: r["params"])
+        a.plot(
+            [r["params"] for r in rows], [r["decode_ms_p50"] for r in rows], "o-", label=precision
+        )
+    floor = sorted((r for r in runs if r["precision"] == "fp32"), key=lambda r: r["params"])
+    if floor:
+        a.plot(
+            [r["params"] for r in floor],
+            [r["floor_ms"] for r in floor],
+            "k--",
+            label="fp32 bandwidth floor",
+        )
+    a.set(
+        xscale="log",
+        yscale="log",
+        xlabel="parameters",
+        ylabel="ms / token (batch 1, p50)",
+        title="decode latency, ort-cpu",
+    )
+    a.legend()
+    for size, precision in sorted({(r["size"], r["precision"]) for r in results["runs"]}):
+        rows = sorted(
+            (
+                r
+                for r in results["runs"]
+                if r["size"] == size
+                and r["precision"] == precision
+                and r["prompt"] == min(x["prompt"] for x in results["runs"])
+            ),
+            key=lambda r: r["batch"],
+        )
+        if len(rows) > 1:
+            b.plot(
+                [r["batch"] for r in rows],
+                [r["tokens_per_s"] for r in rows],
+                "o-",
+                label=f"{size} {precision}",
+            )
+    b.set(
+        xscale="log", yscale="log", xlabel="batch", ylabel="tokens / s", title="throughput vs batch"
+    )
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def compare(new: dict, old: dict) -> str:
+    key = lambda r: (r["size"], r["precision"], r["batch"], r["prompt"])  # noqa: E731
+    before = {key(r): r for r in old["runs"]}
+    lines = [
+        "| size | precision | batch | prompt | ms/token old | new | new ÷ old |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in new["runs"]:
+        if key(r) in before:
+            o = before[key(r)]["decode_ms_p50"]
+            lines.append(
+                f"| {r['size']} | {r['precision']} | {r['batch']} | {r['prompt']} | {o:.2f} | {r['decode_ms_p50']:.2f} | {r['decode_ms_p50'] / o:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sizes", default="nano,micro,mini,small,medium", help="LM presets (comma-separated)"
+    )
+    p.add_argument(
+        "--precisions", default="fp32,int8,int4", help=f"of {', '.join(PRECISION_VARIANTS)}"
+    )
+    p.add_argument("--batches", default="1,4,16")
+    p.add_argument("--prompts", default="32,128,512", help="prompt lengths in tokens")
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2, help="fixed for every runtime and recorded")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--peers",
+        default="",
+        help="e.g. pytorch-eager,optimum-ort,ort-genai,ctranslate2,ort-genai:int4",
+    )
+    p.add_argument(
+        "--work",
+        default=str(
+            Path(os.environ.get("EDGEZOO_CACHE", Path.home() / ".cache" / "edgezoo")) / "bench"
+        ),
+        help="where random-init model dirs are built and cached",
+    )
+    p.add_argument("--out", default=str(RESULTS / "bench"), help="prefix for .json, .md and .png")
+    p.add_argument("--compare", help="an earlier results .json: print new ÷ old ratios")
+
+
+def main(args: argparse.Namespace) -> int:
+    split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
+    results = run(
+        split(args.sizes),
+        split(args.precisions),
+        [int(x) for x in split(args.batches)],
+        [int(x) for x in split(args.prompts)],
+        args.new_tokens,
+        args.threads,
+        args.repeats,
+        split(args.peers),
+        Path(args.work),
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(out.with_suffix(".json"), results)
+    table = markdown(results)
+    atomic.write_text(out.with_suffix(".md"), table)
+    plot(results, out.with_suffix(".png"))
+    print(table)
+    if args.compare:
+        print(compare(results, json.loads(Path(args.compare).read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench", description=__doc__.splitlines()[0]
+    )
+    add_arguments(parser)
+    raise SystemExit(main(parser.parse_args()))
