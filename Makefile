@@ -5,7 +5,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint bench-results
 
 setup: $(VENV)/.installed
 
@@ -25,3 +25,13 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# Regenerate the committed benchmark results and benchmarks/README.md (about 45 min on 2 cores).
+bench-results: setup
+	$(BIN)/edgezoo demo --out runs/demo
+	cp runs/demo/demo.md benchmarks/results/demo.md
+	$(BIN)/edgezoo bench --sizes nano,micro,mini,small,medium --batches 1,4 --prompts 32,512 \
+		--peers pytorch-eager,optimum-ort,ort-genai,ort-genai:int4,ctranslate2,ctranslate2:int8
+	$(BIN)/edgezoo sweep --bench benchmarks/results/bench.json
+	$(BIN)/python -m benchmarks.train_throughput
+	$(BIN)/python -m benchmarks.report

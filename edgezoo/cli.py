@@ -212,6 +212,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from benchmarks.sweep import main as sweep_main
+
+    return sweep_main(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgezoo.demo import DemoConfig, run_demo
 
@@ -360,6 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_bench_arguments(s)
     s.set_defaults(fn=cmd_bench)
+
+    from benchmarks.sweep import add_arguments as add_sweep_arguments
+
+    s = sub.add_parser(
+        "sweep", help="train presets with equal compute, fit L(N) = a·N^-α + c, plot loss vs size"
+    )
+    add_sweep_arguments(s)
+    s.set_defaults(fn=cmd_sweep)
 
     from quantize.prune import add_prune_parser
     from runtime.server import add_serve_parser

@@ -141,7 +141,6 @@ def _generate(cfg: DemoConfig, out: Path, console: Console) -> str:
 
 def _bench(cfg: DemoConfig, out: Path, console: Console) -> dict:
     from benchmarks.peers import run_peer
-
     from runtime.api import load_variant
 
     console.rule(
@@ -170,4 +169,18 @@ def _bench(cfg: DemoConfig, out: Path, console: Console) -> dict:
     for name, ms in sorted(rows.items(), key=lambda kv: kv[1]):
         table.add_row("edgezoo ort-cpu", name, f"{ms:.2f}", f"{1000 / ms:.0f}", f"{base / ms:.2f}")
     console.print(table)
+    md = [
+        "| runtime | variant | ms/token (p50) | tokens/s | × PyTorch eager fp32 |",
+        "|---|---|---|---|---|",
+        f"| PyTorch eager (SDPA) | fp32 | {base:.2f} | {1000 / base:.0f} | 1.00 |",
+    ]
+    md += [
+        f"| edgezoo ort-cpu | {n} | {ms:.2f} | {1000 / ms:.0f} | {base / ms:.2f} |"
+        for n, ms in sorted(rows.items(), key=lambda kv: kv[1])
+    ]
+    (out / "demo.md").write_text(
+        f"Batch 1, 32-token prompt, 128 new tokens, {cfg.threads} threads, trained lm-{cfg.size}.\n\n"
+        + "\n".join(md)
+        + "\n"
+    )
     return {"pytorch_eager_ms": base, "edgezoo_ms": rows, "threads": cfg.threads}

@@ -58,3 +58,61 @@ def labelled_csv(tmp_path_factory) -> Path:
         w.writerow(["text", "label"])
         w.writerows(rows)
     return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer(text_corpus):
+    """A 600-token byte-level BPE trained on the test corpus, shared by every test module."""
+    from zoo.data import iter_documents
+    from zoo.tokenizer import train_tokenizer
+
+    return train_tokenizer((t for _, t in iter_documents(str(text_corpus))), vocab_size=600)
+
+
+def tiny_llama(**overrides):
+    """A 2-layer Llama (head_dim 16, grouped-query 4:2) that exports and runs in seconds."""
+    from zoo.config import LlamaConfig
+
+    return LlamaConfig(
+        **{
+            "vocab_size": 600,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 128,
+            **overrides,
+        }
+    )
+
+
+def tiny_bert(**overrides):
+    from zoo.config import BertConfig
+
+    return BertConfig(
+        **{
+            "vocab_size": 600,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 128,
+            "num_labels": 3,
+            **overrides,
+        }
+    )
+
+
+def make_model_dir(path, cfg, tokenizer, seed: int = 0):
+    """Random-init model dir (weights, config, tokenizer) with a fixed seed; returns the model."""
+    import torch
+
+    from zoo.modeldir import build_model, save_model_dir
+    from zoo.tokenizer import save_tokenizer
+
+    torch.manual_seed(seed)
+    model = build_model(cfg).eval()
+    save_model_dir(model, path)
+    save_tokenizer(tokenizer, path, cfg.max_position_embeddings)
+    return model

@@ -12,7 +12,17 @@ pytestmark = pytest.mark.slow
 
 
 def test_bench_writes_json_table_and_plot(tmp_path):
-    results = bench.run(["nano"], ["fp32", "int4"], [1, 2], [16], new_tokens=8, threads=2, repeats=1, peers=[], work=tmp_path / "work")
+    results = bench.run(
+        ["nano"],
+        ["fp32", "int4"],
+        [1, 2],
+        [16],
+        new_tokens=8,
+        threads=2,
+        repeats=1,
+        peers=[],
+        work=tmp_path / "work",
+    )
     assert results["copy_bandwidth_gbs"] > 0 and results["machine"]["cores"] >= 1
     assert len(results["runs"]) == 4
     for r in results["runs"]:
@@ -26,3 +36,33 @@ def test_bench_writes_json_table_and_plot(tmp_path):
     bench.plot(results, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 10_000
     assert "new ÷ old" in bench.compare(results, json.loads(json.dumps(results)))
+
+
+def test_power_law_fit_recovers_known_exponent():
+    import numpy as np
+
+    from benchmarks.sweep import fit_power_law, predict
+
+    n = np.array([1e5, 4e5, 1.6e6, 6.4e6, 2.5e7])
+    loss = 40 * n**-0.3 + 1.5
+    fit = fit_power_law(n, loss)
+    assert abs(fit["alpha"] - 0.3) < 0.02 and abs(fit["c"] - 1.5) < 0.05 and fit["r2"] > 0.999
+    assert abs(predict(fit, 1e8) - (40 * 1e8**-0.3 + 1.5)) < 0.02
+
+
+def test_pareto_front_drops_dominated_points():
+    from benchmarks.sweep import pareto
+
+    bench = {
+        "runs": [
+            {"size": s, "precision": p, "batch": 1, "decode_ms_p50": ms}
+            for s, p, ms in [
+                ("a", "fp32", 1.0),
+                ("a", "int4", 0.8),
+                ("b", "fp32", 3.0),
+                ("b", "int4", 2.0),
+            ]
+        ]
+    }
+    front = pareto(bench, {"a": 3.0, "b": 2.5})
+    assert {(p["size"], p["precision"]) for p in front} == {("a", "int4"), ("b", "int4")}

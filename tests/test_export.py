@@ -8,45 +8,23 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import make_model_dir, tiny_llama
 
 from edgezoo import atomic, manifest
 from edgezoo.errors import CheckpointError, ExportError
 from export import validate
 from export.onnx_export import to_onnx
 from export.wrappers import DecoderForExport, decoder_inputs
-from zoo import data
 from zoo.config import BertConfig, LlamaConfig
-from zoo.modeldir import build_model, save_model_dir
-from zoo.tokenizer import save_tokenizer, train_tokenizer
 
-TINY_LM = dict(
-    vocab_size=600,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=128,
-)
-
-
-@pytest.fixture(scope="session")
-def tokenizer(text_corpus):
-    return train_tokenizer((t for _, t in data.iter_documents(str(text_corpus))), vocab_size=600)
-
-
-def make_dir(path, cfg, tokenizer):
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    save_model_dir(model, path)
-    save_tokenizer(tokenizer, path, cfg.max_position_embeddings)
-    return model
+TINY_LM = vars(tiny_llama()).copy()
+TINY_LM.pop("preset")
 
 
 @pytest.fixture(scope="session")
 def exported_lm(tmp_path_factory, tokenizer):
     path = tmp_path_factory.mktemp("lm")
-    model = make_dir(path, LlamaConfig(**TINY_LM), tokenizer)
+    model = make_model_dir(path, LlamaConfig(**TINY_LM), tokenizer)
     return path, model, to_onnx(path)
 
 
@@ -114,7 +92,7 @@ def test_encoder_export(tmp_path, tokenizer):
         max_position_embeddings=128,
         num_labels=3,
     )
-    make_dir(tmp_path, cfg, tokenizer)
+    make_model_dir(tmp_path, cfg, tokenizer)
     result = to_onnx(tmp_path)
     assert set(result.variants) == {"fp32", "opt"}
     entry = result.variants["fp32"]
@@ -140,7 +118,7 @@ def test_failed_validation_keeps_the_previous_export(exported_lm, monkeypatch):
 def test_export_of_a_broken_model_dir_says_what_is_wrong(tmp_path, tokenizer):
     with pytest.raises(CheckpointError, match=r"config\.json is missing"):
         to_onnx(tmp_path)
-    make_dir(tmp_path, LlamaConfig(**TINY_LM), tokenizer)
+    make_model_dir(tmp_path, LlamaConfig(**TINY_LM), tokenizer)
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
@@ -150,7 +128,7 @@ def test_export_of_a_broken_model_dir_says_what_is_wrong(tmp_path, tokenizer):
 
 def test_odd_head_dim_skips_only_the_gqa_graph(tmp_path, tokenizer):
     cfg = LlamaConfig(**{**TINY_LM, "hidden_size": 96, "num_attention_heads": 4})  # head_dim 24
-    make_dir(tmp_path, cfg, tokenizer)
+    make_model_dir(tmp_path, cfg, tokenizer)
     result = to_onnx(tmp_path, optimize=False, greedy_steps=8)
     assert set(result.variants) == {"fp32"}
     assert "multiple of 16" in " ".join(result.notes)

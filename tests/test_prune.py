@@ -22,14 +22,13 @@ from quantize.prune import (
     structured_prune,
     supports_head_pruning,
 )
-from zoo import data
 from zoo.config import BertConfig, LlamaConfig
 from zoo.modeldir import build_model, load_model, save_model_dir
-from zoo.tokenizer import save_tokenizer, train_tokenizer
+from zoo.tokenizer import save_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
-VOCAB = 400
+VOCAB = 600  # the shared test tokenizer's size (conftest.tokenizer)
 TINY_LM = dict(
     vocab_size=VOCAB,
     hidden_size=64,
@@ -78,11 +77,6 @@ def inputs(family: str) -> tuple[torch.Tensor, ...]:
 def logits(model, family):
     out = model(*inputs(family))
     return out[0] if family == "lm" else out
-
-
-@pytest.fixture(scope="module")
-def tokenizer(text_corpus):
-    return train_tokenizer((t for _, t in data.iter_documents(str(text_corpus))), VOCAB)
 
 
 def model_dir(path, model, tokenizer):

@@ -9,32 +9,20 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_llama
 
 import runtime
 from edgezoo.errors import CheckpointError, ConfigError, InputError
 from export.onnx_export import to_onnx
 from runtime import backends
 from runtime.model_files import select_variant
-from zoo import data
 from zoo.config import BertConfig, LlamaConfig
 from zoo.generate import generate_ids
 from zoo.modeldir import build_model, save_model_dir
-from zoo.tokenizer import save_tokenizer, train_tokenizer
+from zoo.tokenizer import save_tokenizer
 
-LM = dict(
-    vocab_size=600,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=96,
-)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(text_corpus):
-    return train_tokenizer((t for _, t in data.iter_documents(str(text_corpus))), vocab_size=600)
+LM = vars(tiny_llama(max_position_embeddings=96)).copy()
+LM.pop("preset")
 
 
 @pytest.fixture(scope="module")

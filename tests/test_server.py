@@ -36,19 +36,13 @@ from runtime.server import (
     is_loopback,
     serve,
 )
-from zoo import data
 from zoo.config import BertConfig, LlamaConfig
 from zoo.modeldir import build_model, save_model_dir
-from zoo.tokenizer import save_tokenizer, train_tokenizer
+from zoo.tokenizer import save_tokenizer
 
 CONTEXT = 96
 GREEDY = {"temperature": 0, "max_tokens": 12}
 PROMPTS = ["def main(args):\n    return", "import os", 'class Config(object):\n    """Hold']
-
-
-@pytest.fixture(scope="module")
-def tokenizer(text_corpus):
-    return train_tokenizer((t for _, t in data.iter_documents(str(text_corpus))), vocab_size=600)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,42 @@
+"""Assemble ``benchmarks/README.md`` from the committed results (``make bench-results``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+
+SECTIONS = [
+    ("demo", "The demo's trained model: every variant against PyTorch eager", "demo.md"),
+    (
+        "bench",
+        "Decode latency per size × precision × batch × prompt (random-init weights)",
+        "bench.md",
+    ),
+    ("sweep", "Scaling sweep: loss vs size at equal compute", "sweep.md"),
+    ("train", "Training throughput and MFU", "train_throughput.md"),
+]
+
+
+def main() -> None:
+    parts = [
+        "# Benchmarks\n",
+        "Numbers measured on this project's development machine (2 vCPUs, no GPU). Timing here is noisy:",
+        "compare ratios within one table (one run), not across tables. Regenerate everything with",
+        "`make bench-results` (runs `edgezoo bench`, `edgezoo sweep`, the training benchmark, then this script).\n",
+    ]
+    for _, title, name in SECTIONS:
+        path = RESULTS / name
+        if not path.is_file():
+            continue
+        parts.append(f"## {title}\n")
+        parts.append(path.read_text())
+        png = path.with_suffix(".png")
+        if png.is_file():
+            parts.append(f"![{title}](results/{png.name})\n")
+    (HERE / "README.md").write_text("\n".join(parts))
+
+
+if __name__ == "__main__":
+    main()
