@@ -34,4 +34,5 @@ bench-results: setup
 		--peers pytorch-eager,optimum-ort,ort-genai,ort-genai:int4,ctranslate2,ctranslate2:int8
 	$(BIN)/edgezoo sweep --bench benchmarks/results/bench.json
 	$(BIN)/python -m benchmarks.train_throughput
+	$(BIN)/python -m benchmarks.ddp_scaling
 	$(BIN)/python -m benchmarks.report

@@ -16,6 +16,7 @@ SECTIONS = [
     ),
     ("sweep", "Scaling sweep: loss vs size at equal compute", "sweep.md"),
     ("train", "Training throughput and MFU", "train_throughput.md"),
+    ("ddp", "Distributed training: 1 vs 2 processes (DDP, gloo, CPU)", "ddp_scaling.md"),
 ]
 
 

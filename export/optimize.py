@@ -21,9 +21,7 @@ def optimize_for_ort(src: Path, dst: Path, cfg) -> dict[str, int]:
     from onnxruntime.transformers.optimizer import optimize_model
 
     model_type = "gpt2" if isinstance(cfg, LlamaConfig) else "bert"
-    logger = logging.getLogger("onnxruntime.transformers")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    logging.disable(logging.WARNING)  # its fusion modules log shape-inference chatter per graph
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # it prints shape-inference chatter
             opt = optimize_model(
@@ -39,5 +37,5 @@ def optimize_for_ort(src: Path, dst: Path, cfg) -> dict[str, int]:
                 str(dst), use_external_data_format=src.with_name(src.name + ".data").exists()
             )
     finally:
-        logger.setLevel(level)
+        logging.disable(logging.NOTSET)
     return fusions

@@ -86,3 +86,29 @@ class SharedBufferCache:
         if ids.shape[1] == 1:
             return self.step_logits.numpy()
         return binding.get_outputs()[0].numpy()
+
+
+class HostConcatCache:
+    """The concatenating cache for sessions without I/O binding (native TensorRT): numpy
+    arrays in and out each step, fed back as the next step's past."""
+
+    def __init__(self, sess, batch: int) -> None:
+        self.sess = sess
+        inputs = {i.name: i for i in sess.get_inputs()}
+        self.kv_names = [n for n in inputs if n.startswith("past_key_values")]
+        self.input_names = set(inputs)
+        self.past = [
+            np.zeros((batch, inputs[n].shape[1], 0, inputs[n].shape[3]), np.float32)
+            for n in self.kv_names
+        ]
+
+    def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        feeds = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": positions,
+            **dict(zip(self.kv_names, self.past, strict=True)),
+        }
+        out = self.sess.run(None, {k: v for k, v in feeds.items() if k in self.input_names})
+        self.past = out[1:]
+        return out[0]

@@ -17,7 +17,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from edgezoo.errors import InputError
-from runtime.kv_cache import ConcatCache, SharedBufferCache
+from runtime.kv_cache import ConcatCache, HostConcatCache, SharedBufferCache
 from runtime.sampling import Sampler, SamplingParams, StopChecker
 from runtime.streaming import TextStreamer
 
@@ -185,7 +185,7 @@ class LanguageModel:
             cache = SharedBufferCache(self.session, batch, longest + max_new, self.device)
             logits = cache.step(ids, prompt_mask)
         else:
-            cache = ConcatCache(self.session, batch, self.device)
+            cache = self._concat_cache(batch)
             positions = np.broadcast_to(np.arange(longest, dtype=np.int64), (batch, longest)).copy()
             logits = cache.step(ids, prompt_mask, positions)
             full_mask = np.concatenate([prompt_mask, np.ones((batch, max_new), np.int64)], axis=1)
@@ -256,4 +256,9 @@ class LanguageModel:
                 ids, mask
             )
         positions = np.arange(ids.shape[1], dtype=np.int64)[None].repeat(ids.shape[0], 0)
-        return ConcatCache(self.session, ids.shape[0], self.device).step(ids, mask, positions)
+        return self._concat_cache(ids.shape[0]).step(ids, mask, positions)
+
+    def _concat_cache(self, batch: int) -> ConcatCache | HostConcatCache:
+        if hasattr(self.session, "io_binding"):
+            return ConcatCache(self.session, batch, self.device)
+        return HostConcatCache(self.session, batch)  # a session without I/O binding (TensorRT)

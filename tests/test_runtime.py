@@ -244,3 +244,51 @@ def test_cuda_backend_matches_cpu(lm_dir):
     cpu = runtime.load(lm_dir[0], backend="ort-cpu").generate(PROMPTS[0], max_new_tokens=16)
     gpu = runtime.load(lm_dir[0], backend="ort-cuda").generate(PROMPTS[0], max_new_tokens=16)
     assert gpu.token_ids == cpu.token_ids
+
+
+class _NoBindingSession:
+    """An ORT session seen through the narrow interface the native TensorRT session has."""
+
+    def __init__(self, sess):
+        self._sess = sess
+
+    def get_inputs(self):
+        return self._sess.get_inputs()
+
+    def get_outputs(self):
+        return self._sess.get_outputs()
+
+    def run(self, names, feeds):
+        return self._sess.run(names, feeds)
+
+
+def test_host_cache_loop_used_by_tensorrt_gives_the_same_tokens(lm_dir):
+    from runtime.language_model import LanguageModel
+
+    ref = runtime.load(lm_dir[0], backend="ort-cpu", graph="portable")
+    host = LanguageModel(
+        _NoBindingSession(ref.session), ref.tokenizer, ref.config, graph="portable"
+    )
+    expected = [g.token_ids for g in ref.generate(PROMPTS, max_new_tokens=16)]
+    assert [g.token_ids for g in host.generate(PROMPTS, max_new_tokens=16)] == expected
+
+
+def test_tensorrt_engine_cache_key_and_profile():
+    from runtime.tensorrt_engine import engine_path, profile_triplets
+
+    path = engine_path("cd" * 32, fp16=True, max_batch=4)
+    assert path.name == "engine-fp16-b4.plan" and path.parent.name.startswith("cd" * 8 + "-trt")
+    inputs = [
+        {"name": "input_ids", "shape": ["batch", "sequence_length"]},
+        {"name": "past_key_values.0.key", "shape": ["batch", 2, "past_sequence_length", 16]},
+    ]
+    triplets = profile_triplets(backends.decoder_profile(inputs, context=96, max_batch=4))
+    assert triplets["past_key_values.0.key"] == ([1, 2, 0, 16], [1, 2, 48, 16], [4, 2, 95, 16])
+
+
+@pytest.mark.gpu
+def test_native_tensorrt_matches_cpu(lm_dir):
+    pytest.importorskip("tensorrt")
+    cpu = runtime.load(lm_dir[0], backend="ort-cpu").generate(PROMPTS[0], max_new_tokens=16)
+    trt = runtime.load(lm_dir[0], backend="tensorrt").generate(PROMPTS[0], max_new_tokens=16)
+    assert trt.token_ids == cpu.token_ids
