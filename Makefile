@@ -26,13 +26,15 @@ lint: setup
 test: lint
 	$(BIN)/python -m pytest -q
 
-# Regenerate the committed benchmark results and benchmarks/README.md (about 45 min on 2 cores).
+# Regenerate the committed benchmark results and benchmarks/README.md (about 1.5 h on 2 cores).
 bench-results: setup
 	$(BIN)/edgezoo demo --out runs/demo
 	cp runs/demo/demo.md benchmarks/results/demo.md
 	$(BIN)/edgezoo bench --sizes nano,micro,mini,small,medium --batches 1,4 --prompts 32,512 \
 		--peers pytorch-eager,optimum-ort,ort-genai,ort-genai:int4,ctranslate2,ctranslate2:int8
-	$(BIN)/edgezoo sweep --bench benchmarks/results/bench.json
+	$(BIN)/edgezoo sweep --bench benchmarks/results/bench.json --work runs/sweep
+	$(BIN)/python -m benchmarks.quantize_sizes --work runs/sweep
+	$(BIN)/python -m benchmarks.serve_load runs/demo
 	$(BIN)/python -m benchmarks.train_throughput
 	$(BIN)/python -m benchmarks.ddp_scaling
 	$(BIN)/python -m benchmarks.report

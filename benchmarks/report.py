@@ -15,6 +15,12 @@ SECTIONS = [
         "bench.md",
     ),
     ("sweep", "Scaling sweep: loss vs size at equal compute", "sweep.md"),
+    (
+        "quantize",
+        "Every variant of the sweep's trained models: size, quality, speed, gate",
+        "quantize_sizes.md",
+    ),
+    ("serve", "HTTP server under load (loopback)", "serve_load.md"),
     ("train", "Training throughput and MFU", "train_throughput.md"),
     ("ddp", "Distributed training: 1 vs 2 processes (DDP, gloo, CPU)", "ddp_scaling.md"),
 ]

@@ -118,8 +118,12 @@ def _import_with_optimum(source: Path, out: Path, hf_config: dict) -> ExportResu
                 library_name="transformers",
             )
         except Exception as e:  # optimum raises many types; the user needs one message
+            first = str(e).splitlines()[0] if str(e) else ""
             raise ExportError(
-                f"optimum could not export {source} ({type(e).__name__}: {e})."
+                f"cannot export {source} (model_type {hf_config.get('model_type')!r}): optimum failed with "
+                f"{type(e).__name__}: {first}. Supported: the zoo families (llama, bert) natively, and the "
+                "architectures optimum's ONNX exporter supports (e.g. gpt2, mistral, qwen2, phi) for "
+                "text-generation or text-classification."
             ) from e
         path = Path(tmp) / "model.onnx"
         if not path.is_file():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -33,13 +34,13 @@ from export import validate
 from export.optimize import optimize_for_ort
 from export.wrappers import (
     DecoderForExport,
-    EncoderForExport,
+    classifier_wrapper,
     decoder_inputs,
     decoder_io_names,
     encoder_inputs,
     encoder_io_names,
 )
-from zoo.config import LlamaConfig
+from zoo.config import BertConfig, LlamaConfig
 from zoo.modeldir import WEIGHTS_FILE, load_model
 from zoo.tokenizer import load_tokenizer
 
@@ -59,7 +60,7 @@ def export_portable(model: torch.nn.Module, path: Path, opset: int = OPSET) -> N
     """Trace ``model`` to ``path`` with dynamic batch, sequence and past length."""
     cfg = model.config
     batch = torch.export.Dim("batch", min=1, max=1024)
-    if isinstance(cfg, LlamaConfig):
+    if cfg.family == "lm":
         wrapper = DecoderForExport(model).eval()
         sample = decoder_inputs(cfg, batch=2, seq=3, past=4)
         inputs, outputs = decoder_io_names(cfg.num_hidden_layers)
@@ -70,27 +71,43 @@ def export_portable(model: torch.nn.Module, path: Path, opset: int = OPSET) -> N
         rename = {"attention_mask": {1: "total_sequence_length"}}
         rename.update({name: {2: "total_sequence_length"} for name in outputs[1:]})
     else:
-        wrapper = EncoderForExport(model).eval()
+        wrapper = classifier_wrapper(model).eval()
         sample = encoder_inputs(cfg, batch=2, seq=8)
-        inputs, outputs = encoder_io_names()
+        inputs, outputs = encoder_io_names(with_token_types=isinstance(cfg, BertConfig))
         seq = torch.export.Dim("sequence_length", min=1, max=cfg.max_position_embeddings)
         dynamic = tuple({0: batch, 1: seq} for _ in inputs)
         rename = {}
-    with _quiet_exporter():
-        program = torch.onnx.export(
-            wrapper,
-            tuple(sample) if not isinstance(cfg, LlamaConfig) else (*sample[:3], *sample[3:]),
-            dynamo=True,
-            opset_version=opset,
-            input_names=inputs,
-            output_names=outputs,
-            dynamic_shapes=dynamic,
-            optimize=True,
-            verbose=False,
-        )
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                wrapper,
+                tuple(sample),
+                dynamo=True,
+                opset_version=opset,
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_shapes=dynamic,
+                optimize=True,
+                verbose=False,
+            )
+    except Exception as e:  # the exporter raises many types; name the op and where it failed
+        raise ExportError(
+            f"torch.onnx.export failed for {type(model).__name__}: {_exporter_summary(e)}"
+        ) from e
     proto = program.model_proto
     _rename_dims(proto, rename)
     save_onnx(proto, path)
+
+
+def _exporter_summary(error: Exception) -> str:
+    """The informative lines of an exporter error: the failing op / node and its module."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    keep = [
+        line
+        for line in lines
+        if any(k in line for k in ("aten::", "Unsupported", "node", "op", "layers."))
+    ]
+    return " | ".join((keep or lines)[:4])[:600] or type(error).__name__
 
 
 def save_onnx(proto: onnx.ModelProto, path: Path) -> None:
@@ -213,7 +230,16 @@ def to_onnx(
     model = load_model(model_dir)
     vocab = load_tokenizer(model_dir).get_vocab_size()
     out_dir = manifest.onnx_dir(model_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(
+            f"cannot create {out_dir} ({e.strerror}); make the model dir writable."
+        ) from e
+    if not os.access(out_dir, os.W_OK):
+        raise ExportError(
+            f"{out_dir} is not writable; fix its permissions or copy the model dir somewhere writable."
+        )
     atomic.ensure_free_disk(
         out_dir,
         sum(p.numel() * 4 for p in model.parameters()) * (3 if fast else 1),
@@ -266,7 +292,7 @@ def to_onnx(
                 variants["opt"] = opt_entry
         skipped = (
             gqa_unsupported(model.config)
-            if fast and isinstance(model.config, LlamaConfig)
+            if fast and model.config.family == "lm"
             else "not a decoder"
         )
         if fast and not skipped:
@@ -285,7 +311,7 @@ def to_onnx(
                 **common,
             )
             variants["gqa"] = gqa
-        elif fast and isinstance(model.config, LlamaConfig):
+        elif fast and model.config.family == "lm":
             notes.append(f"no GroupQueryAttention graph: {skipped}")
         for entry in variants.values():
             entry.update(file_facts(tmp / entry["file"]))
@@ -318,7 +344,7 @@ def _validate_portable(
     validate.check_graph(path, ort_only)
     sess = validate.session(path)
     result = validate.compare_logits(model, sess, tolerance, vocab)
-    if isinstance(model.config, LlamaConfig) and greedy_steps:
+    if model.config.family == "lm" and greedy_steps:
         steps, mismatch = validate.compare_greedy(
             model,
             lambda p, n: validate.greedy_tokens_onnx(sess, model.config, p, n),

@@ -20,7 +20,9 @@ def optimize_for_ort(src: Path, dst: Path, cfg) -> dict[str, int]:
     """Write the fused graph to ``dst``; return the fusions that happened (op → count)."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    model_type = "gpt2" if isinstance(cfg, LlamaConfig) else "bert"
+    model_type = (
+        "gpt2" if isinstance(cfg, LlamaConfig) else "bert"
+    )  # gpt2: the generic decoder fusions
     logging.disable(logging.WARNING)  # its fusion modules log shape-inference chatter per graph
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # it prints shape-inference chatter

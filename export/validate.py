@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from edgezoo.errors import ExportError
-from export.wrappers import DecoderForExport, EncoderForExport, decoder_inputs, encoder_inputs
+from export.wrappers import DecoderForExport, classifier_wrapper, decoder_inputs, encoder_inputs
 from zoo.config import LlamaConfig
 from zoo.generate import generate_ids
 
@@ -76,7 +76,7 @@ def compare_logits(
     gen = torch.Generator().manual_seed(seed)
     result = Validation()
     names = [i.name for i in sess.get_inputs()]
-    if isinstance(model.config, LlamaConfig):
+    if model.config.family == "lm":
         wrapper, cases = (
             DecoderForExport(model).eval(),
             [decoder_inputs(model.config, b, s, p, gen, vocab) for b, s, p in DECODER_SHAPES],
@@ -84,7 +84,7 @@ def compare_logits(
         shapes = DECODER_SHAPES
     else:
         wrapper, cases = (
-            EncoderForExport(model).eval(),
+            classifier_wrapper(model).eval(),
             [encoder_inputs(model.config, b, s, gen, vocab) for b, s in ENCODER_SHAPES],
         )
         shapes = ENCODER_SHAPES

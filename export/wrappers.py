@@ -22,8 +22,11 @@ def decoder_io_names(num_layers: int) -> tuple[list[str], list[str]]:
     return inputs, outputs
 
 
-def encoder_io_names() -> tuple[list[str], list[str]]:
-    return ["input_ids", "attention_mask", "token_type_ids"], ["logits"]
+def encoder_io_names(with_token_types: bool = True) -> tuple[list[str], list[str]]:
+    """BERT takes token_type_ids; a decoder used as a classifier does not."""
+    return ["input_ids", "attention_mask", *(["token_type_ids"] if with_token_types else [])], [
+        "logits"
+    ]
 
 
 class DecoderForExport(nn.Module):
@@ -47,6 +50,25 @@ class EncoderForExport(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
         return self.model(input_ids, attention_mask, token_type_ids)
+
+
+class DecoderClassifierForExport(nn.Module):
+    """A decoder with a classification head: no token types."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.model(input_ids, attention_mask)
+
+
+def classifier_wrapper(model: nn.Module) -> nn.Module:
+    return (
+        EncoderForExport(model)
+        if isinstance(model.config, BertConfig)
+        else DecoderClassifierForExport(model)
+    )
 
 
 def decoder_inputs(
@@ -76,5 +98,5 @@ def encoder_inputs(
     ids = torch.randint(4, vocab or cfg.vocab_size, (batch, seq), generator=generator)
     mask = torch.ones(batch, seq, dtype=torch.long)
     if batch > 1 and seq > 2:
-        mask[-1, seq // 2 :] = 0  # one padded row
-    return [ids, mask, torch.zeros_like(ids)]
+        mask[-1, seq // 2 :] = 0  # one (right-)padded row
+    return [ids, mask, torch.zeros_like(ids)] if isinstance(cfg, BertConfig) else [ids, mask]

@@ -63,28 +63,37 @@ class SharedBufferCache:
             for _ in self.kv_names
         ]
         vocab = sess.get_outputs()[0].shape[-1]
-        self.step_logits = ort.OrtValue.ortvalue_from_shape_and_type(
-            [batch, 1, vocab], np.float32, device, 0
-        )
+        if device == "cpu":  # an OrtValue over a numpy array shares its memory: no copy to read
+            self.logits_host = np.empty((batch, 1, vocab), np.float32)
+            self.step_logits = ort.OrtValue.ortvalue_from_numpy(self.logits_host)
+        else:
+            self.logits_host = None
+            self.step_logits = ort.OrtValue.ortvalue_from_shape_and_type(
+                [batch, 1, vocab], np.float32, device, 0
+            )
         self.max_len = max_len
+        # One binding for the whole generation: the cache buffers are bound once as both
+        # past and present; a step only rebinds the new token ids and the mask.
+        self.binding = sess.io_binding()
+        self.binding.bind_output("logits", device)  # bound first: always output 0
+        for name, buf in zip(self.kv_names, self.buffers, strict=True):
+            self.binding.bind_ortvalue_input(name, buf)
+            self.binding.bind_ortvalue_output(name.replace("past_key_values", "present"), buf)
 
     def step(
         self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray | None = None
     ) -> np.ndarray:
         """``mask`` is right-padded: its row sums are each row's total length."""
-        binding = self.sess.io_binding()
+        binding = self.binding
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask)
         if ids.shape[1] == 1:
             binding.bind_ortvalue_output("logits", self.step_logits)
         else:
             binding.bind_output("logits", self.device)
-        for name, buf in zip(self.kv_names, self.buffers, strict=True):
-            binding.bind_ortvalue_input(name, buf)
-            binding.bind_ortvalue_output(name.replace("past_key_values", "present"), buf)
         self.sess.run_with_iobinding(binding)
         if ids.shape[1] == 1:
-            return self.step_logits.numpy()
+            return self.logits_host if self.logits_host is not None else self.step_logits.numpy()
         return binding.get_outputs()[0].numpy()
 
 

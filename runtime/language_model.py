@@ -101,7 +101,7 @@ class LanguageModel:
         stops = StopChecker(params.stop)
         emitted = 0
         rows = None
-        for rows in self._run([prompt], params):
+        for rows in self._run([prompt], params, live_text=True):
             row = rows[0]
             safe = len(row.text) - (0 if row.finish else stops.holdback(row.text))
             if safe > emitted:
@@ -162,7 +162,9 @@ class LanguageModel:
             encoded.append(ids)
         return encoded
 
-    def _run(self, prompts: list[str], params: SamplingParams) -> Iterator[list[_Row]]:
+    def _run(
+        self, prompts: list[str], params: SamplingParams, live_text: bool = False
+    ) -> Iterator[list[_Row]]:
         """Yield the rows after every step; the caller reads ``row.text``/``row.finish``."""
         encoded = self.encode(prompts)
         batch, longest = len(encoded), max(len(e) for e in encoded)
@@ -170,6 +172,7 @@ class LanguageModel:
         lengths = np.array([len(e) for e in encoded], np.int64)
         rows = [_Row(len(e), TextStreamer(self.tokenizer, prompt_ids=e)) for e in encoded]
         sampler, stops = Sampler(params), StopChecker(params.stop)
+        live = live_text or bool(stops.stop)  # detokenize every step only when someone reads it
         seen = None
         if params.repetition_penalty != 1.0:
             seen = np.zeros((batch, self.session.get_outputs()[0].shape[-1]), bool)
@@ -183,6 +186,7 @@ class LanguageModel:
         t0 = time.perf_counter()
         if self.graph == "gqa":
             cache = SharedBufferCache(self.session, batch, longest + max_new, self.device)
+            ones = np.ones((1, longest + max_new), np.int64)
             logits = cache.step(ids, prompt_mask)
         else:
             cache = self._concat_cache(batch)
@@ -197,7 +201,7 @@ class LanguageModel:
             tokens = sampler(last, seen)
             if seen is not None:
                 seen[np.arange(batch), tokens] = True
-            self._advance(rows, tokens, stops, step + 1 == max_new)
+            self._advance(rows, tokens, stops, step + 1 == max_new, live)
             yield rows
             if all(r.finish for r in rows):
                 break
@@ -205,9 +209,12 @@ class LanguageModel:
                 np.int64
             )[:, None]
             if self.graph == "gqa":
-                mask = (
-                    np.arange(longest + step + 1)[None, :] < (lengths + step + 1)[:, None]
-                ).astype(np.int64)
+                if batch == 1:  # the mask only carries lengths: a view of a ones row will do
+                    mask = ones[:, : longest + step + 1]
+                else:
+                    mask = (
+                        np.arange(longest + step + 1)[None, :] < (lengths + step + 1)[:, None]
+                    ).astype(np.int64)
                 last = cache.step(next_ids, mask)[:, 0]
             else:
                 mask = np.ascontiguousarray(full_mask[:, : longest + step + 1])
@@ -216,28 +223,36 @@ class LanguageModel:
         self._decode_s = time.perf_counter() - t0 - self._first_token_s
 
     def _advance(
-        self, rows: list[_Row], tokens: np.ndarray, stops: StopChecker, out_of_budget: bool
+        self,
+        rows: list[_Row],
+        tokens: np.ndarray,
+        stops: StopChecker,
+        out_of_budget: bool,
+        live: bool,
     ) -> None:
         for row, token in zip(rows, tokens.tolist(), strict=True):
             if row.finish:
                 continue
             if token == self.eos_id and not self.ignore_eos:
                 row.finish = "eos"
-                row.text += row.streamer.flush()
-                continue
-            row.ids.append(token)
-            row.text += row.streamer.push(token)
-            if stops.stop:
-                cut, found = stops.truncate(row.text)
-                if found:
-                    row.text, row.finish = cut, "stop"
-                    continue
-            if out_of_budget:
-                row.finish = "length"
+            else:
+                row.ids.append(token)
+                if live:
+                    row.text += row.streamer.push(token)
+                    if stops.stop:
+                        row.text, found = stops.truncate(row.text)
+                        if found:
+                            row.finish = "stop"
+                            continue
+                if out_of_budget:
+                    row.finish = "length"
+            if row.finish:
+                if not live:  # decode once, at the end: same text as streaming would give
+                    row.text = "".join(row.streamer.push(t) for t in row.ids)
                 row.text += row.streamer.flush()
                 if stops.stop:
                     row.text, found = stops.truncate(row.text)
-                    row.finish = "stop" if found else "length"
+                    row.finish = "stop" if found else row.finish
 
     def _result(self, row: _Row) -> Generation:
         return Generation(

@@ -172,3 +172,40 @@ def test_import_local_hf_checkpoints(tmp_path, tokenizer):
     (gpt2_src / "tokenizer.json").unlink()
     with pytest.raises(CheckpointError, match=r"tokenizer\.json"):
         import_hf(gpt2_src, tmp_path / "again")
+
+
+def test_exporter_failure_and_unwritable_dir_are_clear(tmp_path, tokenizer, monkeypatch):
+    import torch
+    from conftest import tiny_llama
+
+    make_model_dir(tmp_path, tiny_llama(), tokenizer)
+
+    def broken(*_a, **_k):
+        raise RuntimeError("Unsupported: aten::frobnicate in node model.layers.0.self_attn")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.raises(ExportError, match="aten::frobnicate"):
+        to_onnx(tmp_path)
+    assert not (tmp_path / "onnx" / "model.onnx").exists()
+    monkeypatch.undo()
+    import os
+
+    if os.geteuid() != 0:  # root writes anywhere: the permission check cannot be exercised as root
+        (tmp_path / "onnx").chmod(0o500)
+        with pytest.raises(ExportError, match="not writable"):
+            to_onnx(tmp_path)
+
+
+def test_unsupported_architecture_names_what_is_supported(tmp_path, tokenizer):
+    import json
+
+    from export.hf_import import import_hf
+
+    src = tmp_path / "weird"
+    src.mkdir()
+    (src / "config.json").write_text(
+        json.dumps({"model_type": "frobnicator", "architectures": ["FrobnicatorForCausalLM"]})
+    )
+    tokenizer.save(str(src / "tokenizer.json"))
+    with pytest.raises(ExportError, match="Supported: the zoo families"):
+        import_hf(src, tmp_path / "out")

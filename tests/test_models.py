@@ -105,3 +105,24 @@ def test_preset_ladder_spans_1m_to_1b():
     assert 0.9e9 < lm["xl"] < 1.5e9
     assert list(lm.values()) == sorted(lm.values())
     assert len(preset_names("cls")) >= 7
+
+
+def test_llama_classifier_matches_transformers(tmp_path):
+    torch.manual_seed(0)
+    cfg = _llama(True, 2)
+    cfg.id2label = {0: "neg", 1: "pos", 2: "mixed"}
+    cfg.__post_init__()
+    model = build_model(cfg).eval()
+    save_model_dir(model, tmp_path)
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert type(hf).__name__ == "LlamaForSequenceClassification" and hf.config.num_labels == 3
+    ids = torch.randint(4, 300, (3, 15))
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0  # right padding, pad id 0 as transformers expects
+    ids[1, 9:] = 0
+    with torch.no_grad():
+        delta = (
+            (model(ids, mask) - hf(input_ids=ids, attention_mask=mask).logits).abs().max().item()
+        )
+    assert delta <= 1e-4
+    assert load_model(tmp_path).config.id2label == {0: "neg", 1: "pos", 2: "mixed"}

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from edgezoo.errors import CheckpointError, ConfigError, DataError, ResourceError
 from zoo import checkpoint as ckpt
@@ -259,3 +260,50 @@ def test_classifier_beats_the_majority_class_and_fine_tunes(labelled_csv, tmp_pa
     assert (tmp_path / "tuned" / "tokenizer.json").read_bytes() == (
         tmp_path / "cls" / "tokenizer.json"
     ).read_bytes()
+
+
+def test_classifier_from_a_pretrained_lm(text_corpus, labelled_csv, tmp_path):
+    """Pre-train an LM, then start a classifier from its weights (a head on the last token)."""
+    train(lm_config(text_corpus, tmp_path / "lm", steps=30))
+    cfg = TrainConfig(
+        family="cls",
+        size="nano",
+        data=str(labelled_csv),
+        out=str(tmp_path / "cls"),
+        init_from=str(tmp_path / "lm"),
+        steps=60,
+        batch_size=16,
+        lr=1e-3,
+        warmup_steps=5,
+        val_frac=0.2,
+        context=96,
+        eval_every=1000,
+        checkpoint_every=1000,
+        log_every=5,
+        progress=False,
+    )
+    result = train(cfg)
+    config = json.loads((tmp_path / "cls" / "config.json").read_text())
+    assert (
+        config["architectures"] == ["LlamaForSequenceClassification"] and config["num_labels"] == 3
+    )
+    assert result.metrics["val_accuracy"] > 0.5  # 3 balanced classes: chance is 1/3
+    lm_weights = load_file(str(tmp_path / "lm" / "model.safetensors"))
+    cls_weights = load_file(str(tmp_path / "cls" / "model.safetensors"))
+    assert set(cls_weights) == (set(lm_weights) - {"lm_head.weight"}) | {"score.weight"}
+
+    import runtime
+    from export.onnx_export import to_onnx
+
+    to_onnx(tmp_path / "cls")
+    clf = runtime.load(tmp_path / "cls", backend="ort-cpu")
+    assert clf.labels == [config["id2label"][str(i)] for i in range(3)]
+    text = "def handler(self, record):\n    self.emit(record)\n"
+    from zoo.modeldir import load_model
+
+    model = load_model(tmp_path / "cls")
+    with torch.no_grad():
+        expected = torch.softmax(model(torch.tensor([clf.tokenizer.encode(text).ids])), -1)[
+            0
+        ].numpy()
+    assert np.abs(clf.predict_proba(text)[0] - expected).max() < 1e-5

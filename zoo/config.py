@@ -21,7 +21,7 @@ PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 class LlamaConfig:
     """Decoder-only LM: RMSNorm, rotary embeddings, SwiGLU, grouped-query attention."""
 
-    family: ClassVar[str] = "lm"
+    id2label: dict[int, str] | None = None  # set: a sequence classifier on this decoder
     vocab_size: int = 4096
     hidden_size: int = 128
     intermediate_size: int = 352
@@ -44,6 +44,8 @@ class LlamaConfig:
         derived = self.hidden_size // self.num_attention_heads
         if self.explicit_head_dim == derived and not self.hidden_size % self.num_attention_heads:
             self.explicit_head_dim = None  # one spelling per architecture
+        if self.id2label:
+            self.id2label = {int(k): v for k, v in self.id2label.items()}
         if self.explicit_head_dim is not None and self.explicit_head_dim < 1:
             raise ConfigError(f"head_dim {self.explicit_head_dim} must be a positive integer.")
         if self.explicit_head_dim is None and self.hidden_size % self.num_attention_heads:
@@ -58,6 +60,14 @@ class LlamaConfig:
             )
         if self.head_dim % 2:
             raise ConfigError(f"head_dim {self.head_dim} must be even for rotary embeddings.")
+
+    @property
+    def family(self) -> str:
+        return "cls" if self.id2label else "lm"
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label or {})
 
     @property
     def head_dim(self) -> int:
@@ -92,6 +102,15 @@ class LlamaConfig:
             "torch_dtype": "float32",
             "use_cache": True,
         }
+        if self.id2label:
+            d["architectures"] = ["LlamaForSequenceClassification"]
+            d["tie_word_embeddings"] = False
+            d.update(
+                num_labels=self.num_labels,
+                id2label={str(i): v for i, v in self.id2label.items()},
+                label2id={v: i for i, v in self.id2label.items()},
+                problem_type="single_label_classification",
+            )
         if self.preset:
             d["edgezoo_preset"] = self.preset
         return d
@@ -119,6 +138,11 @@ class LlamaConfig:
             pad_token_id=_first(d.get("pad_token_id"), PAD_ID),
             preset=d.get("edgezoo_preset"),
             explicit_head_dim=d.get("head_dim"),
+            id2label=(
+                {int(k): v for k, v in (d.get("id2label") or {}).items()}
+                if "LlamaForSequenceClassification" in (d.get("architectures") or [])
+                else None
+            ),
         )
 
 

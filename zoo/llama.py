@@ -131,12 +131,39 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaBackbone(nn.Module):
+    """Embeddings → decoder layers → final norm; returns hidden states and the new cache."""
+
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        past_key_values: KVCache | None = None,
+    ) -> tuple[Tensor, KVCache]:
+        b, s = input_ids.shape
+        past_len = 0 if not past_key_values else past_key_values[0][0].shape[2]
+        if position_ids is None:
+            position_ids = torch.arange(past_len, past_len + s, device=input_ids.device)[
+                None
+            ].expand(b, s)
+        cos, sin = self.rotary_emb(position_ids)
+        mask = None
+        if attention_mask is not None or past_key_values:
+            mask = causal_mask(attention_mask, b, s, past_len, input_ids.device)
+        x = self.embed_tokens(input_ids)
+        presents: KVCache = []
+        for i, layer in enumerate(self.layers):
+            past = past_key_values[i] if past_key_values else None
+            x, present = layer(x, cos, sin, mask, past)
+            presents.append(present)
+        return self.norm(x), presents
 
 
 class LlamaForCausalLM(nn.Module):
@@ -168,24 +195,36 @@ class LlamaForCausalLM(nn.Module):
         position_ids: Tensor | None = None,
         past_key_values: KVCache | None = None,
     ) -> tuple[Tensor, KVCache]:
-        b, s = input_ids.shape
-        past_len = 0 if not past_key_values else past_key_values[0][0].shape[2]
-        if position_ids is None:
-            position_ids = torch.arange(past_len, past_len + s, device=input_ids.device)[
-                None
-            ].expand(b, s)
-        cos, sin = self.model.rotary_emb(position_ids)
-        mask = None
-        if attention_mask is not None or past_key_values:
-            mask = causal_mask(attention_mask, b, s, past_len, input_ids.device)
-        x = self.model.embed_tokens(input_ids)
-        presents: KVCache = []
-        for i, layer in enumerate(self.model.layers):
-            past = past_key_values[i] if past_key_values else None
-            x, present = layer(x, cos, sin, mask, past)
-            presents.append(present)
-        logits = self.lm_head(self.model.norm(x))
-        return logits, presents
+        hidden, presents = self.model(input_ids, attention_mask, position_ids, past_key_values)
+        return self.lm_head(hidden), presents
+
+
+class LlamaForSequenceClassification(nn.Module):
+    """The decoder with a classification head on the last real token (transformers'
+    ``LlamaForSequenceClassification``): how a pre-trained LM becomes a classifier."""
+
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = LlamaBackbone(cfg)
+        self.score = nn.Linear(cfg.hidden_size, cfg.num_labels, bias=False)
+        LlamaForCausalLM.reset_parameters(self)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        hidden, _ = self.model(input_ids, attention_mask)
+        if attention_mask is None:
+            last = torch.full(
+                (input_ids.shape[0],), input_ids.shape[1] - 1, device=input_ids.device
+            )
+        else:  # right padding: the last real token is at (number of real tokens - 1)
+            last = attention_mask.sum(-1) - 1
+        pooled = hidden[torch.arange(input_ids.shape[0], device=input_ids.device), last]
+        return self.score(pooled)
 
 
 def causal_mask(

@@ -18,7 +18,7 @@ from edgezoo import atomic
 from edgezoo.errors import CheckpointError, ConfigError
 from zoo.bert import BertForSequenceClassification
 from zoo.config import BertConfig, LlamaConfig, ModelConfig, config_from_hf_dict
-from zoo.llama import LlamaForCausalLM
+from zoo.llama import LlamaForCausalLM, LlamaForSequenceClassification
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -26,7 +26,7 @@ WEIGHTS_FILE = "model.safetensors"
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     if isinstance(cfg, LlamaConfig):
-        return LlamaForCausalLM(cfg)
+        return LlamaForSequenceClassification(cfg) if cfg.id2label else LlamaForCausalLM(cfg)
     if isinstance(cfg, BertConfig):
         return BertForSequenceClassification(cfg)
     raise ConfigError(f"no model family for config {type(cfg).__name__}")

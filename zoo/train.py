@@ -29,7 +29,7 @@ from edgezoo import atomic
 from edgezoo.errors import CheckpointError, ConfigError, DataError, ResourceError
 from zoo import checkpoint as ckpt
 from zoo import data
-from zoo.config import BertConfig, LlamaConfig, ModelConfig
+from zoo.config import LlamaConfig, ModelConfig
 from zoo.metrics import classification_report, perplexity
 from zoo.modeldir import build_model, load_config, save_model_dir, store_tied_once, with_tied
 from zoo.presets import FAMILIES, make_config
@@ -227,16 +227,17 @@ def _tokenizer(cfg: TrainConfig, out: Path, default_vocab: int):
 def _model_config(cfg: TrainConfig, vocab: int, labels: list[str] | None) -> ModelConfig:
     if cfg.init_from:
         base = load_config(cfg.init_from)
-        if cfg.family == "lm" and not isinstance(base, LlamaConfig):
+        if cfg.family == "lm" and base.family != "lm":
             raise ConfigError(
                 f"--init-from {cfg.init_from} is a {base.family} model; an LM needs an LM to start from."
             )
-        if cfg.family == "cls" and not isinstance(base, BertConfig):
-            raise ConfigError(
-                f"--init-from {cfg.init_from} is not an encoder classifier; start a classifier from a cls model dir."
-            )
         if labels is not None:
-            base.num_labels, base.id2label = len(labels), dict(enumerate(labels))
+            # A classifier from a classifier (new head if the labels changed) or from a
+            # pre-trained LM: the decoder gets a classification head on its last token.
+            if isinstance(base, LlamaConfig):
+                base = replace(base, id2label=dict(enumerate(labels)), tie_word_embeddings=False)
+            else:
+                base.num_labels, base.id2label = len(labels), dict(enumerate(labels))
         return base
     extra = {"num_labels": len(labels)} if labels is not None else {}
     model_cfg = make_config(cfg.family, cfg.size, vocab_size=vocab, **extra)
