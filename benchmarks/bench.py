@@ -300,7 +300,7 @@ def markdown(results: dict) -> str:
     if results["peers"]:
         lines += [
             "",
-            "Peers, batch 1, 32-token prompt, same weights, same run (edgezoo ÷ peer < 1 means edgezoo is faster):",
+            "Peers, batch 1, 32-token prompt, same weights, same run (peer ÷ edgezoo > 1 means edgezoo is faster):",
             "",
             "| size | peer | precision | peer ms/token | edgezoo ms/token | peer ÷ edgezoo | greedy tokens equal | note |",
             "|---|---|---|---|---|---|---|---|",

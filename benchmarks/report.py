@@ -14,6 +14,11 @@ SECTIONS = [
         "Decode latency per size × precision × batch × prompt (random-init weights)",
         "bench.md",
     ),
+    (
+        "loop",
+        "After binding the cache once and detokenizing lazily: edgezoo vs ONNX Runtime GenAI",
+        "bench_loop.md",
+    ),
     ("sweep", "Scaling sweep: loss vs size at equal compute", "sweep.md"),
     (
         "quantize",

@@ -213,6 +213,12 @@ def main(args: argparse.Namespace) -> int:
     lines.append(
         f"\nL(N) = {fit['a']:.3g}·N^({-fit['alpha']:+.3f}) + {fit['c']:.3f}, R² = {fit['r2']:.3f}"
     )
+    if fit["alpha"] <= 0:
+        lines.append(
+            "At this compute the loss does not fall with size: the larger models see too few tokens per "
+            "parameter (compute-optimal training wants ~20 tokens per parameter). Raise --flops to see "
+            "the larger models overtake the smaller ones."
+        )
     if "check" in report:
         c = report["check"]
         lines.append(
