@@ -35,6 +35,7 @@ bench-results: setup
 	$(BIN)/edgezoo sweep --bench benchmarks/results/bench.json --work runs/sweep
 	$(BIN)/python -m benchmarks.quantize_sizes --work runs/sweep
 	$(BIN)/python -m benchmarks.serve_load runs/demo
+	$(BIN)/python -m benchmarks.export_cost
 	$(BIN)/python -m benchmarks.train_throughput
 	$(BIN)/python -m benchmarks.ddp_scaling
 	$(BIN)/python -m benchmarks.report

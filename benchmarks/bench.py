@@ -130,6 +130,26 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
+def time_decode(
+    lm, prompts: list[list[int]], new_tokens: int, repeats: int
+) -> tuple[list[float], list[float], list[int]]:
+    """(seconds per decode step, seconds to first token per run, the first row's tokens).
+
+    Prompts are token ids (random ids decoded to text would re-encode differently), fed
+    through the model's own encode hook; EOS is ignored so every run has the same length;
+    one warm-up run first (allocations, thread pools)."""
+    lm.ignore_eos = True
+    lm.encode = lambda texts: prompts[: len(texts)]
+    texts = ["x"] * len(prompts)
+    lm.generate(texts, max_new_tokens=4)
+    steps, ttft, tokens = [], [], []
+    for _ in range(repeats):
+        tokens = lm.generate(texts, max_new_tokens=new_tokens)[0].token_ids
+        steps.extend(lm.step_s)
+        ttft.append(lm._first_token_s)
+    return steps, ttft, tokens
+
+
 def bench_variant(
     model_dir: Path,
     variant: str,
@@ -145,20 +165,10 @@ def bench_variant(
     t0 = time.perf_counter()
     lm = load_variant(model_dir, variant, backend="ort-cpu", threads=threads)
     load_s = time.perf_counter() - t0
-    lm.ignore_eos = True
     vocab = lm.tokenizer.get_vocab_size()
     rng = np.random.default_rng(0)
-    # Prompts of exactly `prompt` tokens: random ids decoded to text re-encode differently,
-    # so we drive the loop with token ids through the model's own encode hook.
     ids = [[1, *rng.integers(4, vocab, prompt - 1).tolist()] for _ in range(batch)]
-    lm.encode = lambda prompts, ids=ids: ids[: len(prompts)]
-    texts = ["x"] * batch
-    lm.generate(texts, max_new_tokens=4)  # warm-up (allocations, thread pools)
-    ttft, steps = [], []
-    for _ in range(repeats):
-        lm.generate(texts, max_new_tokens=new_tokens)
-        ttft.append(lm._first_token_s)
-        steps.extend(lm.step_s)
+    steps, ttft, _ = time_decode(lm, ids, new_tokens, repeats)
     bytes_ = manifest.read(model_dir)["variants"][variant]["bytes"]
     p50 = statistics.median(steps)
     return {
@@ -259,14 +269,9 @@ def _peer_row(
         )
     )
     ours = {"fp32": "gqa", "int8": "gqa-int8", "int4": "gqa-int4"}[precision]
-    mine = load_variant(model_dir, ours, threads=threads)
-    mine.ignore_eos = True
-    mine.encode = lambda prompts: [prompt]
-    mine.generate("x", max_new_tokens=4)
-    steps = []
-    for _ in range(repeats):
-        tokens = mine.generate("x", max_new_tokens=new_tokens).token_ids
-        steps.extend(mine.step_s)
+    steps, _, tokens = time_decode(
+        load_variant(model_dir, ours, threads=threads), [prompt], new_tokens, repeats
+    )
     result.update(
         size=size,
         edgezoo_variant=ours,

@@ -26,6 +26,7 @@ SECTIONS = [
         "quantize_sizes.md",
     ),
     ("serve", "HTTP server under load (loopback)", "serve_load.md"),
+    ("export", "Export cost per preset, and optimised vs portable graph speed", "export_cost.md"),
     ("train", "Training throughput and MFU", "train_throughput.md"),
     ("ddp", "Distributed training: 1 vs 2 processes (DDP, gloo, CPU)", "ddp_scaling.md"),
 ]

@@ -140,6 +140,7 @@ def _generate(cfg: DemoConfig, out: Path, console: Console) -> str:
 
 
 def _bench(cfg: DemoConfig, out: Path, console: Console) -> dict:
+    from benchmarks.bench import time_decode
     from benchmarks.peers import run_peer
     from runtime.api import load_variant
 
@@ -154,13 +155,7 @@ def _bench(cfg: DemoConfig, out: Path, console: Console) -> dict:
     for name in variants:
         lm = load_variant(out, name, threads=cfg.threads)
         prompt = prompt or lm.tokenizer.encode(cfg.prompt * 4).ids[:32]
-        lm.ignore_eos = True
-        lm.encode = lambda prompts, p=prompt: [p]
-        lm.generate("x", max_new_tokens=4)
-        steps = []
-        for _ in range(3):
-            lm.generate("x", max_new_tokens=128)
-            steps.extend(lm.step_s)
+        steps, _, _ = time_decode(lm, [prompt], 128, repeats=3)
         rows[name] = statistics.median(steps) * 1000
     torch_result = run_peer("pytorch-eager", out, prompt, 128, cfg.threads)
     table = Table("runtime", "variant", "ms/token (p50)", "tokens/s", "× PyTorch eager fp32")
