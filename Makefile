@@ -28,14 +28,17 @@ test: lint
 
 # Regenerate the committed benchmark results and benchmarks/README.md (about 1.5 h on 2 cores).
 bench-results: setup
+	$(BIN)/pip install --quiet -e ".[peers]"
 	$(BIN)/edgezoo demo --out runs/demo
 	cp runs/demo/demo.md benchmarks/results/demo.md
 	$(BIN)/edgezoo bench --sizes nano,micro,mini,small,medium --batches 1,4 --prompts 32,512 \
 		--peers pytorch-eager,optimum-ort,ort-genai,ort-genai:int4,ctranslate2,ctranslate2:int8
-	$(BIN)/edgezoo sweep --bench benchmarks/results/bench.json --work runs/sweep
-	$(BIN)/python -m benchmarks.quantize_sizes --work runs/sweep
-	$(BIN)/python -m benchmarks.serve_load runs/demo
+	$(BIN)/edgezoo bench --sizes nano,micro,mini,small --precisions fp32,int4 --batches 1 --prompts 32 \
+		--peers ort-genai,ort-genai:int4 --out benchmarks/results/bench_loop
+	$(BIN)/edgezoo sweep --flops 4e12 --bench benchmarks/results/bench.json --work runs/sweep
+	$(BIN)/python -m benchmarks.quantize_sizes --work runs/sweep --finetune-steps 60
+	$(BIN)/python -m benchmarks.serve_load runs/demo --seconds 8
 	$(BIN)/python -m benchmarks.export_cost
-	$(BIN)/python -m benchmarks.train_throughput
+	$(BIN)/python -m benchmarks.train_throughput --big ""
 	$(BIN)/python -m benchmarks.ddp_scaling
 	$(BIN)/python -m benchmarks.report

@@ -194,18 +194,6 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _runtime_args(s: argparse.ArgumentParser) -> None:
-    s.add_argument(
-        "--backend", default="auto", help="auto | ort-cpu | ort-cuda | ort-trt | tensorrt"
-    )
-    s.add_argument(
-        "--variant", default="fp32", help="fp32 | fp16 | int8 | int4 | auto | a manifest name"
-    )
-    s.add_argument(
-        "--threads", type=int, default=0, help="intra-op threads (0 = ONNX Runtime's default)"
-    )
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     from benchmarks.bench import main as bench_main
 
@@ -376,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_sweep)
 
     from quantize.prune import add_prune_parser
+    from runtime.api import add_runtime_arguments
     from runtime.server import add_serve_parser
 
     add_prune_parser(sub)
@@ -384,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("generate", help="generate text from an exported LM (streams to stdout)")
     s.add_argument("model_dir")
     s.add_argument("prompt")
-    _runtime_args(s)
+    add_runtime_arguments(s)
     s.add_argument("--max-new-tokens", type=int, default=64)
     s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     s.add_argument("--top-k", type=int, default=0)
@@ -400,11 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("model_dir")
     s.add_argument("text", nargs="*", help="texts; read lines from stdin when none")
-    _runtime_args(s)
+    add_runtime_arguments(s)
     s.set_defaults(fn=cmd_classify)
 
     s = sub.add_parser(
-        "demo", help="the main job: train a small LM on the built-in corpus, then run it"
+        "demo",
+        help="the main job: train a small LM on the built-in corpus, export, quantize, generate, benchmark",
     )
     s.add_argument("--out", default="runs/demo", help="model dir to write")
     s.add_argument("--size", default="nano", help="LM size preset")
@@ -412,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps",
         type=int,
         default=600,
-        help="training steps (600 ≈ 3 min for nano on 2 CPU cores)",
+        help="training steps (600 ≈ 4 min for nano on 2 CPU cores)",
     )
     s.set_defaults(fn=cmd_demo)
     return p

@@ -73,6 +73,19 @@ def load(
     raise ConfigError(f"unknown model family {files.family!r} in {files.model_dir}")
 
 
+def add_runtime_arguments(parser) -> None:
+    """--backend / --variant / --threads, shared by `edgezoo generate | classify | serve`."""
+    parser.add_argument(
+        "--backend", default="auto", help="auto | ort-cpu | ort-cuda | ort-trt | tensorrt"
+    )
+    parser.add_argument(
+        "--variant", default="fp32", help="fp32 | fp16 | int8 | int4 | auto | a manifest name"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="intra-op threads (0 = ONNX Runtime's default)"
+    )
+
+
 def load_variant(
     model_dir: str | Path, name: str, backend: str = "ort-cpu", threads: int = 0
 ) -> LanguageModel | Classifier:

@@ -71,7 +71,6 @@ class SharedBufferCache:
             self.step_logits = ort.OrtValue.ortvalue_from_shape_and_type(
                 [batch, 1, vocab], np.float32, device, 0
             )
-        self.max_len = max_len
         # One binding for the whole generation: the cache buffers are bound once as both
         # past and present; a step only rebinds the new token ids and the mask.
         self.binding = sess.io_binding()

@@ -945,6 +945,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``edgezoo serve`` to the CLI's subparsers (its ``fn`` is ``cmd_serve``)."""
+    from runtime.api import add_runtime_arguments
+
     s = subparsers.add_parser(
         "serve",
         help="serve a model over HTTP (OpenAI-compatible /v1/completions, /v1/classify, /metrics)",
@@ -953,15 +955,7 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         "and Prometheus /metrics. Concurrent requests are batched dynamically.",
     )
     s.add_argument("model_dir", help="exported model dir (after `edgezoo export`)")
-    s.add_argument(
-        "--backend", default="auto", help="auto | ort-cpu | ort-cuda | ort-trt | tensorrt"
-    )
-    s.add_argument(
-        "--variant", default="fp32", help="fp32 | fp16 | int8 | int4 | auto | a manifest name"
-    )
-    s.add_argument(
-        "--threads", type=int, default=0, help="intra-op threads (0 = ONNX Runtime's default)"
-    )
+    add_runtime_arguments(s)
     s.add_argument(
         "--host",
         default="127.0.0.1",

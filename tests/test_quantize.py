@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import tiny_llama
+from conftest import make_model_dir, tiny_llama
 
 import runtime
 from edgezoo import atomic, manifest
@@ -27,9 +27,7 @@ LM.pop("preset")
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory, tokenizer, text_corpus):
     path = tmp_path_factory.mktemp("q-lm")
-    torch.manual_seed(0)
-    save_model_dir(build_model(LlamaConfig(**LM)).eval(), path)
-    save_tokenizer(tokenizer, path, 128)
+    make_model_dir(path, LlamaConfig(**LM), tokenizer)
     to_onnx(path, greedy_steps=8)
     opts = QuantizeOptions(data=str(text_corpus), calibration_samples=4)
     for target in ("int8", "int4", "fp16", "int8-static"):

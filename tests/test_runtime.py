@@ -9,17 +9,15 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_llama
+from conftest import make_model_dir, tiny_bert, tiny_llama
 
 import runtime
 from edgezoo.errors import CheckpointError, ConfigError, InputError
 from export.onnx_export import to_onnx
 from runtime import backends
 from runtime.model_files import select_variant
-from zoo.config import BertConfig, LlamaConfig
+from zoo.config import LlamaConfig
 from zoo.generate import generate_ids
-from zoo.modeldir import build_model, save_model_dir
-from zoo.tokenizer import save_tokenizer
 
 LM = vars(tiny_llama(max_position_embeddings=96)).copy()
 LM.pop("preset")
@@ -28,10 +26,7 @@ LM.pop("preset")
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory, tokenizer):
     path = tmp_path_factory.mktemp("rt-lm")
-    torch.manual_seed(0)
-    model = build_model(LlamaConfig(**LM)).eval()
-    save_model_dir(model, path)
-    save_tokenizer(tokenizer, path, LM["max_position_embeddings"])
+    model = make_model_dir(path, LlamaConfig(**LM), tokenizer)
     to_onnx(path, greedy_steps=16)
     return path, model
 
@@ -39,21 +34,8 @@ def lm_dir(tmp_path_factory, tokenizer):
 @pytest.fixture(scope="module")
 def cls_dir(tmp_path_factory, tokenizer):
     path = tmp_path_factory.mktemp("rt-cls")
-    torch.manual_seed(0)
-    model = build_model(
-        BertConfig(
-            vocab_size=600,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=96,
-            num_labels=3,
-            id2label={0: "a", 1: "b", 2: "c"},
-        )
-    ).eval()
-    save_model_dir(model, path)
-    save_tokenizer(tokenizer, path, 96)
+    cfg = tiny_bert(max_position_embeddings=96, id2label={0: "a", 1: "b", 2: "c"})
+    model = make_model_dir(path, cfg, tokenizer)
     to_onnx(path)
     return path, model
 

@@ -18,7 +18,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-import torch
+from conftest import make_model_dir, tiny_bert, tiny_llama
 from fastapi.testclient import TestClient
 from starlette.requests import ClientDisconnect
 
@@ -36,9 +36,6 @@ from runtime.server import (
     is_loopback,
     serve,
 )
-from zoo.config import BertConfig, LlamaConfig
-from zoo.modeldir import build_model, save_model_dir
-from zoo.tokenizer import save_tokenizer
 
 CONTEXT = 96
 GREEDY = {"temperature": 0, "max_tokens": 12}
@@ -48,18 +45,7 @@ PROMPTS = ["def main(args):\n    return", "import os", 'class Config(object):\n 
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory, tokenizer):
     path = tmp_path_factory.mktemp("srv-lm")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=600,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=CONTEXT,
-    )
-    save_model_dir(build_model(cfg).eval(), path)
-    save_tokenizer(tokenizer, path, CONTEXT)
+    make_model_dir(path, tiny_llama(max_position_embeddings=CONTEXT), tokenizer)
     to_onnx(path, greedy_steps=16, fast=False, optimize=False)
     return path
 
@@ -72,19 +58,15 @@ def lm(lm_dir):
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory, tokenizer):
     path = tmp_path_factory.mktemp("srv-cls")
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=600,
+    cfg = tiny_bert(
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=1,
         num_attention_heads=2,
         max_position_embeddings=CONTEXT,
-        num_labels=3,
         id2label={0: "a", 1: "b", 2: "c"},
     )
-    save_model_dir(build_model(cfg).eval(), path)
-    save_tokenizer(tokenizer, path, CONTEXT)
+    make_model_dir(path, cfg, tokenizer)
     to_onnx(path, fast=False, optimize=False)
     return runtime.load(path, backend="ort-cpu")
 
