@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -73,6 +74,17 @@ def test_split_is_deterministic_and_order_independent():
     val = {d for d in ids if data.is_validation(d, 0.1)}
     assert val == {d for d in reversed(ids) if data.is_validation(d, 0.1)}
     assert 150 < len(val) < 250
+
+
+def test_split_survives_moving_the_corpus(text_corpus, tmp_path):
+    moved = tmp_path / "elsewhere" / "corpus"
+    shutil.copytree(text_corpus, moved)
+
+    def val_ids(source):
+        return {d for d, _ in data.iter_documents(str(source)) if data.is_validation(d, 0.2)}
+
+    assert val_ids(text_corpus) == val_ids(moved)
+    assert val_ids(text_corpus)
 
 
 def test_token_cache_is_built_once_and_memory_mapped(text_corpus, tok):

@@ -73,6 +73,8 @@ def iter_documents(source: str, text_field: str = "text") -> Iterator[tuple[str,
             f"{source} holds no text files ({', '.join(sorted(TEXT_SUFFIXES))}); point --data at your corpus."
         )
     for f in files:
+        # Ids are relative to the corpus, so the split survives moving or copying it.
+        doc_id = f.relative_to(path).as_posix() if path.is_dir() else f.name
         if f.suffix.lower() == ".jsonl":
             for i, row in enumerate(_jsonl_rows(f)):
                 text = row.get(text_field)
@@ -80,9 +82,9 @@ def iter_documents(source: str, text_field: str = "text") -> Iterator[tuple[str,
                     raise DataError(
                         f"{f}:{i + 1} has no string field {text_field!r}; pass --text-field to name it."
                     )
-                yield f"{f}:{i}", text
+                yield f"{doc_id}:{i}", text
         else:
-            yield str(f), f.read_text(encoding="utf-8", errors="replace")
+            yield doc_id, f.read_text(encoding="utf-8", errors="replace")
 
 
 def read_labelled(
