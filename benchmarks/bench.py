@@ -75,14 +75,18 @@ def copy_bandwidth_gbs(threads: int, mb: int = 256, repeats: int = 5) -> float:
     denominator (a decode step streams every weight from memory once)."""
     import torch
 
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
-    src = torch.ones(mb * 2**20 // 4)
-    dst = torch.empty_like(src)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        best = min(best, time.perf_counter() - t0)
+    try:
+        src = torch.ones(mb * 2**20 // 4)
+        dst = torch.empty_like(src)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            dst.copy_(src)
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
     return 2 * src.numel() * 4 / best / 1e9
 
 

@@ -32,6 +32,16 @@ def _isolated_cache(tmp_path_factory):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A test that changes torch's thread count must not change later tests' numerics."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def text_corpus(tmp_path_factory) -> Path:
     """~250 KB of real text: small stdlib modules copied into a folder."""
