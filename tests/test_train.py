@@ -54,14 +54,15 @@ def losses(run: Path) -> dict[int, float]:
 
 
 def test_lm_learns_below_unigram_and_transformers_opens_it(text_corpus, tmp_path):
-    result = train(lm_config(text_corpus, tmp_path / "run", steps=200, eval_every=100, lr=5e-3))
+    # 300 steps: over seeds the margins below were >= 0.48 nats (200 steps left one at 0.01).
+    result = train(lm_config(text_corpus, tmp_path / "run", steps=300, eval_every=150, lr=5e-3))
     tok = load_tokenizer(tmp_path / "run")
     splits = token_cache(str(text_corpus), tok, 0.05)
     baseline = unigram_loss(splits.train, splits.val, tok.get_vocab_size())
     assert result.metrics["val_loss"] < baseline - 0.3, (result.metrics, baseline)
     curve = losses(tmp_path / "run")
     assert (
-        np.mean([curve[s] for s in range(191, 201)])
+        np.mean([curve[s] for s in range(291, 301)])
         < np.mean([curve[s] for s in range(1, 6)]) - 1.0
     )
     transformers = pytest.importorskip("transformers")
@@ -216,11 +217,11 @@ def test_classifier_beats_the_majority_class_and_fine_tunes(labelled_csv, tmp_pa
         size="nano",
         data=str(labelled_csv),
         out=str(tmp_path / "cls"),
-        steps=80,
+        steps=150,  # over 6 seeds: accuracy 0.86-0.90 (at 80 steps / lr 2e-3 some seeds stalled at 0.56)
         batch_size=16,
         vocab_size=600,
-        lr=2e-3,
-        warmup_steps=5,
+        lr=1e-3,
+        warmup_steps=10,
         val_frac=0.2,
         eval_every=1000,
         checkpoint_every=1000,
@@ -271,7 +272,7 @@ def test_classifier_from_a_pretrained_lm(text_corpus, labelled_csv, tmp_path):
         data=str(labelled_csv),
         out=str(tmp_path / "cls"),
         init_from=str(tmp_path / "lm"),
-        steps=60,
+        steps=120,  # over 5 seeds: accuracy 0.69-0.86 (at 60 steps one seed gave 0.48)
         batch_size=16,
         lr=1e-3,
         warmup_steps=5,
