@@ -5,15 +5,15 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench-results
+.PHONY: setup demo test lint bench-results constraints
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[dev,serve,plots]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,serve,plots]"
 	touch $@
 
 demo: setup
@@ -28,7 +28,7 @@ test: lint
 
 # Regenerate the committed benchmark results and benchmarks/README.md (about 1.5 h on 2 cores).
 bench-results: setup
-	$(BIN)/pip install --quiet -e ".[peers]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[peers]"
 	$(BIN)/edgezoo demo --out runs/demo
 	cp runs/demo/demo.md benchmarks/results/demo.md
 	$(BIN)/edgezoo bench --sizes nano,micro,mini,small,medium --batches 1,4 --prompts 32,512 \
@@ -42,3 +42,8 @@ bench-results: setup
 	$(BIN)/python -m benchmarks.train_throughput --big ""
 	$(BIN)/python -m benchmarks.ddp_scaling
 	$(BIN)/python -m benchmarks.report
+
+# Re-pin constraints.txt to what .venv holds now (after a deliberate upgrade and a green `make test`).
+constraints: setup
+	{ head -2 constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v -i "^torch==\|^py-spy=="; } > constraints.tmp
+	mv constraints.tmp constraints.txt
