@@ -939,6 +939,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_prompt_tokens=args.max_prompt_tokens,
         max_tokens_limit=args.max_tokens_limit,
         request_timeout_s=args.timeout,
+        log_level=args.log_level,
     )
     return 0
 
@@ -995,6 +996,12 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=float,
         default=60.0,
         help="seconds a request may take, queueing included, before a 504 (default 60)",
+    )
+    s.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn's log level (default info: one line per request)",
     )
     s.set_defaults(fn=cmd_serve)
     return s
