@@ -37,6 +37,7 @@ bench-results: setup
 		--peers ort-genai,ort-genai:int4 --out benchmarks/results/bench_loop
 	$(BIN)/edgezoo sweep --flops 4e12 --bench benchmarks/results/bench.json --work runs/sweep
 	$(BIN)/python -m benchmarks.quantize_sizes --work runs/sweep --finetune-steps 60
+	$(BIN)/python -m benchmarks.prune_speed --sizes mini,small,medium --rounds 5
 	$(BIN)/python -m benchmarks.serve_load runs/demo --seconds 6 --rounds 5
 	$(BIN)/python -m benchmarks.export_cost
 	$(BIN)/python -m benchmarks.train_throughput --big ""

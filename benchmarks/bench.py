@@ -148,9 +148,10 @@ def time_decode(
     lm.generate(texts, max_new_tokens=4)
     steps, ttft, tokens = [], [], []
     for _ in range(repeats):
-        tokens = lm.generate(texts, max_new_tokens=new_tokens)[0].token_ids
-        steps.extend(lm.step_s)
-        ttft.append(lm._first_token_s)
+        first = lm.generate(texts, max_new_tokens=new_tokens)[0]
+        tokens = first.token_ids
+        steps.extend(first.step_s)
+        ttft.append(first.time_to_first_token_s)
     return steps, ttft, tokens
 
 

@@ -25,6 +25,11 @@ SECTIONS = [
         "Every variant of the sweep's trained models: size, quality, speed, gate",
         "quantize_sizes.md",
     ),
+    (
+        "prune",
+        "Structured pruning (25 % attention + 30 % MLP): decode speed per size",
+        "prune_speed.md",
+    ),
     ("serve", "HTTP server under load (loopback)", "serve_load.md"),
     ("export", "Export cost per preset, and optimised vs portable graph speed", "export_cost.md"),
     ("train", "Training throughput and MFU", "train_throughput.md"),
@@ -38,7 +43,7 @@ def main() -> None:
         "Numbers measured on this project's development machine (2 vCPUs, no GPU). Timing here is noisy:",
         "compare ratios within one table (one run), not across tables. Regenerate everything with",
         "`make bench-results` (installs the `peers` extra, then runs the demo, `edgezoo bench`, `edgezoo sweep`, the\n"
-        "per-size quantization, server-load, export-cost, training and DDP benchmarks, then this script).\n",
+        "per-size quantization, pruning-speed, server-load, export-cost, training and DDP benchmarks, then this script).\n",
     ]
     for _, title, name in SECTIONS:
         path = RESULTS / name

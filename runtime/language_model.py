@@ -30,12 +30,23 @@ class Generation:
     prompt_tokens: int
     time_to_first_token_s: float = 0.0
     decode_s: float = 0.0
+    step_s: list[float] = field(default_factory=list)  # each decode step (sampling + graph)
+
+
+@dataclass
+class _Timing:
+    """One ``_run``'s clock, shared by its rows (a batch steps together)."""
+
+    first_token_s: float = 0.0
+    decode_s: float = 0.0
+    step_s: list[float] = field(default_factory=list)
 
 
 @dataclass
 class _Row:
     prompt_len: int
     streamer: TextStreamer
+    timing: _Timing
     ids: list[int] = field(default_factory=list)
     text: str = ""
     finish: str | None = None
@@ -170,7 +181,8 @@ class LanguageModel:
         batch, longest = len(encoded), max(len(e) for e in encoded)
         max_new = min(params.max_new_tokens, self.context - longest)
         lengths = np.array([len(e) for e in encoded], np.int64)
-        rows = [_Row(len(e), TextStreamer(self.tokenizer, prompt_ids=e)) for e in encoded]
+        timing = _Timing()
+        rows = [_Row(len(e), TextStreamer(self.tokenizer, prompt_ids=e), timing) for e in encoded]
         sampler, stops = Sampler(params), StopChecker(params.stop)
         live = live_text or bool(stops.stop)  # detokenize every step only when someone reads it
         seen = None
@@ -194,8 +206,7 @@ class LanguageModel:
             logits = cache.step(ids, prompt_mask, positions)
             full_mask = np.concatenate([prompt_mask, np.ones((batch, max_new), np.int64)], axis=1)
         last = logits[np.arange(batch), lengths - 1]
-        self._first_token_s = time.perf_counter() - t0
-        self.step_s: list[float] = []  # seconds per decode step (sampling + graph), for benchmarks
+        timing.first_token_s = time.perf_counter() - t0
         for step in range(max_new):
             t_step = time.perf_counter()
             tokens = sampler(last, seen)
@@ -219,8 +230,8 @@ class LanguageModel:
             else:
                 mask = np.ascontiguousarray(full_mask[:, : longest + step + 1])
                 last = cache.step(next_ids, mask, (lengths + step)[:, None])[:, 0]
-            self.step_s.append(time.perf_counter() - t_step)
-        self._decode_s = time.perf_counter() - t0 - self._first_token_s
+            timing.step_s.append(time.perf_counter() - t_step)
+        timing.decode_s = time.perf_counter() - t0 - timing.first_token_s
 
     def _advance(
         self,
@@ -260,8 +271,9 @@ class LanguageModel:
             row.ids,
             row.finish or "length",
             row.prompt_len,
-            getattr(self, "_first_token_s", 0.0),
-            getattr(self, "_decode_s", 0.0),
+            row.timing.first_token_s,
+            row.timing.decode_s,
+            list(row.timing.step_s),
         )
 
     def _prefill_logits(self, ids: np.ndarray) -> np.ndarray:

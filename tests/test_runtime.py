@@ -66,6 +66,16 @@ def test_batched_prompts_of_different_lengths_match_single_runs(lm_dir, graph):
     ]
 
 
+def test_generation_reports_its_timing(lm_dir):
+    lm = runtime.load(lm_dir[0], backend="ort-cpu")
+    lm.ignore_eos = True  # a fixed length: one decode step per token after the first
+    first, second = lm.generate(PROMPTS[:2], max_new_tokens=12)
+    assert len(first.token_ids) == 12 and len(first.step_s) == 11
+    assert all(s > 0 for s in first.step_s) and first.time_to_first_token_s > 0
+    assert first.step_s == second.step_s  # a batch steps together
+    assert first.decode_s >= sum(first.step_s)
+
+
 def test_streaming_yields_the_same_text_in_pieces(lm_dir):
     lm = runtime.load(lm_dir[0], backend="ort-cpu")
     pieces = list(lm.stream(PROMPTS[0], max_new_tokens=40))

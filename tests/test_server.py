@@ -25,17 +25,10 @@ from starlette.requests import ClientDisconnect
 import runtime
 from edgezoo.errors import ConfigError
 from export.onnx_export import to_onnx
+from runtime.batcher import Batcher, Job
 from runtime.sampling import SamplingParams
-from runtime.server import (
-    Batcher,
-    Job,
-    Metrics,
-    add_serve_parser,
-    check_bind,
-    create_app,
-    is_loopback,
-    serve,
-)
+from runtime.server import add_serve_parser, check_bind, create_app, is_loopback, serve
+from runtime.server_metrics import Metrics
 
 CONTEXT = 96
 GREEDY = {"temperature": 0, "max_tokens": 12}

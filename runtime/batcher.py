@@ -1,0 +1,238 @@
+"""Dynamic batching: a bounded queue of requests and the one worker that owns the model.
+
+Requests that would get the same answer together (same sampling params, no seed) share one
+batched ``generate`` call, run in a thread so the event loop stays free; the model is never
+called from two threads at once. Streams go through the same worker, one at a time.
+"""
+
+import asyncio
+import contextlib
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.protocol import RETRY_AFTER_S, overloaded, timed_out
+from runtime.sampling import SamplingParams
+from runtime.server_metrics import Metrics
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    index: int  # which prompt of the request
+    text: str
+    finish_reason: str | None  # set on the prompt's last event
+    completion_tokens: int = 0  # set on the prompt's last event
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's work: its texts, how to sample (None for a classifier), where results go.
+
+    A streaming job has ``events``, fed from the worker thread; ``cancelled`` is how the
+    request tells that thread to stop (client gone, timeout).
+    """
+
+    inputs: list[str]
+    params: SamplingParams | None = None
+    prompt_tokens: int = 0
+    stream: bool = False
+    future: asyncio.Future = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def batchable(self) -> bool:
+        """A seed fixes one random stream per model call, so a seeded job runs alone."""
+        return not self.stream and (self.params is None or self.params.seed is None)
+
+    def fits_with(self, other: "Job") -> bool:
+        """Share a model call only when it gives each job the answer it would get alone."""
+        return self.batchable and other.batchable and self.params == other.params
+
+
+class Batcher:
+    """Owns the model: a bounded queue of jobs and the single worker that runs them."""
+
+    def __init__(
+        self, model: Any, metrics: Metrics, *, max_batch: int, max_queue: int, batch_wait_s: float
+    ) -> None:
+        self.model, self.metrics = model, metrics
+        self.max_batch, self.max_queue, self.batch_wait_s = max_batch, max_queue, batch_wait_s
+        self.is_lm = hasattr(model, "generate")
+        self.pending: deque[Job] = deque()
+        self.running: list[Job] = []
+        self.arrived = asyncio.Event()
+        self.closed = False
+        self.task: asyncio.Task | None = None
+
+    # -- called by requests --
+
+    def submit(self, job: Job) -> None:
+        if self.closed:
+            raise overloaded("server is shutting down; retry shortly.")
+        if len(self.pending) >= self.max_queue:
+            raise overloaded(
+                f"server is busy ({len(self.pending)} requests queued); retry after {RETRY_AFTER_S} s."
+            )
+        self.pending.append(job)
+        self._queue_changed()
+
+    def cancel(self, job: Job) -> None:
+        """Forget a job whose request gave up: drop it if queued, stop it if streaming."""
+        job.cancelled.set()
+        with contextlib.suppress(ValueError):
+            self.pending.remove(job)
+            self._queue_changed()
+
+    # -- lifecycle --
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._work())
+
+    async def stop(self, timeout_s: float) -> None:
+        """Refuse new jobs, finish the queued and running ones (up to ``timeout_s``), stop."""
+        self.closed = True
+        self.arrived.set()
+        if self.task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), timeout_s)
+        except asyncio.TimeoutError:
+            self.task.cancel()  # a model call already running finishes in its thread, unheard
+            for job in [*self.running, *self.pending]:
+                _fail(job, overloaded("server shut down before this request finished."))
+            self.pending.clear()
+
+    # -- the worker --
+
+    async def _work(self) -> None:
+        while (job := await self._next()) is not None:
+            if job.stream:
+                self.running = [job]
+                await asyncio.to_thread(self._pump, job, asyncio.get_running_loop())
+            else:
+                self.running = await self._gather(job)
+                await self._run(self.running)
+            self.running = []
+
+    async def _next(self) -> Job | None:
+        """The oldest queued job; None once closed and drained."""
+        while not self.pending:
+            if self.closed:
+                return None
+            self.arrived.clear()
+            await self.arrived.wait()
+        job = self.pending.popleft()
+        self._queue_changed()
+        return job
+
+    async def _gather(self, first: Job) -> list[Job]:
+        """``first`` plus compatible jobs, up to ``max_batch`` rows, waiting ``batch_wait_s``
+        at most: a few ms of latency buys a batch whose rows cost little more than one."""
+        batch, rows = [first], len(first.inputs)
+        if not first.batchable:
+            return batch
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.batch_wait_s
+        while rows < self.max_batch:
+            for job in list(self.pending):
+                if job.fits_with(first) and rows + len(job.inputs) <= self.max_batch:
+                    self.pending.remove(job)
+                    batch.append(job)
+                    rows += len(job.inputs)
+            self._queue_changed()
+            remaining = deadline - loop.time()
+            if rows >= self.max_batch or remaining <= 0 or self.closed:
+                break
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+        return batch
+
+    async def _run(self, batch: list[Job]) -> None:
+        """One model call (in a thread) for the whole batch; each job gets its own rows."""
+        inputs = [text for job in batch for text in job.inputs]
+        try:
+            outputs = await asyncio.to_thread(self._call_model, inputs, batch[0].params)
+        except Exception as e:  # reaches each request as its own error (400 or 500)
+            for job in batch:
+                _fail(job, e)
+            return
+        self.metrics.prompt_tokens.inc(sum(job.prompt_tokens for job in batch))
+        start = 0
+        for job in batch:
+            if not job.future.done():
+                job.future.set_result(outputs[start : start + len(job.inputs)])
+            start += len(job.inputs)
+
+    def _call_model(self, inputs: list[str], params: SamplingParams | None) -> list[Any]:
+        """Runs in the worker thread. A request with more texts than ``max_batch`` is split."""
+        outputs: list[Any] = []
+        for start in range(0, len(inputs), self.max_batch):
+            chunk = inputs[start : start + self.max_batch]
+            self.metrics.batch_size.observe(len(chunk))
+            if self.is_lm:
+                generations = self.model.generate(chunk, params)
+                self.metrics.generated_tokens.inc(sum(len(g.token_ids) for g in generations))
+                outputs.extend(generations)
+            else:
+                outputs.extend(self.model.predict_proba(chunk))
+        return outputs
+
+    def _pump(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
+        """Runs in the worker thread: stream each prompt, handing events to the request's loop.
+
+        ``cancelled`` is checked after every event, so a client that left costs at most one
+        more token; ``None`` marks the end, an exception an error.
+        """
+
+        def put(item: StreamEvent | Exception | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
+                loop.call_soon_threadsafe(job.events.put_nowait, item)
+
+        self.metrics.prompt_tokens.inc(job.prompt_tokens)
+        try:
+            for index, prompt in enumerate(job.inputs):
+                with contextlib.closing(self.model.stream_events(prompt, job.params)) as events:
+                    for text, finish in events:
+                        if job.cancelled.is_set():
+                            return
+                        tokens = len(self.model.last.token_ids) if finish else 0
+                        self.metrics.generated_tokens.inc(tokens)
+                        put(StreamEvent(index, text, finish, tokens))
+        except Exception as e:
+            put(e)
+        finally:
+            put(None)
+
+    def _queue_changed(self) -> None:
+        self.arrived.set()
+        self.metrics.queue_depth.set(len(self.pending))
+
+
+def _fail(job: Job, error: Exception) -> None:
+    if job.cancelled.is_set():
+        return  # its request has gone: an unread exception would only be logged as a leak
+    if job.stream:
+        job.events.put_nowait(error)
+    elif not job.future.done():
+        job.future.set_exception(error)
+
+
+async def wait_result(batcher: Batcher, job: Job, timeout_s: float) -> list[Any]:
+    try:
+        return await asyncio.wait_for(asyncio.shield(job.future), timeout_s)
+    except asyncio.TimeoutError:
+        batcher.cancel(job)
+        raise timed_out(timeout_s) from None
+
+
+async def next_event(job: Job, deadline: float) -> StreamEvent | Exception | None:
+    """The job's next stream event, or ``asyncio.TimeoutError`` past the request's deadline."""
+    remaining = deadline - asyncio.get_running_loop().time()
+    return await asyncio.wait_for(job.events.get(), max(remaining, 0))

@@ -1,0 +1,283 @@
+"""The OpenAI-compatible wire format: request parsing with errors that name the fix, and
+response bodies (JSON and server-sent events). No model, no web framework state: plain
+functions over dicts, so the rules are easy to test and to read.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from runtime.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from fastapi import Request
+
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+RETRY_AFTER_S = 1
+# OpenAI fields we do not implement, with the value that means "off": anything else is a 400,
+# so a client never silently gets something other than what it asked for.
+UNSUPPORTED = {
+    "n": 1,
+    "best_of": 1,
+    "echo": False,
+    "logprobs": None,
+    "suffix": None,
+    "logit_bias": None,
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+}
+
+
+# ---------------------------------------------------------------------- errors -------------
+
+
+class ApiError(Exception):
+    """An HTTP error whose body is OpenAI's ``{"error": {message, type, param, code}}``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        return {
+            "error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}
+        }
+
+
+def overloaded(message: str) -> ApiError:
+    """503 with Retry-After: well-behaved clients (the openai package) back off and retry."""
+    return ApiError(503, message, code="overloaded", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+# ---------------------------------------------------------------------- requests -----------
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    prompts: list[str]
+    params: SamplingParams
+    stream: bool = False
+    include_usage: bool = False
+
+
+def parse_completion(
+    body: dict[str, Any], *, model_name: str, max_tokens_limit: int | None = None
+) -> CompletionRequest:
+    """Check an OpenAI completions body field by field; errors name the field and the fix."""
+    check_model(body, model_name)
+    for name, off in UNSUPPORTED.items():
+        if body.get(name) not in (None, off):
+            raise ApiError(
+                400, f"{name} is not supported by this server; leave it out.", param=name
+            )
+    max_tokens = _number(body, "max_tokens", DEFAULT_MAX_TOKENS, integer=True)
+    if max_tokens < 1:
+        raise ApiError(
+            400, f"max_tokens={max_tokens} is invalid; use max_tokens >= 1.", param="max_tokens"
+        )
+    if max_tokens_limit is not None and max_tokens > max_tokens_limit:
+        raise ApiError(
+            400,
+            f"max_tokens={max_tokens} is over this server's limit of {max_tokens_limit}; "
+            f"ask for at most {max_tokens_limit} tokens.",
+            param="max_tokens",
+        )
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ApiError(400, f"seed must be an integer >= 0, got {seed!r:.80}.", param="seed")
+    params = SamplingParams(
+        temperature=_number(body, "temperature", 1.0),
+        top_k=_number(body, "top_k", 0, integer=True),
+        top_p=_number(body, "top_p", 1.0),
+        repetition_penalty=_number(body, "repetition_penalty", 1.0),
+        max_new_tokens=max_tokens,
+        stop=_stop_strings(body.get("stop")),
+        seed=seed,
+    ).validate()  # ConfigError -> 400 with the runtime's message
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise ApiError(400, f"stream must be true or false, got {stream!r:.80}.", param="stream")
+    options = body.get("stream_options") or {}
+    return CompletionRequest(
+        prompts=_strings(body.get("prompt"), "prompt"),
+        params=params,
+        stream=bool(stream),
+        include_usage=isinstance(options, dict) and bool(options.get("include_usage")),
+    )
+
+
+def parse_classify(body: dict[str, Any], *, model_name: str) -> list[str]:
+    """``{"input": str | list[str]}``; empty texts are refused here, before they are batched."""
+    check_model(body, model_name)
+    texts = _strings(body.get("input"), "input")
+    if any(not t.strip() for t in texts):
+        raise ApiError(
+            400, "input has an empty text; give non-empty strings to classify.", param="input"
+        )
+    return texts
+
+
+def check_model(body: dict[str, Any], model_name: str) -> None:
+    """Like OpenAI, a request for another model is a 404 (leaving ``model`` out is fine)."""
+    asked = body.get("model")
+    if asked not in (None, model_name):
+        raise ApiError(
+            404,
+            f"model {asked!r} is not served here; this server serves {model_name!r} (see GET /v1/models).",
+            code="model_not_found",
+            param="model",
+        )
+
+
+def _strings(value: Any, name: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ApiError(
+        400,
+        f"{name} must be a string or a non-empty list of strings, got {value!r:.80}.",
+        param=name,
+    )
+
+
+def _stop_strings(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ApiError(
+        400, f"stop must be a string or a list of strings, got {value!r:.80}.", param="stop"
+    )
+
+
+def _number(body: dict[str, Any], name: str, default: float, *, integer: bool = False) -> Any:
+    value = body.get(name)
+    if value is None:
+        return default
+    kinds = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+        kind = "an integer" if integer else "a finite number"  # JSON parsing allows NaN
+        raise ApiError(400, f"{name} must be {kind}, got {value!r:.80}.", param=name)
+    return value
+
+
+async def read_json(request: "Request", max_bytes: int) -> dict[str, Any]:
+    """The body as a JSON object, read at most ``max_bytes`` far (a huge body costs nothing)."""
+    too_large = ApiError(
+        413, f"request body is over {max_bytes} bytes; send fewer or shorter prompts per request."
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise too_large
+    try:
+        data = json.loads(body)
+    except ValueError as e:
+        raise ApiError(400, f"request body is not valid JSON ({e}).") from e
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object.")
+    return data
+
+
+def prompt_lengths(model: Any, prompts: list[str], max_prompt_tokens: int | None) -> list[int]:
+    """Token count per prompt. Checked before queueing, so one bad prompt never fails a batch."""
+    lengths = [len(ids) for ids in model.encode(prompts)]  # InputError: empty / over context
+    longest = max(lengths)
+    if max_prompt_tokens is not None and longest > max_prompt_tokens:
+        raise ApiError(
+            400,
+            f"prompt is {longest} tokens but this server accepts at most {max_prompt_tokens}; "
+            "shorten the prompt.",
+            param="prompt",
+        )
+    return lengths
+
+
+# ---------------------------------------------------------------------- responses ----------
+
+
+def finish_reason(runtime_reason: str | None) -> str | None:
+    """The runtime says eos / stop / length; OpenAI says stop for both of the first two."""
+    return {"eos": "stop", "stop": "stop", "length": "length"}.get(runtime_reason or "")
+
+
+def completion_body(head: dict[str, Any], generations: list[Any]) -> dict[str, Any]:
+    choices = [
+        {
+            "text": g.text,
+            "index": i,
+            "logprobs": None,
+            "finish_reason": finish_reason(g.finish_reason),
+        }
+        for i, g in enumerate(generations)
+    ]
+    prompt = sum(g.prompt_tokens for g in generations)
+    completion = sum(len(g.token_ids) for g in generations)
+    return {**head, "choices": choices, "usage": usage(prompt, completion)}
+
+
+def classify_body(model_name: str, labels: list[str], probs: list[Any]) -> dict[str, Any]:
+    data = [
+        {
+            "object": "classification",
+            "index": i,
+            "label": labels[int(p.argmax())],
+            "score": float(p.max()),
+            "scores": dict(zip(labels, map(float, p), strict=True)),
+        }
+        for i, p in enumerate(probs)
+    ]
+    return {"object": "list", "model": model_name, "data": data}
+
+
+def model_card(model: Any, model_name: str, created: int) -> dict[str, Any]:
+    """OpenAI's model object, plus what a client may want to know about this one."""
+    return {
+        "id": model_name,
+        "object": "model",
+        "created": created,
+        "owned_by": "edgezoo",
+        "backend": getattr(model, "backend", None),
+        "variant": getattr(model, "variant", None),
+        "context_length": getattr(model, "context", None),
+    }
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def sse(data: dict[str, Any] | str) -> str:
+    """One server-sent event in OpenAI's framing: ``data: <json>`` and a blank line."""
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+def timed_out(timeout_s: float) -> ApiError:
+    return ApiError(
+        504,
+        f"request took longer than the server's timeout of {timeout_s:g} s; "
+        "ask for fewer tokens or retry when the server is less busy.",
+        code="timeout",
+    )
