@@ -46,5 +46,5 @@ bench-results: setup
 
 # Re-pin constraints.txt to what .venv holds now (after a deliberate upgrade and a green `make test`).
 constraints: setup
-	{ head -2 constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v -i "^torch==\|^py-spy=="; } > constraints.tmp
+	{ head -2 constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v -i "^torch==\|^py-spy==\| @ "; } > constraints.tmp
 	mv constraints.tmp constraints.txt

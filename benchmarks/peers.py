@@ -665,18 +665,132 @@ def _load_ct2(model_dir: Path, precision: str, threads: int, work: Path) -> _Loa
 # ---------------------------------------------------------------------------- llama-cpp
 
 
+# llama.cpp's file types for our precisions: f32 as is, Q8_0 (int8, blocks of 32) and Q4_0
+# (int4, blocks of 32, symmetric — like our int4; llama.cpp keeps its output matrix at Q6_K).
+_GGUF_FTYPES = {"fp32": ("f32", None), "int8": ("q8_0", None), "int4": ("f32", "Q4_0")}
+# The converter (convert_hf_to_gguf.py and its `conversion` and `gguf-py` packages) ships in
+# llama-cpp-python's source distribution, not in its wheel: fetched from the package index.
+_CONVERTER_FILES = ("convert_hf_to_gguf.py", "conversion", "gguf-py")
+
+
+def _llama_cpp_converter(work: Path) -> Path:
+    """The folder holding llama.cpp's HF → GGUF converter for the installed llama-cpp-python.
+
+    ``$EDGEZOO_LLAMA_CPP_SRC`` may point at a llama.cpp checkout; otherwise the matching
+    llama-cpp-python sdist is downloaded (registry only) and the converter extracted, once.
+    """
+    if os.environ.get("EDGEZOO_LLAMA_CPP_SRC"):
+        folder = Path(os.environ["EDGEZOO_LLAMA_CPP_SRC"])
+        if not (folder / "convert_hf_to_gguf.py").is_file():
+            raise PeerUnavailable(f"$EDGEZOO_LLAMA_CPP_SRC={folder} has no convert_hf_to_gguf.py")
+        return folder
+    version = _version("llama-cpp-python")
+
+    def fetch(tmp: Path) -> None:
+        import tarfile
+
+        cmd = [sys.executable, "-m", "pip", "download", f"llama-cpp-python=={version}"]
+        cmd += ["--no-deps", "--no-binary", ":all:", "-d", str(tmp)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        archives = list(tmp.glob("llama_cpp_python-*.tar.gz"))
+        if proc.returncode != 0 or not archives:
+            raise PeerUnavailable(
+                f"could not download llama-cpp-python {version}'s source for its GGUF converter "
+                f"({_one_line(RuntimeError(proc.stderr or proc.stdout))}); set "
+                "EDGEZOO_LLAMA_CPP_SRC to a llama.cpp checkout"
+            )
+        prefix = archives[0].name.removesuffix(".tar.gz") + "/vendor/llama.cpp/"
+        with tarfile.open(archives[0]) as tar:
+            members = [
+                m
+                for m in tar.getmembers()
+                if m.name.startswith(prefix)
+                and m.name[len(prefix) :].split("/")[0] in _CONVERTER_FILES
+            ]
+            for m in members:
+                m.name = m.name[len(prefix) :]
+            tar.extractall(tmp, members=members, filter="data")
+        archives[0].unlink()
+
+    folder, _ = _cached(work.parent / f"llama-cpp-converter-{version}", {"version": version}, fetch)
+    return folder
+
+
+# Run inside the converter's folder. Our byte-level BPE splits text with GPT-2's regex; the
+# converter only knows tokenizers by a hash of their output, so it is told the family.
+_CONVERT_SCRIPT = """
+import sys
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/gguf-py"]
+import conversion.base as base
+base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
+import convert_hf_to_gguf
+sys.argv = ["convert_hf_to_gguf.py", *sys.argv[2:]]
+convert_hf_to_gguf.main()
+"""
+
+
 def _load_llama_cpp(model_dir: Path, precision: str, threads: int, work: Path) -> _Loaded:
-    if importlib.util.find_spec("llama_cpp") is None:
-        raise PeerUnavailable(
-            "not installed: llama-cpp-python compiles llama.cpp from source on pip install, "
-            "and the model dir would first need a GGUF conversion (llama.cpp's "
-            "convert_hf_to_gguf.py); not run"
-        )
-    raise PeerUnavailable(
-        f"llama_cpp {_version('llama-cpp-python')} is importable, but it needs a GGUF "
-        "conversion of the model dir (llama.cpp's convert_hf_to_gguf.py, not shipped with "
-        "llama-cpp-python); not implemented here"
+    _require("llama_cpp", "llama-cpp-python  (compiles llama.cpp; a few minutes)")
+    import llama_cpp
+
+    outtype, quant = _GGUF_FTYPES[precision]
+    version = _version("llama-cpp-python")
+    stamp = _source_stamp(model_dir, peer=f"llama-cpp-python {version}", ftype=quant or outtype)
+    converter = _llama_cpp_converter(work)
+
+    def convert(tmp: Path) -> None:
+        gguf = tmp / "model.gguf"
+        cmd = [sys.executable, "-c", _CONVERT_SCRIPT, str(converter), str(model_dir)]
+        cmd += ["--outtype", outtype, "--outfile", str(gguf if quant is None else tmp / "f32.gguf")]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        if proc.returncode != 0:
+            last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
+            raise PeerUnavailable(f"convert_hf_to_gguf.py failed: {last[0][:200]}")
+        if quant is not None:
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")
+            params.nthread = threads
+            code = llama_cpp.llama_model_quantize(
+                str(tmp / "f32.gguf").encode(), str(gguf).encode(), params
+            )
+            (tmp / "f32.gguf").unlink()
+            if code != 0:
+                raise PeerUnavailable(f"llama_model_quantize to {quant} failed with code {code}")
+
+    folder, seconds = _cached(work / f"gguf-{precision}", stamp, convert)
+    t0 = time.perf_counter()
+    llm = llama_cpp.Llama(
+        model_path=str(folder / "model.gguf"),
+        n_ctx=_context_length(model_dir),
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_batch=512,
+        verbose=False,
     )
+    load_s = time.perf_counter() - t0
+
+    def decode(prompt: list[int], n: int) -> tuple[list[int], float, list[float]]:
+        llm.reset()
+        out, times = [], []
+        t = time.perf_counter()
+        # Llama.generate never stops by itself (EOS included); temp=0 is llama.cpp's greedy
+        # sampler. Each yield is one step: eval of the previous token, then sampling.
+        for token in llm.generate(prompt, temp=0.0, repeat_penalty=1.0, reset=True):
+            now = time.perf_counter()
+            times.append(now - t)
+            out.append(int(token))
+            if len(out) == n:
+                break
+            t = time.perf_counter()
+        return out, times[0], times[1:]
+
+    note = (
+        f"llama-cpp-python {version} (llama.cpp built from its sdist with native CPU flags), "
+        f"GGUF by convert_hf_to_gguf.py --outtype {outtype}"
+        f"{f' then llama_model_quantize {quant}' if quant else ''}, {_built(seconds)}; "
+        f"n_threads={threads}; Llama.generate(temp=0), per-step Python loop; EOS ignored"
+    )
+    return _Loaded(decode, load_s, note)
 
 
 _LOADERS: dict[str, Callable[[Path, str, int, Path], _Loaded]] = {

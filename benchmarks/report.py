@@ -16,7 +16,7 @@ SECTIONS = [
     ),
     (
         "loop",
-        "After binding the cache once and detokenizing lazily: edgezoo vs ONNX Runtime GenAI",
+        "The current decode loop and graph against ONNX Runtime GenAI and llama.cpp (small sizes)",
         "bench_loop.md",
     ),
     ("sweep", "Scaling sweep: loss vs size at equal compute", "sweep.md"),
