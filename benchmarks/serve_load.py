@@ -81,7 +81,9 @@ def main() -> None:
     args = p.parse_args()
     body = {"prompt": "def main():", "max_tokens": args.max_tokens, "temperature": 0}
     batched = [int(b) for b in args.max_batch.split(",")]
+    stream_body = {**body, "stream": True, "stream_options": {"include_usage": True}}
     rows, rounds = [], {b: [] for b in [*batched, 1]}
+    stream_rounds: dict[int, list[float]] = {b: [] for b in rounds}
     with contextlib.ExitStack() as stack:
         # Every setting's server is up at once (idle ones cost nothing), so the speed-up can
         # be measured in interleaved rounds: this machine's timing drifts by ±20 % over minutes.
@@ -97,11 +99,17 @@ def main() -> None:
                 print(rows[-1], flush=True)
         for _ in range(args.rounds):
             for max_batch, url in urls.items():
-                summary = hammer(url, 16, args.seconds, body).summary()
-                rounds[max_batch].append(summary["tokens_per_s"])
-                print({"round": True, "max_batch": max_batch, **summary}, flush=True)
+                for kind, payload, into in (
+                    ("plain", body, rounds),
+                    ("stream", stream_body, stream_rounds),
+                ):
+                    summary = hammer(url, 16, args.seconds, payload).summary()
+                    into[max_batch].append(summary["tokens_per_s"])
+                    print({"round": kind, "max_batch": max_batch, **summary}, flush=True)
     base = statistics.median(rounds[1])
     speedups = {b: statistics.median(rounds[b]) / base for b in batched}
+    stream_base = statistics.median(stream_rounds[1])
+    stream_speedups = {b: statistics.median(stream_rounds[b]) / stream_base for b in batched}
     result = {
         "model_dir": args.model_dir,
         "max_tokens": args.max_tokens,
@@ -110,6 +118,8 @@ def main() -> None:
         "rows": rows,
         "tokens_per_s_16_clients_rounds": {str(b): v for b, v in rounds.items()},
         "batching_speedup_16_clients": {str(b): v for b, v in speedups.items()},
+        "stream_tokens_per_s_16_clients_rounds": {str(b): v for b, v in stream_rounds.items()},
+        "stream_batching_speedup_16_clients": {str(b): v for b, v in stream_speedups.items()},
     }
     out = Path(args.out)
     atomic.write_json(out.with_suffix(".json"), result)
@@ -123,11 +133,14 @@ def main() -> None:
         for r in rows
     ]
     said = ", ".join(f"{s:.2f}× with max_batch={b}" for b, s in speedups.items())
+    said_streams = ", ".join(f"{s:.2f}× with max_batch={b}" for b, s in stream_speedups.items())
     lines.append(
         f"\nDynamic batching at 16 clients: {said}, against sequential serving (max_batch=1), "
         f"in tokens/s (medians of {args.rounds} interleaved rounds of {args.seconds:g} s). Model {args.model_dir}, {args.max_tokens} tokens per request, "
         f"{args.threads} ORT threads; the server is its own process (`edgezoo serve`), the "
-        f"{os.cpu_count()} cores are shared with the load generator."
+        f"{os.cpu_count()} cores are shared with the load generator.\n\n"
+        f'Streaming requests (`"stream": true`, same load, same rounds): {said_streams}. '
+        "Each token is its own server-sent event, so streams gain less than whole answers."
     )
     atomic.write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -1,8 +1,9 @@
 """Dynamic batching: a bounded queue of requests and the one worker that owns the model.
 
 Requests that would get the same answer together (same sampling params, no seed) share one
-batched ``generate`` call, run in a thread so the event loop stays free; the model is never
-called from two threads at once. Streams go through the same worker, one at a time.
+model call, run in a thread so the event loop stays free; the model is never called from
+two threads at once. Streams batch the same way (with other streams): their rows decode
+together and each request receives its own rows' deltas as they come.
 """
 
 import asyncio
@@ -46,11 +47,17 @@ class Job:
     @property
     def batchable(self) -> bool:
         """A seed fixes one random stream per model call, so a seeded job runs alone."""
-        return not self.stream and (self.params is None or self.params.seed is None)
+        return self.params is None or self.params.seed is None
 
     def fits_with(self, other: "Job") -> bool:
-        """Share a model call only when it gives each job the answer it would get alone."""
-        return self.batchable and other.batchable and self.params == other.params
+        """Share a model call only when it gives each job the answer it would get alone
+        (streams batch with streams, whole answers with whole answers)."""
+        return (
+            self.batchable
+            and other.batchable
+            and self.stream == other.stream
+            and self.params == other.params
+        )
 
 
 class Batcher:
@@ -110,11 +117,10 @@ class Batcher:
 
     async def _work(self) -> None:
         while (job := await self._next()) is not None:
+            self.running = await self._gather(job)
             if job.stream:
-                self.running = [job]
-                await asyncio.to_thread(self._pump, job, asyncio.get_running_loop())
+                await asyncio.to_thread(self._pump, self.running, asyncio.get_running_loop())
             else:
-                self.running = await self._gather(job)
                 await self._run(self.running)
             self.running = []
 
@@ -184,31 +190,50 @@ class Batcher:
                 outputs.extend(self.model.predict_proba(chunk))
         return outputs
 
-    def _pump(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
-        """Runs in the worker thread: stream each prompt, handing events to the request's loop.
+    def _pump(self, batch: list[Job], loop: asyncio.AbstractEventLoop) -> None:
+        """Runs in the worker thread: stream the batch's prompts decoded together, handing
+        each job its rows' events on the request's loop.
 
-        ``cancelled`` is checked after every event, so a client that left costs at most one
-        more token; ``None`` marks the end, an exception an error.
+        A job gets ``None`` (its end) as soon as its own rows have finished, an exception
+        on error. ``cancelled`` is checked after every event: a job whose client left gets
+        nothing more, and once every job has left the batch stops (at most one more token).
         """
 
-        def put(item: StreamEvent | Exception | None) -> None:
+        def put(job: Job, item: StreamEvent | Exception | None) -> None:
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
                 loop.call_soon_threadsafe(job.events.put_nowait, item)
 
-        self.metrics.prompt_tokens.inc(job.prompt_tokens)
+        rows = [(job, index) for job in batch for index in range(len(job.inputs))]
+        prompts = [text for job in batch for text in job.inputs]
+        unfinished = {id(job): len(job.inputs) for job in batch}
+        self.metrics.prompt_tokens.inc(sum(job.prompt_tokens for job in batch))
         try:
-            for index, prompt in enumerate(job.inputs):
-                with contextlib.closing(self.model.stream_events(prompt, job.params)) as events:
-                    for text, finish in events:
-                        if job.cancelled.is_set():
+            for start in range(0, len(prompts), self.max_batch):
+                chunk = prompts[start : start + self.max_batch]
+                self.metrics.batch_size.observe(len(chunk))
+                deltas = self.model.stream_batch(chunk, batch[0].params)
+                with contextlib.closing(deltas):
+                    for delta in deltas:
+                        if all(job.cancelled.is_set() for job in batch):
                             return
-                        tokens = len(self.model.last.token_ids) if finish else 0
+                        job, index = rows[start + delta.row]
+                        if job.cancelled.is_set():
+                            continue
+                        tokens = len(delta.generation.token_ids) if delta.generation else 0
                         self.metrics.generated_tokens.inc(tokens)
-                        put(StreamEvent(index, text, finish, tokens))
+                        put(job, StreamEvent(index, delta.text, delta.finish_reason, tokens))
+                        if delta.finish_reason:
+                            unfinished[id(job)] -= 1
+                            if unfinished[id(job)] == 0:
+                                put(job, None)
         except Exception as e:
-            put(e)
+            for job in batch:
+                if unfinished[id(job)]:
+                    put(job, e)
         finally:
-            put(None)
+            for job in batch:
+                if unfinished[id(job)]:
+                    put(job, None)
 
     def _queue_changed(self) -> None:
         self.arrived.set()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnxruntime as ort
@@ -31,6 +31,15 @@ class Generation:
     time_to_first_token_s: float = 0.0
     decode_s: float = 0.0
     step_s: list[float] = field(default_factory=list)  # each decode step (sampling + graph)
+
+
+class StreamDelta(NamedTuple):
+    """One piece of a batched stream (``LanguageModel.stream_batch``)."""
+
+    row: int  # which prompt of the batch
+    text: str  # new text: never a split UTF-8 character, never past a stop string
+    finish_reason: str | None  # set on the row's last delta
+    generation: Generation | None  # the row's whole result, on its last delta
 
 
 @dataclass
@@ -108,18 +117,35 @@ class LanguageModel:
         self, prompt: str, params: SamplingParams | None = None, **overrides: Any
     ) -> Iterator[tuple[str, str | None]]:
         """(delta, finish_reason or None) pairs; the last pair carries the finish reason."""
+        for delta in self.stream_batch([prompt], params, **overrides):
+            if delta.text:
+                yield delta.text, None
+            if delta.finish_reason:
+                self.last = delta.generation
+                yield "", delta.finish_reason
+
+    def stream_batch(
+        self, prompts: Sequence[str], params: SamplingParams | None = None, **overrides: Any
+    ) -> Iterator[StreamDelta]:
+        """Stream several prompts decoded together as one batch (a server's concurrent
+        streams): deltas of every row as they come, each row's last one with its finish
+        reason and full ``Generation``. Rows that finish early stop producing deltas."""
         params = self._params(params, overrides)
         stops = StopChecker(params.stop)
-        emitted = 0
-        rows = None
-        for rows in self._run([prompt], params, live_text=True):
-            row = rows[0]
-            safe = len(row.text) - (0 if row.finish else stops.holdback(row.text))
-            if safe > emitted:
-                yield row.text[emitted:safe], None
-                emitted = safe
-        self.last = self._result(rows[0])
-        yield "", rows[0].finish
+        emitted = [0] * len(prompts)
+        finished = [False] * len(prompts)
+        for rows in self._run(list(prompts), params, live_text=True):
+            for i, row in enumerate(rows):
+                if finished[i]:
+                    continue
+                safe = len(row.text) - (0 if row.finish else stops.holdback(row.text))
+                delta = row.text[emitted[i] : safe] if safe > emitted[i] else ""
+                emitted[i] = max(emitted[i], safe)
+                if row.finish:
+                    finished[i] = True
+                    yield StreamDelta(i, delta, row.finish, self._result(row))
+                elif delta:
+                    yield StreamDelta(i, delta, None, None)
 
     def score(self, text: str) -> dict[str, float]:
         """Mean next-token loss and perplexity of ``text`` (windows of the context length)."""
@@ -213,6 +239,7 @@ class LanguageModel:
             if seen is not None:
                 seen[np.arange(batch), tokens] = True
             self._advance(rows, tokens, stops, step + 1 == max_new, live)
+            timing.decode_s = time.perf_counter() - t0 - timing.first_token_s
             yield rows
             if all(r.finish for r in rows):
                 break

@@ -7,6 +7,7 @@ Used by the test suite (correctness under load) and ``benchmarks/serve_load.py``
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import statistics
 import threading
@@ -72,6 +73,22 @@ class LoadResult:
         }
 
 
+def _stream_as_body(text: str) -> dict:
+    """A server-sent completion stream folded into the shape of a non-streamed body: one
+    choice per index with its last finish reason, and the usage chunk (if asked for).
+    A stream cut short (no ``[DONE]``) has no choices, so it counts as incomplete."""
+    events = [e.removeprefix("data: ") for e in text.split("\n\n") if e.strip()]
+    if not events or events[-1] != "[DONE]":
+        return {}
+    choices: dict[int, dict] = {}
+    usage: dict = {}
+    for chunk in map(json.loads, events[:-1]):
+        usage = chunk.get("usage") or usage
+        for c in chunk.get("choices", []):
+            choices.setdefault(c["index"], {})["finish_reason"] = c.get("finish_reason")
+    return {"choices": list(choices.values()), "usage": usage}
+
+
 def hammer(
     url: str, clients: int, seconds: float, body: dict, api_key: str | None = None
 ) -> LoadResult:
@@ -97,7 +114,7 @@ def hammer(
                 with lock:
                     result.statuses[r.status_code] += 1
                     if r.status_code == 200:
-                        data = r.json()
+                        data = _stream_as_body(r.text) if body.get("stream") else r.json()
                         if not data.get("choices") or any(
                             c.get("finish_reason") is None for c in data["choices"]
                         ):

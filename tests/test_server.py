@@ -26,6 +26,7 @@ import runtime
 from edgezoo.errors import ConfigError
 from export.onnx_export import to_onnx
 from runtime.batcher import Batcher, Job
+from runtime.language_model import StreamDelta
 from runtime.sampling import SamplingParams
 from runtime.server import add_serve_parser, check_bind, create_app, is_loopback, serve
 from runtime.server_metrics import Metrics
@@ -161,6 +162,42 @@ def test_streaming_a_list_of_prompts_indexes_the_chunks(client, lm):
         mine = [c["choices"][0] for c in chunks if c["choices"][0]["index"] == index]
         assert "".join(c["text"] for c in mine) == expected(lm, prompt).text
         assert mine[-1]["finish_reason"] == "length"
+
+
+def test_concurrent_streams_are_batched_and_each_gets_its_own_text(lm):
+    class HeldStreams(Gated):
+        def stream_batch(self, prompts, params=None, **overrides):
+            self.batches.append(len(prompts))
+            self.started.set()
+            assert self.release.wait(10)
+            yield from self.lm.stream_batch(prompts, params, **overrides)
+
+    model = HeldStreams(lm, held=True)
+    texts: dict[int, str] = {}
+
+    def stream(i: int, c: TestClient) -> None:
+        body = {"prompt": PROMPTS[i], "stream": True, **GREEDY}
+        events = c.post("/v1/completions", json=body).text.split("\n\n")
+        chunks = [json.loads(e.removeprefix("data: ")) for e in events if e and "[DONE]" not in e]
+        texts[i] = "".join(ch["choices"][0]["text"] for ch in chunks)
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+    with TestClient(create_app(model, model_name="tiny", batch_wait_ms=50)) as c:
+        first = threading.Thread(target=stream, args=(0, c))
+        first.start()
+        assert model.started.wait(10)  # the first stream holds the worker ...
+        others = [threading.Thread(target=stream, args=(i, c)) for i in (1, 2)]
+        for t in others:
+            t.start()
+        deadline = time.time() + 10
+        while len(c.app.state.batcher.pending) < 2:
+            assert time.time() < deadline, "the two streams never queued"
+            time.sleep(0.01)
+        model.release.set()  # ... and the two queued behind it run as one batch
+        for t in [first, *others]:
+            t.join(30)
+    assert model.batches == [1, 2]
+    assert texts == {i: expected(lm, PROMPTS[i]).text for i in range(3)}
 
 
 def test_seeded_sampling_is_repeatable_and_never_batched(lm):
@@ -391,13 +428,12 @@ class Endless:
     def generate(self, prompts, params=None):
         raise AssertionError("not used")
 
-    def stream_events(self, prompt, params=None):
+    def stream_batch(self, prompts, params=None):
         for _ in range(10_000):
             self.pulled += 1
             time.sleep(0.002)
-            yield "x", None
-        self.last = SimpleNamespace(token_ids=[0] * self.pulled)
-        yield "", "length"
+            yield StreamDelta(0, "x", None, None)
+        yield StreamDelta(0, "", "length", SimpleNamespace(token_ids=[0] * self.pulled))
 
 
 @pytest.mark.parametrize("spec", ["2.3", "2.4"])  # Starlette notices a disconnect differently

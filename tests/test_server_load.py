@@ -28,6 +28,9 @@ def test_64_clients_for_20_seconds(tmp_path, tokenizer):
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with running_server(app) as url:
         result = hammer(url, clients=64, seconds=20, body=body)
+        # Streams batch too: every one must still end with its finish reason and usage.
+        stream_body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        streams = hammer(url, clients=16, seconds=5, body=stream_body)
         import httpx
 
         assert httpx.get(f"{url}/health").status_code == 200  # still serving afterwards
@@ -35,5 +38,8 @@ def test_64_clients_for_20_seconds(tmp_path, tokenizer):
     assert not result.errors, result.errors[:3]  # no crash, no reset connection
     assert set(result.statuses) <= {200, 429, 503}, summary  # only explicit back-pressure
     assert result.ok > 100 and result.incomplete == 0, summary  # accepted requests answered in full
+    assert not streams.errors and streams.ok > 10 and streams.incomplete == 0, streams.summary()
+    assert set(streams.statuses) <= {200, 429, 503}, streams.summary()
+    assert streams.ok <= streams.completion_tokens <= 8 * streams.ok  # usage came with each
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
     assert grown_mb < 500, f"peak RSS grew by {grown_mb:.0f} MB"
