@@ -126,3 +126,35 @@ def make_model_dir(path, cfg, tokenizer, seed: int = 0):
     save_model_dir(model, path)
     save_tokenizer(tokenizer, path, cfg.max_position_embeddings)
     return model
+
+
+def lm_train_config(corpus, out, **overrides):
+    """The tiny LM run the training tests share (nano preset, 600-token vocab, fast steps)."""
+    from zoo.train import TrainConfig
+
+    base = dict(
+        family="lm",
+        size="nano",
+        data=str(corpus),
+        out=str(out),
+        steps=24,
+        batch_size=8,
+        context=64,
+        vocab_size=600,
+        lr=3e-3,
+        warmup_steps=4,
+        eval_every=1000,
+        checkpoint_every=8,
+        keep_checkpoints=3,
+        log_every=1,
+        progress=False,
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
+def loss_curve(run) -> dict[int, float]:
+    """step → training loss, from a run's training.jsonl."""
+    import json
+
+    rows = [json.loads(line) for line in (Path(run) / "training.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}

@@ -16,12 +16,13 @@ import time
 
 import pytest
 import torch
+from conftest import lm_train_config, loss_curve
 from safetensors.torch import load_file
 
 from zoo import checkpoint as ckpt
 from zoo.launch import strip_launcher_flags, torchrun_command
 from zoo.modeldir import load_model
-from zoo.train import TrainConfig, train
+from zoo.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -64,24 +65,10 @@ def flags(corpus, out, steps, every=5, extra=()) -> list[str]:
 
 
 def single(corpus, out, steps, every=5, **kw):
+    """One process with the same settings as ``flags`` gives torchrun."""
     return train(
-        TrainConfig(
-            family="lm",
-            size="nano",
-            data=str(corpus),
-            out=str(out),
-            steps=steps,
-            batch_size=8,
-            context=32,
-            vocab_size=600,
-            lr=3e-3,
-            warmup_steps=4,
-            eval_every=1000,
-            log_every=1,
-            keep_checkpoints=5,
-            checkpoint_every=every,
-            progress=False,
-            **kw,
+        lm_train_config(
+            corpus, out, steps=steps, context=32, keep_checkpoints=5, checkpoint_every=every, **kw
         )
     )
 
@@ -99,11 +86,6 @@ def torchrun(
     )
 
 
-def losses(run) -> dict[int, float]:
-    rows = [json.loads(line) for line in (run / "training.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
-
-
 def close(a: dict, b: dict, tol: float = 2e-4) -> bool:
     return a.keys() == b.keys() and all(abs(a[k] - b[k]) < tol for k in a)
 
@@ -119,7 +101,7 @@ def test_ddp_two_processes_match_one_process(reference, text_corpus, tmp_path):
     out = tmp_path / "ddp"
     done = torchrun(flags(text_corpus, out, 20))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert close(losses(out), losses(reference))
+    assert close(loss_curve(out), loss_curve(reference))
     ours, theirs = (
         load_file(str(out / "model.safetensors")),
         load_file(str(reference / "model.safetensors")),
@@ -137,7 +119,7 @@ def test_fsdp_trains_and_saves_an_ordinary_model_dir(reference, text_corpus, tmp
     out = tmp_path / "fsdp"
     done = torchrun(flags(text_corpus, out, 20, extra=["--fsdp"]))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert close(losses(out), losses(reference), tol=1e-3)  # same math, sharded
+    assert close(loss_curve(out), loss_curve(reference), tol=1e-3)  # same math, sharded
     model = load_model(out)
     transformers = pytest.importorskip("transformers")
     hf = transformers.AutoModelForCausalLM.from_pretrained(out)
@@ -153,7 +135,7 @@ def test_resume_with_another_world_size_continues_the_curve(reference, text_corp
     for c in ckpt.list_checkpoints(out)[1:]:  # keep step 10 only: as if it died there
         shutil.rmtree(c)
     single(text_corpus, out, 20, every=10, resume=True)
-    assert close(losses(out), losses(reference))
+    assert close(loss_curve(out), loss_curve(reference))
 
 
 def test_killed_worker_is_restarted_and_resumes(reference, text_corpus, tmp_path):
@@ -186,7 +168,7 @@ def test_killed_worker_is_restarted_and_resumes(reference, text_corpus, tmp_path
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, err[-3000:]
     assert "exitcode: -9" in err  # the worker really died mid-run, and torchrun restarted it
-    assert close(losses(out), losses(reference))
+    assert close(loss_curve(out), loss_curve(reference))
     assert ckpt.verify(ckpt.list_checkpoints(out)[-1]).step == 20
 
 

@@ -10,11 +10,11 @@ import subprocess
 import sys
 import time
 from collections import namedtuple
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import lm_train_config, loss_curve
 from safetensors.torch import load_file
 
 from edgezoo.errors import CheckpointError, ConfigError, DataError, ResourceError
@@ -26,41 +26,16 @@ from zoo.tokenizer import load_tokenizer
 from zoo.train import TrainConfig, train
 
 
-def lm_config(corpus, out, **kw) -> TrainConfig:
-    base = dict(
-        family="lm",
-        size="nano",
-        data=str(corpus),
-        out=str(out),
-        steps=24,
-        batch_size=8,
-        context=64,
-        vocab_size=600,
-        lr=3e-3,
-        warmup_steps=4,
-        eval_every=1000,
-        checkpoint_every=8,
-        keep_checkpoints=3,
-        log_every=1,
-        progress=False,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def losses(run: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (run / "training.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
-
-
 def test_lm_learns_below_unigram_and_transformers_opens_it(text_corpus, tmp_path):
     # 300 steps: over seeds the margins below were >= 0.48 nats (200 steps left one at 0.01).
-    result = train(lm_config(text_corpus, tmp_path / "run", steps=300, eval_every=150, lr=5e-3))
+    result = train(
+        lm_train_config(text_corpus, tmp_path / "run", steps=300, eval_every=150, lr=5e-3)
+    )
     tok = load_tokenizer(tmp_path / "run")
     splits = token_cache(str(text_corpus), tok, 0.05)
     baseline = unigram_loss(splits.train, splits.val, tok.get_vocab_size())
     assert result.metrics["val_loss"] < baseline - 0.3, (result.metrics, baseline)
-    curve = losses(tmp_path / "run")
+    curve = loss_curve(tmp_path / "run")
     assert (
         np.mean([curve[s] for s in range(291, 301)])
         < np.mean([curve[s] for s in range(1, 6)]) - 1.0
@@ -74,20 +49,20 @@ def test_lm_learns_below_unigram_and_transformers_opens_it(text_corpus, tmp_path
 
 def test_resume_replays_the_uninterrupted_run_exactly(text_corpus, tmp_path):
     run = tmp_path / "run"
-    train(lm_config(text_corpus, run))
-    full_curve = losses(run)
+    train(lm_train_config(text_corpus, run))
+    full_curve = loss_curve(run)
     final_weights = (run / "model.safetensors").read_bytes()
     # Pretend the run died after step 8: only that checkpoint survives.
     for c in ckpt.list_checkpoints(run)[1:]:
         shutil.rmtree(c)
-    train(lm_config(text_corpus, run, resume=True))
-    assert losses(run) == full_curve
+    train(lm_train_config(text_corpus, run, resume=True))
+    assert loss_curve(run) == full_curve
     assert (run / "model.safetensors").read_bytes() == final_weights
 
 
 def test_sigkill_mid_run_then_resume_gives_the_same_curve(text_corpus, tmp_path):
     reference = tmp_path / "reference"
-    train(lm_config(text_corpus, reference, steps=60, checkpoint_every=5))
+    train(lm_train_config(text_corpus, reference, steps=60, checkpoint_every=5))
     run = tmp_path / "killed"
     args = [
         sys.executable,
@@ -130,13 +105,13 @@ def test_sigkill_mid_run_then_resume_gives_the_same_curve(text_corpus, tmp_path)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run / "model.safetensors").exists()  # it really died mid-run
-    killed_at = max(losses(run))
+    killed_at = max(loss_curve(run))
     assert killed_at < 60
     done = subprocess.run(
         [*args, "--resume"], env=os.environ.copy(), capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
-    assert losses(run) == losses(reference)
+    assert loss_curve(run) == loss_curve(reference)
     assert not [
         p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")
     ]  # no half checkpoints
@@ -144,7 +119,7 @@ def test_sigkill_mid_run_then_resume_gives_the_same_curve(text_corpus, tmp_path)
 
 def test_corrupt_checkpoint_falls_back_to_the_previous_good_one(text_corpus, tmp_path):
     run = tmp_path / "run"
-    train(lm_config(text_corpus, run, steps=16))
+    train(lm_train_config(text_corpus, run, steps=16))
     newest = ckpt.list_checkpoints(run)[-1]
     weights = newest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
@@ -152,19 +127,19 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_good_one(text_corpus, tmp
         found = ckpt.latest_valid(run)
     assert found.step == 8
     with pytest.warns(UserWarning):
-        train(lm_config(text_corpus, run, steps=16, resume=True))
-    assert max(losses(run)) == 16
+        train(lm_train_config(text_corpus, run, steps=16, resume=True))
+    assert max(loss_curve(run)) == 16
 
 
 def test_resume_refuses_changed_settings_and_fresh_runs_refuse_used_dirs(text_corpus, tmp_path):
     run = tmp_path / "run"
-    train(lm_config(text_corpus, run, steps=8))
+    train(lm_train_config(text_corpus, run, steps=8))
     with pytest.raises(ConfigError, match="batch_size"):
-        train(lm_config(text_corpus, run, steps=8, batch_size=16, resume=True))
+        train(lm_train_config(text_corpus, run, steps=8, batch_size=16, resume=True))
     with pytest.raises(ConfigError, match="--resume"):
-        train(lm_config(text_corpus, run, steps=8))
+        train(lm_train_config(text_corpus, run, steps=8))
     with pytest.raises(CheckpointError, match="no checkpoint"):
-        train(lm_config(text_corpus, tmp_path / "fresh", resume=True))
+        train(lm_train_config(text_corpus, tmp_path / "fresh", resume=True))
 
 
 @pytest.mark.parametrize(
@@ -177,19 +152,19 @@ def test_resume_refuses_changed_settings_and_fresh_runs_refuse_used_dirs(text_co
 )
 def test_bad_settings_get_clear_errors(text_corpus, tmp_path, kw, match):
     with pytest.raises((ConfigError, DataError), match=match):
-        train(lm_config(text_corpus, tmp_path / "run", **kw))
+        train(lm_train_config(text_corpus, tmp_path / "run", **kw))
 
 
 def test_not_enough_disk_fails_before_writing_and_keeps_the_last_checkpoint(
     text_corpus, tmp_path, monkeypatch
 ):
     run = tmp_path / "run"
-    train(lm_config(text_corpus, run, steps=8))
+    train(lm_train_config(text_corpus, run, steps=8))
     before = {p.name for p in ckpt.list_checkpoints(run)}
     Usage = namedtuple("Usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda _: Usage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(ResourceError, match="not enough disk"):
-        train(lm_config(text_corpus, run, steps=16, resume=True))
+        train(lm_train_config(text_corpus, run, steps=16, resume=True))
     assert {p.name for p in ckpt.list_checkpoints(run)} == before
     assert ckpt.verify(ckpt.list_checkpoints(run)[-1]).step == 8
 
@@ -200,13 +175,13 @@ def test_out_of_memory_says_what_to_change(text_corpus, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_mod.LMTask, "loss", boom)
     with pytest.raises(ResourceError, match="--grad-accum"):
-        train(lm_config(text_corpus, tmp_path / "run"))
+        train(lm_train_config(text_corpus, tmp_path / "run"))
 
 
 def test_grad_accumulation_matches_one_big_batch(text_corpus, tmp_path):
-    a = train(lm_config(text_corpus, tmp_path / "a", steps=6))
-    b = train(lm_config(text_corpus, tmp_path / "b", steps=6, grad_accum=4))
-    la, lb = losses(tmp_path / "a"), losses(tmp_path / "b")
+    a = train(lm_train_config(text_corpus, tmp_path / "a", steps=6))
+    b = train(lm_train_config(text_corpus, tmp_path / "b", steps=6, grad_accum=4))
+    la, lb = loss_curve(tmp_path / "a"), loss_curve(tmp_path / "b")
     assert all(abs(la[s] - lb[s]) < 1e-4 for s in la)
     assert abs(a.metrics["val_loss"] - b.metrics["val_loss"]) < 1e-4
 
@@ -256,7 +231,7 @@ def test_classifier_beats_the_majority_class_and_fine_tunes(labelled_csv, tmp_pa
         }
     )
     tuned_result = train(tuned)
-    assert max(losses(tmp_path / "tuned").values()) < 0.8  # chance level is ln 3 ≈ 1.10
+    assert max(loss_curve(tmp_path / "tuned").values()) < 0.8  # chance level is ln 3 ≈ 1.10
     assert tuned_result.metrics["val_accuracy"] > majority + 0.25
     assert (tmp_path / "tuned" / "tokenizer.json").read_bytes() == (
         tmp_path / "cls" / "tokenizer.json"
@@ -265,7 +240,7 @@ def test_classifier_beats_the_majority_class_and_fine_tunes(labelled_csv, tmp_pa
 
 def test_classifier_from_a_pretrained_lm(text_corpus, labelled_csv, tmp_path):
     """Pre-train an LM, then start a classifier from its weights (a head on the last token)."""
-    train(lm_config(text_corpus, tmp_path / "lm", steps=30))
+    train(lm_train_config(text_corpus, tmp_path / "lm", steps=30))
     cfg = TrainConfig(
         family="cls",
         size="nano",
