@@ -1,6 +1,8 @@
 # Two entry points for a fresh machine: `make demo` (the main job) and `make test`.
 # Both create .venv, install the CPU build of torch first (a bare `torch` pulls a multi-GB
 # CUDA build), then edgezoo with its extras.
+SHELL := bash
+.SHELLFLAGS := -eo pipefail -c
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

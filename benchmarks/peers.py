@@ -709,7 +709,9 @@ def _llama_cpp_converter(work: Path) -> Path:
             ]
             for m in members:
                 m.name = m.name[len(prefix) :]
-            tar.extractall(tmp, members=members, filter="data")
+            # filter="data" refuses links and paths out of ``tmp`` (Python >= 3.10.12 / 3.11.4).
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(tmp, members=members, **safe)
         archives[0].unlink()
 
     folder, _ = _cached(work.parent / f"llama-cpp-converter-{version}", {"version": version}, fetch)
@@ -736,9 +738,9 @@ def _load_llama_cpp(model_dir: Path, precision: str, threads: int, work: Path) -
     outtype, quant = _GGUF_FTYPES[precision]
     version = _version("llama-cpp-python")
     stamp = _source_stamp(model_dir, peer=f"llama-cpp-python {version}", ftype=quant or outtype)
-    converter = _llama_cpp_converter(work)
 
     def convert(tmp: Path) -> None:
+        converter = _llama_cpp_converter(work)  # only when converting: cached runs stay offline
         gguf = tmp / "model.gguf"
         cmd = [sys.executable, "-c", _CONVERT_SCRIPT, str(converter), str(model_dir)]
         cmd += ["--outtype", outtype, "--outfile", str(gguf if quant is None else tmp / "f32.gguf")]

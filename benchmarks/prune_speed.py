@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from edgezoo import atomic
+from zoo.data import cache_root
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -43,8 +44,10 @@ def child(model_dir: str, threads: int, new_tokens: int) -> None:
 def timed(model_dir: Path, threads: int, new_tokens: int) -> float:
     cmd = [sys.executable, "-m", "benchmarks.prune_speed", "--child", str(model_dir)]
     cmd += ["--threads", str(threads), "--new-tokens", str(new_tokens)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["ms_per_token"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"timing {model_dir} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])["ms_per_token"]
 
 
 def prepare(size: str, work: Path, heads: float, mlp: float) -> tuple[Path, Path, dict]:
@@ -82,7 +85,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--work", default=str(Path.home() / ".cache/edgezoo/prune_speed"))
+    p.add_argument("--work", default=str(cache_root() / "prune_speed"))
     p.add_argument("--out", default=str(RESULTS / "prune_speed"))
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -57,6 +57,7 @@ def server_process(model_dir: str, max_batch: int, threads: int) -> Iterator[str
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
 
 
 def main() -> None:

@@ -306,7 +306,7 @@ def validate_gqa(
     model: torch.nn.Module, path: Path, tolerance: float, greedy_steps: int, vocab: int
 ) -> dict:
     """Same checks as the portable graph, plus greedy decoding through the shared buffer."""
-    validate.check_graph(path, ort_only=True)  # SimplifiedLayerNormalization: ORT's, not ONNX's
+    validate.check_graph(path)
     sess = validate.session(path)
     result = _compare_gqa_logits(model, sess, tolerance, vocab)
     if greedy_steps:

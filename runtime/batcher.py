@@ -31,13 +31,15 @@ class Job:
     """One request's work: its texts, how to sample (None for a classifier), where results go.
 
     A streaming job has ``events``, fed from the worker thread; ``cancelled`` is how the
-    request tells that thread to stop (client gone, timeout).
+    request tells that thread it has gone (client left, timeout): it gets nothing more, and
+    its batch stops once every job in it has gone.
     """
 
     inputs: list[str]
     params: SamplingParams | None = None
     prompt_tokens: int = 0
     stream: bool = False
+    longest_prompt: int = 0  # tokens: a batch's rows share one budget, set by its longest
     future: asyncio.Future = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -69,6 +71,7 @@ class Batcher:
         self.model, self.metrics = model, metrics
         self.max_batch, self.max_queue, self.batch_wait_s = max_batch, max_queue, batch_wait_s
         self.is_lm = hasattr(model, "generate")
+        self.context: int | None = getattr(model, "context", None)
         self.pending: deque[Job] = deque()
         self.running: list[Job] = []
         self.arrived = asyncio.Event()
@@ -111,6 +114,7 @@ class Batcher:
             self.task.cancel()  # a model call already running finishes in its thread, unheard
             for job in [*self.running, *self.pending]:
                 _fail(job, overloaded("server shut down before this request finished."))
+                job.cancelled.set()  # a stream batch still decoding in its thread stops
             self.pending.clear()
 
     # -- the worker --
@@ -138,17 +142,22 @@ class Batcher:
     async def _gather(self, first: Job) -> list[Job]:
         """``first`` plus compatible jobs, up to ``max_batch`` rows, waiting ``batch_wait_s``
         at most: a few ms of latency buys a batch whose rows cost little more than one."""
-        batch, rows = [first], len(first.inputs)
+        batch, rows, longest = [first], len(first.inputs), first.longest_prompt
         if not first.batchable:
             return batch
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.batch_wait_s
         while rows < self.max_batch:
             for job in list(self.pending):
-                if job.fits_with(first) and rows + len(job.inputs) <= self.max_batch:
+                if (
+                    job.fits_with(first)
+                    and rows + len(job.inputs) <= self.max_batch
+                    and self._budget_kept(longest, job)
+                ):
                     self.pending.remove(job)
                     batch.append(job)
                     rows += len(job.inputs)
+                    longest = max(longest, job.longest_prompt)
             self._queue_changed()
             remaining = deadline - loop.time()
             if rows >= self.max_batch or remaining <= 0 or self.closed:
@@ -159,6 +168,13 @@ class Batcher:
             except asyncio.TimeoutError:
                 break
         return batch
+
+    def _budget_kept(self, longest: int, job: Job) -> bool:
+        """Would joining cost anyone tokens? A batch decodes at most context − its longest
+        prompt tokens, so a long prompt may only join when no row then runs out early."""
+        if self.context is None or job.params is None:
+            return True
+        return max(longest, job.longest_prompt) + job.params.max_new_tokens <= self.context
 
     async def _run(self, batch: list[Job]) -> None:
         """One model call (in a thread) for the whole batch; each job gets its own rows."""
@@ -255,6 +271,9 @@ async def wait_result(batcher: Batcher, job: Job, timeout_s: float) -> list[Any]
     except asyncio.TimeoutError:
         batcher.cancel(job)
         raise timed_out(timeout_s) from None
+    except BaseException:  # the request itself was cancelled (client gone, shutdown)
+        batcher.cancel(job)
+        raise
 
 
 async def next_event(job: Job, deadline: float) -> StreamEvent | Exception | None:

@@ -30,7 +30,9 @@ class Generation:
     prompt_tokens: int
     time_to_first_token_s: float = 0.0
     decode_s: float = 0.0
-    step_s: list[float] = field(default_factory=list)  # each decode step (sampling + graph)
+    # Each decode step (sampling + graph) of the call: a batch steps together, so a row
+    # that finished early still lists the steps its batch ran after it.
+    step_s: list[float] = field(default_factory=list)
 
 
 class StreamDelta(NamedTuple):
@@ -97,7 +99,10 @@ class LanguageModel:
     def generate(
         self, prompt: str | Sequence[str], params: SamplingParams | None = None, **overrides: Any
     ) -> Generation | list[Generation]:
-        """Continue one prompt (returns a ``Generation``) or a batch (returns a list)."""
+        """Continue one prompt (returns a ``Generation``) or a batch (returns a list).
+
+        A batch decodes together: every row gets at most ``context − longest prompt`` new
+        tokens (the server only batches requests that this does not cut short)."""
         single = isinstance(prompt, str)
         prompts = [prompt] if single else list(prompt)
         *_, rows = self._run(prompts, self._params(params, overrides))  # run to the end
@@ -130,6 +135,8 @@ class LanguageModel:
         """Stream several prompts decoded together as one batch (a server's concurrent
         streams): deltas of every row as they come, each row's last one with its finish
         reason and full ``Generation``. Rows that finish early stop producing deltas."""
+        if isinstance(prompts, str):
+            prompts = [prompts]  # one prompt, not one per character
         params = self._params(params, overrides)
         stops = StopChecker(params.stop)
         emitted = [0] * len(prompts)

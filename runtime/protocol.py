@@ -1,6 +1,7 @@
 """The OpenAI-compatible wire format: request parsing with errors that name the fix, and
-response bodies (JSON and server-sent events). No model, no web framework state: plain
-functions over dicts, so the rules are easy to test and to read.
+response bodies (JSON and server-sent events). Plain functions over dicts (reading the body
+and counting prompt tokens are the only ones that touch the request or the model), so the
+rules are easy to test and to read.
 """
 
 import json

@@ -60,8 +60,9 @@ async def sse_stream(
 ) -> AsyncIterator[str]:
     """SSE text for one streaming job: a chunk per event, then ``data: [DONE]``.
 
-    Generation stops as soon as the client leaves (checked between chunks, and on the
-    cancellation Starlette raises here when it sees the disconnect first).
+    The job is cancelled as soon as the client leaves (checked between chunks, and on the
+    cancellation Starlette raises here when it sees the disconnect first): it gets no more
+    tokens, and its batch stops once no client in it is left.
     """
     completion_tokens = 0
     event: StreamEvent | Exception | None = first
@@ -208,7 +209,13 @@ def create_app(
         body = await read_json(request, max_body_bytes)
         req = parse_completion(body, model_name=model_name, max_tokens_limit=max_tokens_limit)
         lengths = prompt_lengths(model, req.prompts, max_prompt_tokens)
-        job = Job(req.prompts, req.params, prompt_tokens=sum(lengths), stream=req.stream)
+        job = Job(
+            req.prompts,
+            req.params,
+            prompt_tokens=sum(lengths),
+            stream=req.stream,
+            longest_prompt=max(lengths),
+        )
         deadline = asyncio.get_running_loop().time() + request_timeout_s
         batcher = running()
         batcher.submit(job)
@@ -257,6 +264,9 @@ async def start_stream(
     except asyncio.TimeoutError:
         batcher.cancel(job)
         raise timed_out(timeout_s) from None
+    except BaseException:  # the request itself was cancelled (client gone, shutdown)
+        batcher.cancel(job)
+        raise
     if not isinstance(first, StreamEvent):
         batcher.cancel(job)
         raise first or ApiError(500, "the model produced no output.")

@@ -196,6 +196,7 @@ def test_concurrent_streams_are_batched_and_each_gets_its_own_text(lm):
         model.release.set()  # ... and the two queued behind it run as one batch
         for t in [first, *others]:
             t.join(30)
+            assert not t.is_alive()
     assert model.batches == [1, 2]
     assert texts == {i: expected(lm, PROMPTS[i]).text for i in range(3)}
 
@@ -354,6 +355,38 @@ def test_concurrent_requests_are_batched(lm):
     for i, body in results.items():
         assert body["choices"][0]["text"] == expected(lm, PROMPTS[i % len(PROMPTS)]).text
     assert "edgezoo_batch_size_count" in metrics
+
+
+def test_a_long_prompt_never_shortens_its_batch_mates_answers(lm):
+    """A batch decodes at most context − its longest prompt tokens: a request that would cut
+    another's answer short runs in a batch of its own."""
+    model = Gated(lm, held=True)
+    long_prompt = "def f(x):\n    return x\n" * 6
+    n_long = len(lm.encode([long_prompt])[0])
+    max_tokens = CONTEXT - n_long + 8  # fits the short prompt, not the long one
+    assert 0 < CONTEXT - n_long < max_tokens < CONTEXT - 20
+    results: dict[str, dict] = {}
+    with TestClient(create_app(model, model_name="tiny", batch_wait_ms=300)) as c:
+
+        def ask(name: str, prompt: str) -> None:
+            body = {"prompt": prompt, "temperature": 0, "max_tokens": max_tokens}
+            results[name] = c.post("/v1/completions", json=body).json()
+
+        threads = [
+            threading.Thread(target=ask, args=("short", PROMPTS[1])),
+            threading.Thread(target=ask, args=("long", long_prompt)),
+        ]
+        for t in threads:
+            t.start()
+            time.sleep(0.05)
+        model.release.set()
+        for t in threads:
+            t.join(30)
+            assert not t.is_alive()
+    assert model.batches == [1, 1]
+    lm_alone = lm.generate(PROMPTS[1], max_new_tokens=max_tokens)
+    assert results["short"]["choices"][0]["text"] == lm_alone.text
+    assert results["short"]["usage"]["completion_tokens"] == len(lm_alone.token_ids)
 
 
 def test_full_queue_answers_503_with_retry_after(lm):
