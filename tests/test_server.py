@@ -201,6 +201,19 @@ def test_concurrent_streams_are_batched_and_each_gets_its_own_text(lm):
     assert texts == {i: expected(lm, PROMPTS[i]).text for i in range(3)}
 
 
+def test_a_stream_with_more_prompts_than_max_batch_runs_in_chunks(lm):
+    with TestClient(create_app(lm, model_name="tiny", max_batch=2)) as c:
+        body = {"prompt": PROMPTS, "stream": True, **GREEDY}
+        events = c.post("/v1/completions", json=body).text.split("\n\n")
+        metrics = c.get("/metrics").text
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events if e and e != "data: [DONE]"]
+    for index, prompt in enumerate(PROMPTS):
+        mine = [ch["choices"][0] for ch in chunks if ch["choices"][0]["index"] == index]
+        assert "".join(ch["text"] for ch in mine) == expected(lm, prompt).text
+        assert mine[-1]["finish_reason"] == "length"
+    assert "edgezoo_batch_size_count 2.0" in metrics  # rows 0-1, then row 2
+
+
 def test_seeded_sampling_is_repeatable_and_never_batched(lm):
     model = Gated(lm)
     body = {"prompt": PROMPTS[0], "temperature": 1.5, "seed": 7, "max_tokens": 12}
