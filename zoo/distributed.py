@@ -160,8 +160,10 @@ def _attempt_store(world: int) -> torch_dist.Store | None:
     After ``--max-restarts`` restarts the workers, gloo reads the *previous* attempt's peer
     addresses from the agent's store and fails with "connection refused" (seen with torch
     2.13 on CPU). A key prefix per attempt keeps each attempt's rendezvous apart. The
-    attempt count is per node, so this fixes single-node restarts (tested); multi-node
-    gloo restarts may still need torchrun's own fix.
+    attempt count is per node: tested on one node and on two (c10d rendezvous, a killed
+    worker makes both nodes fail and restart, so their counts agree). Not covered: an
+    elastic ``--nnodes MIN:MAX`` job where a healthy node restarts for a newcomer without
+    counting a restart — keep ``--nnodes`` fixed with gloo.
     """
     import datetime
 
