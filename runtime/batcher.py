@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -265,15 +266,24 @@ def _fail(job: Job, error: Exception) -> None:
         job.future.set_exception(error)
 
 
-async def wait_result(batcher: Batcher, job: Job, timeout_s: float) -> list[Any]:
+@contextlib.contextmanager
+def cancelled_unless_answered(batcher: Batcher, job: Job, timeout_s: float) -> Iterator[None]:
+    """Around a request's wait for its job: if the wait ends in anything but an answer the
+    job is cancelled — a timeout becomes a 504, a cancelled request (client gone, shutdown)
+    goes on as it was."""
     try:
-        return await asyncio.wait_for(asyncio.shield(job.future), timeout_s)
+        yield
     except asyncio.TimeoutError:
         batcher.cancel(job)
         raise timed_out(timeout_s) from None
-    except BaseException:  # the request itself was cancelled (client gone, shutdown)
+    except BaseException:
         batcher.cancel(job)
         raise
+
+
+async def wait_result(batcher: Batcher, job: Job, timeout_s: float) -> list[Any]:
+    with cancelled_unless_answered(batcher, job, timeout_s):
+        return await asyncio.wait_for(asyncio.shield(job.future), timeout_s)
 
 
 async def next_event(job: Job, deadline: float) -> StreamEvent | Exception | None:

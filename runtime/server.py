@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgezoo.errors import ConfigError, EdgeZooError
-from runtime.batcher import Batcher, Job, StreamEvent, next_event, wait_result
+from runtime.batcher import (
+    Batcher,
+    Job,
+    StreamEvent,
+    cancelled_unless_answered,
+    next_event,
+    wait_result,
+)
 from runtime.protocol import (
     ApiError,
     classify_body,
@@ -259,14 +266,8 @@ async def start_stream(
     proper status code rather than an error inside a 200 stream."""
     from fastapi.responses import StreamingResponse
 
-    try:
+    with cancelled_unless_answered(batcher, job, timeout_s):
         first = await next_event(job, deadline)
-    except asyncio.TimeoutError:
-        batcher.cancel(job)
-        raise timed_out(timeout_s) from None
-    except BaseException:  # the request itself was cancelled (client gone, shutdown)
-        batcher.cancel(job)
-        raise
     if not isinstance(first, StreamEvent):
         batcher.cancel(job)
         raise first or ApiError(500, "the model produced no output.")
