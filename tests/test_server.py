@@ -536,6 +536,55 @@ def test_stream_stops_generating_when_the_client_leaves(spec):
     assert model.pulled < 200  # stopped soon after the client left (loose: a loaded CI lags)
 
 
+class SixSteps:
+    """A fake LM streaming every row for six steps: shows who gets what from a shared batch."""
+
+    context = CONTEXT
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def stream_batch(self, prompts, params=None):
+        for i in range(6):
+            self.steps += 1
+            for row in range(len(prompts)):
+                yield StreamDelta(row, str(i), None, None)
+        for row in range(len(prompts)):
+            yield StreamDelta(row, "", "length", SimpleNamespace(token_ids=[0] * 6))
+
+
+def pump(model, cancelled: tuple[bool, ...]) -> list[list]:
+    """Run one stream batch of ``len(cancelled)`` jobs; return each job's events."""
+
+    async def scenario() -> list[list]:
+        batcher = Batcher(model, Metrics(), max_batch=4, max_queue=8, batch_wait_s=0)
+        jobs = [Job([f"p{i}"], SamplingParams(), stream=True) for i in range(len(cancelled))]
+        for job, gone in zip(jobs, cancelled, strict=True):
+            if gone:
+                job.cancelled.set()
+        await asyncio.to_thread(batcher._pump, jobs, asyncio.get_running_loop())
+        await asyncio.sleep(0.05)  # the thread's call_soon_threadsafe callbacks
+        return [[job.events.get_nowait() for _ in range(job.events.qsize())] for job in jobs]
+
+    return asyncio.run(scenario())
+
+
+def test_a_stream_batch_goes_on_for_the_clients_still_there():
+    model = SixSteps()
+    stayed, left = pump(model, (False, True))
+    assert "".join(e.text for e in stayed[:-1]) == "012345"
+    assert stayed[-2].finish_reason == "length" and stayed[-2].completion_tokens == 6
+    assert stayed[-1] is None  # its end marker
+    assert left == [None]  # the client that left got nothing but the end marker
+    assert model.steps == 6
+
+
+def test_a_stream_batch_stops_when_every_client_has_left():
+    model = SixSteps()
+    assert pump(model, (True, True)) == [[None], [None]]
+    assert model.steps == 1  # checked after the first delta
+
+
 def test_shutdown_finishes_queued_work_then_refuses():
     class Slow:
         def generate(self, prompts, params=None):
