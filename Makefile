@@ -34,9 +34,9 @@ bench-results: setup
 	$(BIN)/edgezoo demo --out runs/demo
 	cp runs/demo/demo.md benchmarks/results/demo.md
 	$(BIN)/edgezoo bench --sizes nano,micro,mini,small,medium --batches 1,4 --prompts 32,512 \
-		--peers pytorch-eager,optimum-ort,ort-genai,ort-genai:int4,ctranslate2,ctranslate2:int8
-	$(BIN)/edgezoo bench --sizes nano,micro,mini,small --precisions fp32,int4 --batches 1 --prompts 32 \
-		--peers ort-genai,ort-genai:int4 --out benchmarks/results/bench_loop
+		--peers pytorch-eager,optimum-ort,ort-genai,ort-genai:int4,ctranslate2,ctranslate2:int8,llama-cpp,llama-cpp:int4
+	$(BIN)/edgezoo bench --sizes nano,micro,mini,small --precisions fp32,int8,int4 --batches 1 --prompts 32 \
+		--peers ort-genai,ort-genai:int4,llama-cpp,llama-cpp:int8,llama-cpp:int4 --out benchmarks/results/bench_loop
 	$(BIN)/edgezoo sweep --flops 4e12 --bench benchmarks/results/bench.json --work runs/sweep
 	$(BIN)/python -m benchmarks.quantize_sizes --work runs/sweep --finetune-steps 60
 	$(BIN)/python -m benchmarks.prune_speed --sizes mini,small,medium --rounds 5

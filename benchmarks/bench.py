@@ -421,7 +421,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--peers",
         default="",
-        help="e.g. pytorch-eager,optimum-ort,ort-genai,ctranslate2,ort-genai:int4",
+        help="peer runtimes to run beside edgezoo, each optionally :int8 or :int4 (the `peers` "
+        "extra): pytorch-eager, optimum-ort, ort-genai, ctranslate2, llama-cpp; "
+        "e.g. ort-genai,ort-genai:int4,llama-cpp:int4",
     )
     p.add_argument(
         "--work",
