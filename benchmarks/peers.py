@@ -732,7 +732,7 @@ convert_hf_to_gguf.main()
 
 
 def _load_llama_cpp(model_dir: Path, precision: str, threads: int, work: Path) -> _Loaded:
-    _require("llama_cpp", "llama-cpp-python  (compiles llama.cpp; a few minutes)")
+    _require("llama_cpp", "llama-cpp-python (it compiles llama.cpp: a few minutes)")
     import llama_cpp
 
     outtype, quant = _GGUF_FTYPES[precision]

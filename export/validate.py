@@ -57,19 +57,18 @@ def check_graph(path: Path, ort_only: bool = False) -> None:
     if ort_only:
         return
     model = onnx.load(str(path), load_external_data=False)
-    renamed = [
-        n for n in model.graph.node if n.domain == "" and n.op_type in ORT_DEFAULT_DOMAIN_OPS
-    ]
-    for node in renamed:
-        node.domain = _PRIVATE_DOMAIN
-    if renamed:
-        model.opset_import.append(onnx.helper.make_opsetid(_PRIVATE_DOMAIN, 1))
-    # A renamed copy beside the original, so that external weight files still resolve.
+    for node in model.graph.node:
+        if node.domain == "" and node.op_type in ORT_DEFAULT_DOMAIN_OPS:
+            node.domain = _PRIVATE_DOMAIN
+    model.opset_import.append(onnx.helper.make_opsetid(_PRIVATE_DOMAIN, 1))
+    external = any(onnx.external_data_helper.uses_external_data(t) for t in model.graph.initializer)
+    # In memory when the weights are inside the file (read once); with external weights the
+    # checker needs a file beside them, so a renamed copy is written there for the check.
     copy = path.with_name(path.stem + ".checking.onnx")
     try:
-        if renamed:
+        if external:
             onnx.save(model, str(copy))
-        onnx.checker.check_model(str(copy if renamed else path), full_check=True)
+        onnx.checker.check_model(str(copy) if external else model, full_check=True)
     except onnx.checker.ValidationError as e:
         raise ExportError(f"{path.name} fails onnx.checker: {e}") from e
     finally:

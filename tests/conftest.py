@@ -153,6 +153,26 @@ def lm_train_config(corpus, out, **overrides):
     return TrainConfig(**{**base, **overrides})
 
 
+def cls_train_config(labelled, out, **overrides):
+    """The tiny 3-class classifier run the training tests share (nano preset, 20 % validation)."""
+    from zoo.train import TrainConfig
+
+    base = dict(
+        family="cls",
+        size="nano",
+        data=str(labelled),
+        out=str(out),
+        batch_size=16,
+        lr=1e-3,
+        val_frac=0.2,
+        eval_every=1000,
+        checkpoint_every=1000,
+        log_every=5,
+        progress=False,
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
 def loss_curve(run) -> dict[int, float]:
     """step → training loss, from a run's training.jsonl."""
     import json

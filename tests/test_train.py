@@ -14,7 +14,7 @@ from collections import namedtuple
 import numpy as np
 import pytest
 import torch
-from conftest import lm_train_config, loss_curve
+from conftest import cls_train_config, lm_train_config, loss_curve
 from safetensors.torch import load_file
 
 from edgezoo.errors import CheckpointError, ConfigError, DataError, ResourceError
@@ -187,21 +187,12 @@ def test_grad_accumulation_matches_one_big_batch(text_corpus, tmp_path):
 
 
 def test_classifier_beats_the_majority_class_and_fine_tunes(labelled_csv, tmp_path):
-    cfg = TrainConfig(
-        family="cls",
-        size="nano",
-        data=str(labelled_csv),
-        out=str(tmp_path / "cls"),
+    cfg = cls_train_config(
+        labelled_csv,
+        tmp_path / "cls",
         steps=150,  # over 6 seeds: accuracy 0.86-0.90 (at 80 steps / lr 2e-3 some seeds stalled at 0.56)
-        batch_size=16,
         vocab_size=600,
-        lr=1e-3,
         warmup_steps=10,
-        val_frac=0.2,
-        eval_every=1000,
-        checkpoint_every=1000,
-        log_every=5,
-        progress=False,
     )
     result = train(cfg)
     config = json.loads((tmp_path / "cls" / "config.json").read_text())
@@ -241,22 +232,13 @@ def test_classifier_beats_the_majority_class_and_fine_tunes(labelled_csv, tmp_pa
 def test_classifier_from_a_pretrained_lm(text_corpus, labelled_csv, tmp_path):
     """Pre-train an LM, then start a classifier from its weights (a head on the last token)."""
     train(lm_train_config(text_corpus, tmp_path / "lm", steps=30))
-    cfg = TrainConfig(
-        family="cls",
-        size="nano",
-        data=str(labelled_csv),
-        out=str(tmp_path / "cls"),
+    cfg = cls_train_config(
+        labelled_csv,
+        tmp_path / "cls",
         init_from=str(tmp_path / "lm"),
         steps=120,  # over 5 seeds: accuracy 0.69-0.86 (at 60 steps one seed gave 0.48)
-        batch_size=16,
-        lr=1e-3,
         warmup_steps=5,
-        val_frac=0.2,
         context=96,
-        eval_every=1000,
-        checkpoint_every=1000,
-        log_every=5,
-        progress=False,
     )
     result = train(cfg)
     config = json.loads((tmp_path / "cls" / "config.json").read_text())
