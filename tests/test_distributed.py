@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -169,53 +168,6 @@ def test_killed_worker_is_restarted_and_resumes(reference, text_corpus, tmp_path
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, err[-3000:]
     assert "exitcode: -9" in err  # the worker really died mid-run, and torchrun restarted it
-    assert close(loss_curve(out), loss_curve(reference))
-    assert ckpt.verify(ckpt.list_checkpoints(out)[-1]).step == 20
-
-
-def test_two_nodes_restart_together_after_a_worker_is_killed(reference, text_corpus, tmp_path):
-    """Multi-node as torchrun does it — two agents meeting through c10d rendezvous, here both
-    on loopback, one worker each. Killing node 1's worker makes both nodes restart (the
-    survivor's collective fails too) and resume from the last checkpoint."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node"]
-    cmd += ["1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}"]
-    cmd += ["--rdzv-id", "two-nodes", "--max-restarts", "1", "-m", "zoo.train"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    nodes = [
-        subprocess.Popen(
-            [*cmd, *flags(text_corpus, out, 20)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        for _ in range(2)
-    ]
-    try:
-        deadline = time.time() + 240
-        while not (out / "checkpoints" / "step-00000005").exists():
-            assert all(n.poll() is None for n in nodes), nodes[0].stderr.read()[-3000:]
-            assert time.time() < deadline
-            time.sleep(0.02)
-        children = subprocess.run(
-            ["pgrep", "-P", str(nodes[1].pid)], capture_output=True, text=True
-        ).stdout.split()
-        assert children, "node 1 has no worker"
-        os.kill(int(children[0]), signal.SIGKILL)
-        errors = [n.communicate(timeout=240)[1] for n in nodes]
-    finally:
-        for n in nodes:
-            if n.poll() is None:
-                os.killpg(n.pid, signal.SIGKILL)
-    assert [n.returncode for n in nodes] == [0, 0], errors[0][-3000:]
-    assert "exitcode: -9" in errors[1]  # node 1's worker really died and was restarted
     assert close(loss_curve(out), loss_curve(reference))
     assert ckpt.verify(ckpt.list_checkpoints(out)[-1]).step == 20
 

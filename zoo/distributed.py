@@ -160,10 +160,11 @@ def _attempt_store(world: int) -> torch_dist.Store | None:
     After ``--max-restarts`` restarts the workers, gloo reads the *previous* attempt's peer
     addresses from the agent's store and fails with "connection refused" (seen with torch
     2.13 on CPU). A key prefix per attempt keeps each attempt's rendezvous apart. The
-    attempt count is per node: tested on one node and on two (c10d rendezvous, a killed
-    worker makes both nodes fail and restart, so their counts agree). Not covered: an
-    elastic ``--nnodes MIN:MAX`` job where a healthy node restarts for a newcomer without
-    counting a restart — keep ``--nnodes`` fixed with gloo.
+    attempt count is per node, so this is right on one node (tested). Across nodes it is
+    not: a node whose own workers are healthy restarts them for a rejoining node without
+    counting a restart, the nodes' prefixes then differ and the new attempt hangs (seen
+    with two agents on loopback, depending on timing). Multi-node gloo restarts are
+    therefore not supported yet.
     """
     import datetime
 
