@@ -7,7 +7,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench-results constraints
+.PHONY: setup demo test lint lint-imports bench-results constraints
 
 setup: $(VENV)/.installed
 
@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,serve,plots]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[all]"
 	touch $@
 
 demo: setup
@@ -24,6 +24,16 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(MAKE) --no-print-directory lint-imports
+
+# import-linter reads packages from disk, and in this repository the stages are top-level
+# folders that only become edgezoo.zoo, edgezoo.export, ... when installed: so the
+# contracts (pyproject.toml) are checked on the wheel's own layout.
+lint-imports: setup
+	rm -rf build/lint build/lib  # build/lib: setuptools would package stale files left there
+	$(BIN)/pip wheel --quiet --no-deps --wheel-dir build/lint .
+	$(BIN)/python -m zipfile -e build/lint/edgezoo-*.whl build/lint/site
+	cd build/lint/site && $(CURDIR)/$(BIN)/lint-imports $(CURDIR)/pyproject.toml
 
 test: lint
 	$(BIN)/python -m pytest -q
@@ -33,11 +43,11 @@ bench-results: setup
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[peers]"
 	$(BIN)/edgezoo demo --out runs/demo
 	cp runs/demo/demo.md benchmarks/results/demo.md
-	$(BIN)/edgezoo bench --sizes nano,micro,mini,small,medium --batches 1,4 --prompts 32,512 \
+	$(BIN)/python -m benchmarks.bench --sizes nano,micro,mini,small,medium --batches 1,4 --prompts 32,512 \
 		--peers pytorch-eager,optimum-ort,ort-genai,ort-genai:int4,ctranslate2,ctranslate2:int8,llama-cpp,llama-cpp:int4
-	$(BIN)/edgezoo bench --sizes nano,micro,mini,small --precisions fp32,int8,int4 --batches 1 --prompts 32 \
+	$(BIN)/python -m benchmarks.bench --sizes nano,micro,mini,small --precisions fp32,int8,int4 --batches 1 --prompts 32 \
 		--peers ort-genai,ort-genai:int4,llama-cpp,llama-cpp:int8,llama-cpp:int4 --out benchmarks/results/bench_loop
-	$(BIN)/edgezoo sweep --flops 4e12 --bench benchmarks/results/bench.json --work runs/sweep
+	$(BIN)/python -m benchmarks.sweep --flops 4e12 --bench benchmarks/results/bench.json --work runs/sweep
 	$(BIN)/python -m benchmarks.quantize_sizes --work runs/sweep --finetune-steps 60
 	$(BIN)/python -m benchmarks.prune_speed --sizes mini,small,medium --rounds 5
 	$(BIN)/python -m benchmarks.serve_load runs/demo --seconds 6 --rounds 5

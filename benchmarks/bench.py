@@ -1,4 +1,4 @@
-"""``edgezoo bench``: decode latency per model size × backend × precision × batch × prompt.
+"""``python -m benchmarks.bench``: decode latency per model size × backend × precision × batch × prompt.
 
 For each size a random-init model dir is built once (cached under ``--work``), exported
 and quantized; then every variant is timed with warm-up and repeats, threads fixed:
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from edgezoo import atomic, manifest
+from edgezoo.runtime.timing import time_decode
 
 RESULTS = Path(__file__).parent / "results"
 PRECISION_VARIANTS = {
@@ -92,11 +93,11 @@ def copy_bandwidth_gbs(threads: int, mb: int = 256, repeats: int = 5) -> float:
 
 def prepare(size: str, work: Path, context: int = 1024) -> Path:
     """A random-init LM of preset ``size`` with fp32 (portable + GQA), int8 and int4 graphs."""
-    from export.onnx_export import to_onnx
-    from quantize.pipeline import QuantizeOptions, quantize_model
-    from zoo.modeldir import build_model, save_model_dir
-    from zoo.presets import make_config
-    from zoo.tokenizer import save_tokenizer, train_tokenizer
+    from edgezoo.export.onnx_export import to_onnx
+    from edgezoo.quantize.pipeline import QuantizeOptions, quantize_model
+    from edgezoo.zoo.modeldir import build_model, save_model_dir
+    from edgezoo.zoo.presets import make_config
+    from edgezoo.zoo.tokenizer import save_tokenizer, train_tokenizer
 
     out = work / f"lm-{size}"
     if {"gqa", "gqa-int8", "gqa-int4"} <= set(manifest.read(out)["variants"]):
@@ -116,7 +117,7 @@ def prepare(size: str, work: Path, context: int = 1024) -> Path:
 
 
 def _tokenizer_text():
-    from zoo.corpus import stdlib_documents
+    from edgezoo.zoo.corpus import stdlib_documents
 
     for _, text in stdlib_documents():
         yield text
@@ -134,27 +135,6 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def time_decode(
-    lm, prompts: list[list[int]], new_tokens: int, repeats: int
-) -> tuple[list[float], list[float], list[int]]:
-    """(seconds per decode step, seconds to first token per run, the first row's tokens).
-
-    Prompts are token ids (random ids decoded to text would re-encode differently), fed
-    through the model's own encode hook; EOS is ignored so every run has the same length;
-    one warm-up run first (allocations, thread pools)."""
-    lm.ignore_eos = True
-    lm.encode = lambda texts: prompts[: len(texts)]
-    texts = ["x"] * len(prompts)
-    lm.generate(texts, max_new_tokens=4)
-    steps, ttft, tokens = [], [], []
-    for _ in range(repeats):
-        first = lm.generate(texts, max_new_tokens=new_tokens)[0]
-        tokens = first.token_ids
-        steps.extend(first.step_s)
-        ttft.append(first.time_to_first_token_s)
-    return steps, ttft, tokens
-
-
 def bench_variant(
     model_dir: Path,
     variant: str,
@@ -164,7 +144,7 @@ def bench_variant(
     threads: int,
     repeats: int,
 ) -> dict:
-    from runtime.api import load_variant
+    from edgezoo.runtime.api import load_variant
 
     peak_rss_reset()
     t0 = time.perf_counter()
@@ -207,7 +187,7 @@ def run(
 ) -> dict:
     from rich.progress import Progress
 
-    from zoo.presets import count_params, make_config
+    from edgezoo.zoo.presets import count_params, make_config
 
     results = {
         "machine": machine(),
@@ -255,7 +235,7 @@ def _peer_row(
     from dataclasses import asdict
 
     from benchmarks.peers import run_peer
-    from runtime.api import load_variant
+    from edgezoo.runtime.api import load_variant
 
     rng = np.random.default_rng(0)
     precision = "int4" if peer.endswith(":int4") else "int8" if peer.endswith(":int8") else "fp32"

@@ -43,9 +43,9 @@ def run(nproc: int, out: Path, steps: int, size: str, data: str) -> float:
         "--no-progress",
     ]
     if nproc == 1:
-        cmd = [sys.executable, "-m", "zoo.train", *args]
+        cmd = [sys.executable, "-m", "edgezoo.zoo.train", *args]
     else:
-        from zoo.launch import torchrun_command
+        from edgezoo.zoo.launch import torchrun_command
 
         cmd = torchrun_command(nproc, args)
     subprocess.run(cmd, check=True, capture_output=True, env={**os.environ})

@@ -18,10 +18,10 @@ RESULTS = Path(__file__).parent / "results"
 CHILD = """
 import json, resource, statistics, sys, time, torch
 from pathlib import Path
-from export.onnx_export import to_onnx
-from zoo.modeldir import build_model, save_model_dir
-from zoo.presets import make_config
-from zoo.tokenizer import save_tokenizer, train_tokenizer
+from edgezoo.export.onnx_export import to_onnx
+from edgezoo.zoo.modeldir import build_model, save_model_dir
+from edgezoo.zoo.presets import make_config
+from edgezoo.zoo.tokenizer import save_tokenizer, train_tokenizer
 size, out = sys.argv[1], Path(sys.argv[2])
 torch.manual_seed(0)
 cfg = make_config("lm", size)
@@ -32,8 +32,8 @@ t0 = time.perf_counter()
 result = to_onnx(out, greedy_steps=8)
 export_s = time.perf_counter() - t0
 peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-from benchmarks.bench import time_decode
-from runtime.api import load_variant
+from edgezoo.runtime.timing import time_decode
+from edgezoo.runtime.api import load_variant
 speed = {}
 for name in result.variants:
     steps, _, _ = time_decode(load_variant(out, name, threads=2), [[1] + list(range(10, 41))], 32, 3)

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from edgezoo import atomic
-from zoo.data import cache_root
+from edgezoo.zoo.data import cache_root
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -31,8 +31,8 @@ def child(model_dir: str, threads: int, new_tokens: int) -> None:
     """Print one JSON line: this process's median ms/token for ``model_dir``'s GQA graph."""
     import numpy as np
 
-    from benchmarks.bench import time_decode
-    from runtime.api import load_variant
+    from edgezoo.runtime.api import load_variant
+    from edgezoo.runtime.timing import time_decode
 
     lm = load_variant(model_dir, "gqa", backend="ort-cpu", threads=threads)
     rng = np.random.default_rng(0)
@@ -54,11 +54,11 @@ def prepare(size: str, work: Path, heads: float, mlp: float) -> tuple[Path, Path
     """(unpruned dir, pruned dir, prune report) with fresh GQA exports of both."""
     import torch
 
-    from export.onnx_export import to_onnx
-    from quantize.prune import prune_dir
-    from zoo.modeldir import build_model, save_model_dir
-    from zoo.presets import make_config
-    from zoo.tokenizer import save_tokenizer
+    from edgezoo.export.onnx_export import to_onnx
+    from edgezoo.quantize.prune import prune_dir
+    from edgezoo.zoo.modeldir import build_model, save_model_dir
+    from edgezoo.zoo.presets import make_config
+    from edgezoo.zoo.tokenizer import save_tokenizer
 
     src, pruned = work / f"{size}", work / f"{size}-pruned"
     if not (src / "onnx" / "model.gqa.onnx").is_file():
@@ -67,7 +67,7 @@ def prepare(size: str, work: Path, heads: float, mlp: float) -> tuple[Path, Path
         cfg = make_config("lm", size)
         save_model_dir(build_model(cfg).eval(), src)
         from benchmarks.bench import _tokenizer_text
-        from zoo.tokenizer import train_tokenizer
+        from edgezoo.zoo.tokenizer import train_tokenizer
 
         tok = train_tokenizer(_tokenizer_text(), cfg.vocab_size, max_chars=2_000_000)
         save_tokenizer(tok, src, cfg.max_position_embeddings)

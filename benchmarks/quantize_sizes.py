@@ -1,6 +1,6 @@
 """Per trained preset: bytes, perplexity change and batch-1 decode latency of every variant.
 
-Uses the models ``edgezoo sweep`` trained briefly on the built-in corpus (so quality means
+Uses the models ``python -m benchmarks.sweep`` trained briefly on the built-in corpus (so quality means
 something), exports each, makes fp16 / int8 / int8-static / int4 variants — and, for the
 sizes in ``--prune``, a 25 %-head + 30 %-MLP pruned model with a short recovery
 fine-tune — then tabulates what ``edgezoo quantize`` measured (one run per model).
@@ -17,8 +17,8 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def quantize_all(model_dir: Path) -> dict:
-    from export.onnx_export import to_onnx
-    from quantize.pipeline import QuantizeOptions, quantize_model
+    from edgezoo.export.onnx_export import to_onnx
+    from edgezoo.quantize.pipeline import QuantizeOptions, quantize_model
 
     if "gqa" not in manifest.read(model_dir)["variants"]:
         to_onnx(model_dir, greedy_steps=16, optimize=False)
@@ -57,7 +57,7 @@ def rows_for(size: str, variants: dict, pruned_of: str | None = None) -> list[di
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
-        "--work", default="runs/sweep", help="where `edgezoo sweep` left its trained models"
+        "--work", default="runs/sweep", help="where `python -m benchmarks.sweep` left its trained models"
     )
     p.add_argument("--sizes", default="nano,micro,mini,small,medium")
     p.add_argument(
@@ -70,11 +70,11 @@ def main() -> None:
     for size in [s for s in args.sizes.split(",") if s]:
         model_dir = Path(args.work) / f"sweep-{size}"
         if not (model_dir / "model.safetensors").is_file():
-            print(f"skip {size}: {model_dir} has no trained model (run edgezoo sweep first)")
+            print(f"skip {size}: {model_dir} has no trained model (run python -m benchmarks.sweep first)")
             continue
         rows += rows_for(size, quantize_all(model_dir))
         if size in args.prune.split(","):
-            from quantize.prune import prune_dir
+            from edgezoo.quantize.prune import prune_dir
 
             pruned = Path(args.work) / f"sweep-{size}-pruned"
             prune_dir(

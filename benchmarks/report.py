@@ -42,7 +42,7 @@ def main() -> None:
         "# Benchmarks\n",
         "Numbers measured on this project's development machine (2 vCPUs, no GPU). Timing here is noisy:",
         "compare ratios within one table (one run), not across tables. Regenerate everything with",
-        "`make bench-results` (installs the `peers` extra, then runs the demo, `edgezoo bench`, `edgezoo sweep`, the\n"
+        "`make bench-results` (installs the `peers` extra, then runs the demo, `python -m benchmarks.bench`, `python -m benchmarks.sweep`, the\n"
         "per-size quantization, pruning-speed, server-load, export-cost, training and DDP benchmarks, then this script).\n",
     ]
     for _, title, name in SECTIONS:

@@ -61,7 +61,7 @@ def server_process(model_dir: str, max_batch: int, threads: int) -> Iterator[str
 
 
 def main() -> None:
-    from runtime.load_test import hammer
+    from edgezoo.runtime.load_test import hammer
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model_dir", nargs="?", default="runs/demo")

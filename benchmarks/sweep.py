@@ -1,4 +1,4 @@
-"""``edgezoo sweep``: does quality keep improving with size, and at what latency?
+"""``python -m benchmarks.sweep``: does quality keep improving with size, and at what latency?
 
 Trains several presets on the same corpus with the *same compute* (FLOPs ≈ 6·N·tokens, so
 bigger models see fewer tokens), all with one vocabulary so their losses are comparable,
@@ -22,7 +22,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def non_embedding_params(size: str, vocab: int) -> int:
-    from zoo.presets import count_params, make_config
+    from edgezoo.zoo.presets import count_params, make_config
 
     cfg = make_config("lm", size, vocab_size=vocab)
     head = 0 if cfg.tie_word_embeddings else vocab * cfg.hidden_size
@@ -53,7 +53,7 @@ def predict(fit: dict[str, float], n: float) -> float:
 def train_size(
     size: str, flops: float, vocab: int, context: int, batch: int, work: Path, data: str | None
 ) -> dict:
-    from zoo.train import TrainConfig, train
+    from edgezoo.zoo.train import TrainConfig, train
 
     n = non_embedding_params(size, vocab)
     tokens = flops / (6 * n)
@@ -227,3 +227,11 @@ def main(args: argparse.Namespace) -> int:
     atomic.write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.sweep", description=__doc__.splitlines()[0]
+    )
+    add_arguments(parser)
+    raise SystemExit(main(parser.parse_args()))

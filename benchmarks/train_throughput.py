@@ -31,11 +31,11 @@ from torch import nn
 
 from edgezoo import atomic
 from edgezoo.errors import ConfigError
-from zoo.config import LlamaConfig
-from zoo.modeldir import build_model
-from zoo.presets import count_params, make_config, preset_names
-from zoo.train import make_optimizer
-from zoo.train_config import TrainConfig
+from edgezoo.zoo.config import LlamaConfig
+from edgezoo.zoo.modeldir import build_model
+from edgezoo.zoo.presets import count_params, make_config, preset_names
+from edgezoo.zoo.train import make_optimizer
+from edgezoo.zoo.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 BYTES_PER_PARAM = 16  # fp32 weights + grads + AdamW m and v

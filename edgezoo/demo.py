@@ -51,12 +51,12 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
 
 
 def _train(cfg: DemoConfig, out: Path, console: Console) -> dict:
-    from zoo import corpus
-    from zoo.checkpoint import list_checkpoints
-    from zoo.data import token_cache
-    from zoo.metrics import unigram_loss
-    from zoo.tokenizer import load_tokenizer
-    from zoo.train import TrainConfig, train
+    from edgezoo.zoo import corpus
+    from edgezoo.zoo.checkpoint import list_checkpoints
+    from edgezoo.zoo.data import token_cache
+    from edgezoo.zoo.metrics import unigram_loss
+    from edgezoo.zoo.tokenizer import load_tokenizer
+    from edgezoo.zoo.train import TrainConfig, train
 
     console.rule(
         f"[bold]1/5 train[/] lm-{cfg.size} on {corpus.LM_CORPUS} ({len(corpus.stdlib_files())} stdlib files)"
@@ -91,7 +91,7 @@ def _train(cfg: DemoConfig, out: Path, console: Console) -> dict:
 
 
 def _export(out: Path, console: Console) -> dict:
-    from export.onnx_export import to_onnx
+    from edgezoo.export.onnx_export import to_onnx
 
     console.rule("[bold]2/5 export[/] to ONNX, validated against PyTorch")
     result = to_onnx(out)
@@ -107,8 +107,8 @@ def _export(out: Path, console: Console) -> dict:
 
 
 def _quantize(out: Path, console: Console) -> dict:
-    from quantize.pipeline import quantize_model
-    from quantize.report import variants_table
+    from edgezoo.quantize.pipeline import quantize_model
+    from edgezoo.quantize.report import variants_table
 
     console.rule("[bold]3/5 quantize[/] int8 and int4, measured on held-out stdlib text")
     quantize_model(out, "int8")
@@ -125,7 +125,7 @@ def _quantize(out: Path, console: Console) -> dict:
 
 
 def _generate(cfg: DemoConfig, out: Path, console: Console) -> str:
-    import runtime
+    from edgezoo import runtime
 
     lm = runtime.load(out, backend="auto", variant="auto", threads=cfg.threads)
     console.rule(f"[bold]4/5 generate[/] with the runtime: {lm.backend}, variant {lm.variant}")
@@ -139,27 +139,40 @@ def _generate(cfg: DemoConfig, out: Path, console: Console) -> str:
     return cfg.prompt + text
 
 
+def _pytorch_eager_ms(model_dir: Path, prompt: list[int], new_tokens: int, threads: int) -> float:
+    """Median ms per decode step of the same weights in PyTorch eager (3 runs after a warm-up)."""
+    import torch
+
+    from edgezoo.zoo.generate import time_greedy_decode
+    from edgezoo.zoo.modeldir import load_model
+
+    model = load_model(model_dir)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        time_greedy_decode(model, prompt, 4)
+        steps = [s for _ in range(3) for s in time_greedy_decode(model, prompt, new_tokens)[2]]
+    finally:
+        torch.set_num_threads(before)
+    return statistics.median(steps) * 1000
+
+
 def _bench(cfg: DemoConfig, out: Path, console: Console) -> dict:
-    from benchmarks.bench import time_decode
-    from benchmarks.peers import run_peer
-    from runtime.api import load_variant
+    from edgezoo import manifest
+    from edgezoo.runtime.api import load_variant
+    from edgezoo.runtime.timing import time_decode
 
     console.rule(
         f"[bold]5/5 benchmark[/] batch 1, 32-token prompt, 128 new tokens, {cfg.threads} threads"
     )
-    from edgezoo import manifest
-
     variants = [n for n, e in manifest.read(out)["variants"].items() if e.get("format") != "ort"]
-    prompt = None
+    prompt = load_variant(out, variants[0]).tokenizer.encode(cfg.prompt * 4).ids[:32]
+    base = _pytorch_eager_ms(out, prompt, 128, cfg.threads)  # before any ORT thread pool
     rows = {}
     for name in variants:
         lm = load_variant(out, name, threads=cfg.threads)
-        prompt = prompt or lm.tokenizer.encode(cfg.prompt * 4).ids[:32]
-        steps, _, _ = time_decode(lm, [prompt], 128, repeats=3)
-        rows[name] = statistics.median(steps) * 1000
-    torch_result = run_peer("pytorch-eager", out, prompt, 128, cfg.threads)
+        rows[name] = statistics.median(time_decode(lm, [prompt], 128, repeats=3).step_s) * 1000
     table = Table("runtime", "variant", "ms/token (p50)", "tokens/s", "× PyTorch eager fp32")
-    base = torch_result.decode_ms_per_token_p50
     table.add_row("PyTorch eager (SDPA)", "fp32", f"{base:.2f}", f"{1000 / base:.0f}", "1.00")
     for name, ms in sorted(rows.items(), key=lambda kv: kv[1]):
         table.add_row("edgezoo ort-cpu", name, f"{ms:.2f}", f"{1000 / ms:.0f}", f"{base / ms:.2f}")

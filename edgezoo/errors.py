@@ -5,6 +5,12 @@ Every error a user can cause (bad path, bad data, bad config, corrupt file, ...)
 prints these without a stack trace; anything else is a bug and keeps its trace.
 """
 
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
 
 class EdgeZooError(ValueError):
     """Base class: a problem the user can fix; the message says how."""
@@ -32,3 +38,59 @@ class ExportError(EdgeZooError):
 
 class InputError(EdgeZooError):
     """A request the model cannot serve: empty prompt, prompt longer than the context, ..."""
+
+
+class MissingExtraError(EdgeZooError):
+    """A stage whose optional dependencies (a pip extra) are not installed."""
+
+
+# What each extra must bring for its stages to run (checked before a subcommand starts, so
+# an edge install without torch answers with the pip command instead of an ImportError).
+EXTRA_MODULES: dict[str, tuple[str, ...]] = {
+    "train": ("torch", "safetensors", "tqdm", "rich"),
+    "quantize": ("onnx",),
+    "export": ("torch", "safetensors", "onnx", "onnxscript", "optimum"),
+    "serve": ("fastapi", "uvicorn", "prometheus_client"),
+    "plots": ("matplotlib",),
+}
+
+
+def missing_extra(command: str, extra: str) -> MissingExtraError:
+    return MissingExtraError(
+        f"'{command}' needs the {extra} extra: pip install \"edgezoo[{extra}]\""
+    )
+
+
+def require_extras(command: str, extras: tuple[str, ...]) -> None:
+    """Raise ``MissingExtraError`` naming the first extra whose modules are not installed."""
+    from importlib.util import find_spec
+
+    for extra in extras:
+        if any(find_spec(module) is None for module in EXTRA_MODULES[extra]):
+            raise missing_extra(command, extra)
+
+
+def _extra_providing(module: str | None) -> str | None:
+    top = (module or "").split(".")[0]
+    return next((extra for extra, mods in EXTRA_MODULES.items() if top in mods), None)
+
+
+def run_guarded(fn: Callable[..., int], *args: Any, command: str = "edgezoo") -> int:
+    """Run ``fn``; a user error prints one clear line (exit 2) instead of a stack trace.
+
+    A missing optional dependency that a subcommand's declared extras did not catch (say,
+    a module imported deep inside) is reported the same way, with the extra to install.
+    """
+    try:
+        return fn(*args)
+    except EdgeZooError as e:
+        print(f"edgezoo: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        extra = _extra_providing(e.name)
+        if extra is None:
+            raise
+        print(f"edgezoo: error: {missing_extra(command, extra)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -23,16 +23,19 @@ from the weights with ``onnx.helper`` and validated against PyTorch like any exp
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from tokenizers import Tokenizer
 
+from edgezoo import io_names
 from edgezoo.errors import ExportError
-from export import validate
-from zoo.config import LlamaConfig
+from edgezoo.export import validate
+from edgezoo.onnx_files import save_onnx
+from edgezoo.zoo.config import LlamaConfig
 
 MS = "com.microsoft"
 # GroupQueryAttention cannot continue a multi-token prompt on a batch > 1 (ORT refuses
@@ -89,175 +92,56 @@ def _rms_norm(g: GraphBuilder, x: str, weight: str, eps: float) -> str:
     )[0]
 
 
+class _Attention(NamedTuple):
+    """What every layer's GroupQueryAttention shares, computed once from the mask."""
+
+    seqlens_k: str
+    total_sequence_length: str
+    cos_cache: str
+    sin_cache: str
+
+
 def build_gqa_decoder(model: torch.nn.Module, path: Path, opset: int = 18) -> None:
+    """Write ``model`` (a zoo Llama) as the fused GroupQueryAttention graph at ``path``."""
     cfg: LlamaConfig = model.config
     sd = {k: v.detach().float() for k, v in model.state_dict().items()}
     g = GraphBuilder()
-    n_layers, hd = cfg.num_hidden_layers, cfg.head_dim
-
-    # Shared attention inputs, computed once from the mask.
-    one = g.const("one", np.array([1], np.int64))
-    row_sums = g.op("ReduceSum", ["attention_mask", one], keepdims=0, name="mask_row_sums")[0]
-    seqlens = g.op(
-        "Cast",
-        [g.op("Sub", [row_sums, one], name="seqlens_k_i64")[0]],
-        to=TensorProto.INT32,
-        name="seqlens_k",
-    )[0]
-    total = g.op("Shape", ["attention_mask"], name="mask_shape")[0]
-    total = g.op(
-        "Gather", [total, g.const("axis1", np.array(1, np.int64))], axis=0, name="total_len_i64"
-    )[0]
-    total = g.op("Cast", [total], to=TensorProto.INT32, name="total_sequence_length")[0]
-    positions = np.arange(cfg.max_position_embeddings, dtype=np.float32)[:, None]
-    freqs = positions * model.model.rotary_emb.inv_freq.float().numpy()[None, :]
-    cos = g.const("cos_cache", np.cos(freqs).astype(np.float32))
-    sin = g.const("sin_cache", np.sin(freqs).astype(np.float32))
-
+    shared = _attention_inputs(g, cfg, model.model.rotary_emb.inv_freq.float().numpy())
     embed = g.const("model.embed_tokens.weight", sd["model.embed_tokens.weight"].numpy())
-    hidden = g.op("Gather", [embed, "input_ids"], name="embed_tokens")[0]
+    hidden = g.op("Gather", [embed, io_names.INPUT_IDS], name="embed_tokens")[0]
+    first_norm = "model.layers.0.input_layernorm.weight"
     residual = hidden
-    normed = _rms_norm(
-        g,
-        hidden,
-        g.const(
-            "model.layers.0.input_layernorm.weight",
-            sd["model.layers.0.input_layernorm.weight"].numpy(),
-        ),
-        cfg.rms_norm_eps,
-    )
-    for i in range(n_layers):
-        p = f"model.layers.{i}"
-        qkv_w = np.concatenate(
-            [_weight(sd[f"{p}.self_attn.{n}_proj.weight"]) for n in ("q", "k", "v")], axis=1
-        )
-        qkv = g.op(
-            "MatMul",
-            [normed, g.const(f"{p}.self_attn.qkv_proj.weight", qkv_w)],
-            name=f"layers.{i}.qkv_proj",
-        )[0]
-        attn, _, _ = g.op(
-            "GroupQueryAttention",
-            [
-                qkv,
-                "",
-                "",
-                f"past_key_values.{i}.key",
-                f"past_key_values.{i}.value",
-                seqlens,
-                total,
-                cos,
-                sin,
-            ],
-            n_out=3,
-            domain=MS,
-            name=f"layers.{i}.attn",
-            num_heads=cfg.num_attention_heads,
-            kv_num_heads=cfg.num_key_value_heads,
-            do_rotary=1,
-            rotary_interleaved=0,
-            scale=float(1.0 / np.sqrt(hd)),
-        )
-        g.nodes[-1].output[1], g.nodes[-1].output[2] = f"present.{i}.key", f"present.{i}.value"
-        o = g.op(
-            "MatMul",
-            [
-                attn,
-                g.const(
-                    f"{p}.self_attn.o_proj.weight", _weight(sd[f"{p}.self_attn.o_proj.weight"])
-                ),
-            ],
-            name=f"layers.{i}.o_proj",
-        )[0]
-        normed, _, _, residual = g.op(
-            "SkipSimplifiedLayerNormalization",
-            [
-                o,
-                residual,
-                g.const(
-                    f"{p}.post_attention_layernorm.weight",
-                    sd[f"{p}.post_attention_layernorm.weight"].numpy(),
-                ),
-            ],
-            n_out=4,
-            domain=MS,
-            epsilon=cfg.rms_norm_eps,
+    normed = _rms_norm(g, hidden, g.const(first_norm, sd[first_norm].numpy()), cfg.rms_norm_eps)
+    for i in range(cfg.num_hidden_layers):
+        attn = _attention_block(g, sd, cfg, i, normed, shared)
+        normed, residual = _skip_norm(
+            g,
+            sd,
+            attn,
+            residual,
+            f"model.layers.{i}.post_attention_layernorm",
+            cfg.rms_norm_eps,
             name=f"layers.{i}.post_attention_layernorm",
         )
-        gate = g.op(
-            "MatMul",
-            [
-                normed,
-                g.const(f"{p}.mlp.gate_proj.weight", _weight(sd[f"{p}.mlp.gate_proj.weight"])),
-            ],
-            name=f"layers.{i}.gate_proj",
-        )[0]
-        up = g.op(
-            "MatMul",
-            [normed, g.const(f"{p}.mlp.up_proj.weight", _weight(sd[f"{p}.mlp.up_proj.weight"]))],
-            name=f"layers.{i}.up_proj",
-        )[0]
-        act = g.op(
-            "Mul",
-            [gate, g.op("Sigmoid", [gate], name=f"layers.{i}.sigmoid")[0]],
-            name=f"layers.{i}.silu",
-        )[0]
-        down_in = g.op("Mul", [act, up], name=f"layers.{i}.swiglu")[0]
-        mlp = g.op(
-            "MatMul",
-            [
-                down_in,
-                g.const(f"{p}.mlp.down_proj.weight", _weight(sd[f"{p}.mlp.down_proj.weight"])),
-            ],
-            name=f"layers.{i}.down_proj",
-        )[0]
-        next_norm = (
-            f"model.layers.{i + 1}.input_layernorm.weight"
-            if i + 1 < n_layers
-            else "model.norm.weight"
-        )
-        normed, _, _, residual = g.op(
-            "SkipSimplifiedLayerNormalization",
-            [mlp, residual, g.const(next_norm, sd[next_norm].numpy())],
-            n_out=4,
-            domain=MS,
-            epsilon=cfg.rms_norm_eps,
-            name=f"layers.{i + 1}.input_layernorm" if i + 1 < n_layers else "final_norm",
+        mlp = _mlp_block(g, sd, i, normed)
+        last = i + 1 == cfg.num_hidden_layers
+        normed, residual = _skip_norm(
+            g,
+            sd,
+            mlp,
+            residual,
+            "model.norm" if last else f"model.layers.{i + 1}.input_layernorm",
+            cfg.rms_norm_eps,
+            name="final_norm" if last else f"layers.{i + 1}.input_layernorm",
         )
     if cfg.tie_word_embeddings:  # one copy on disk; ORT folds the transpose at load
         head = g.op("Transpose", [embed], perm=[1, 0], name="lm_head.transpose")[0]
     else:
         head = g.const("lm_head.weight", _weight(sd["lm_head.weight"]))
     g.op("MatMul", [normed, head], name="lm_head")
-    g.nodes[-1].output[0] = "logits"
+    g.nodes[-1].output[0] = io_names.LOGITS
 
-    kv_shape = ["batch_size", cfg.num_key_value_heads, "past_sequence_length", hd]
-    present_shape = ["batch_size", cfg.num_key_value_heads, "total_sequence_length", hd]
-    inputs = [
-        helper.make_tensor_value_info(
-            "input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]
-        ),
-        helper.make_tensor_value_info(
-            "attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]
-        ),
-    ]
-    outputs = [
-        helper.make_tensor_value_info(
-            "logits", TensorProto.FLOAT, ["batch_size", "sequence_length", cfg.vocab_size]
-        )
-    ]
-    for i in range(n_layers):
-        for kind in ("key", "value"):
-            inputs.append(
-                helper.make_tensor_value_info(
-                    f"past_key_values.{i}.{kind}", TensorProto.FLOAT, kv_shape
-                )
-            )
-            outputs.append(
-                helper.make_tensor_value_info(
-                    f"present.{i}.{kind}", TensorProto.FLOAT, present_shape
-                )
-            )
+    inputs, outputs = _graph_io(cfg)
     graph = helper.make_graph(g.nodes, "edgezoo-llama-gqa", inputs, outputs, g.inits)
     proto = helper.make_model(
         graph,
@@ -265,54 +149,126 @@ def build_gqa_decoder(model: torch.nn.Module, path: Path, opset: int = 18) -> No
         producer_name="edgezoo",
     )
     proto.ir_version = 9
-    from export.onnx_export import save_onnx
-
     save_onnx(proto, path)
 
 
-def greedy_tokens_shared_buffer(
-    sess: ort.InferenceSession, cfg: LlamaConfig, prompt: list[int], steps: int
-) -> list[int]:
-    """Greedy decode the way the runtime does it: one KV buffer per layer, bound as both
-    past and present, so GroupQueryAttention appends in place."""
-    max_len = len(prompt) + steps
-    shape = (1, cfg.num_key_value_heads, max_len, cfg.head_dim)
-    caches = [
-        ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32))
-        for _ in range(2 * cfg.num_hidden_layers)
+def _attention_inputs(g: GraphBuilder, cfg: LlamaConfig, inv_freq: np.ndarray) -> _Attention:
+    """seqlens_k and total_sequence_length from the mask (so prompts in a batch can be
+    right-padded), and the rotary cos/sin tables for every position of the context."""
+    one = g.const("one", np.array([1], np.int64))
+    mask = io_names.ATTENTION_MASK
+    row_sums = g.op("ReduceSum", [mask, one], keepdims=0, name="mask_row_sums")[0]
+    seqlens = g.op(
+        "Cast",
+        [g.op("Sub", [row_sums, one], name="seqlens_k_i64")[0]],
+        to=TensorProto.INT32,
+        name="seqlens_k",
+    )[0]
+    total = g.op("Shape", [mask], name="mask_shape")[0]
+    total = g.op(
+        "Gather", [total, g.const("axis1", np.array(1, np.int64))], axis=0, name="total_len_i64"
+    )[0]
+    total = g.op("Cast", [total], to=TensorProto.INT32, name="total_sequence_length")[0]
+    positions = np.arange(cfg.max_position_embeddings, dtype=np.float32)[:, None]
+    freqs = positions * inv_freq[None, :]
+    cos = g.const("cos_cache", np.cos(freqs).astype(np.float32))
+    sin = g.const("sin_cache", np.sin(freqs).astype(np.float32))
+    return _Attention(seqlens, total, cos, sin)
+
+
+def _linear(g: GraphBuilder, sd: dict, x: str, weight: str, name: str) -> str:
+    return g.op("MatMul", [x, g.const(weight, _weight(sd[weight]))], name=name)[0]
+
+
+def _attention_block(
+    g: GraphBuilder, sd: dict, cfg: LlamaConfig, i: int, normed: str, shared: _Attention
+) -> str:
+    """Packed QKV MatMul → GroupQueryAttention (rotary fused, cache in place) → o_proj."""
+    p = f"model.layers.{i}.self_attn"
+    qkv_w = np.concatenate([_weight(sd[f"{p}.{n}_proj.weight"]) for n in ("q", "k", "v")], axis=1)
+    qkv = g.op(
+        "MatMul", [normed, g.const(f"{p}.qkv_proj.weight", qkv_w)], name=f"layers.{i}.qkv_proj"
+    )[0]
+    past_key, past_value = io_names.past_names(cfg.num_hidden_layers)[2 * i : 2 * i + 2]
+    attn, _, _ = g.op(
+        "GroupQueryAttention",
+        [qkv, "", "", past_key, past_value, *shared],
+        n_out=3,
+        domain=MS,
+        name=f"layers.{i}.attn",
+        num_heads=cfg.num_attention_heads,
+        kv_num_heads=cfg.num_key_value_heads,
+        do_rotary=1,
+        rotary_interleaved=0,
+        scale=float(1.0 / np.sqrt(cfg.head_dim)),
+    )
+    g.nodes[-1].output[1] = io_names.present_of(past_key)
+    g.nodes[-1].output[2] = io_names.present_of(past_value)
+    return _linear(g, sd, attn, f"{p}.o_proj.weight", f"layers.{i}.o_proj")
+
+
+def _mlp_block(g: GraphBuilder, sd: dict, i: int, normed: str) -> str:
+    """SwiGLU: down(silu(gate(x)) * up(x)), silu as x * sigmoid(x)."""
+    p = f"model.layers.{i}.mlp"
+    gate = _linear(g, sd, normed, f"{p}.gate_proj.weight", f"layers.{i}.gate_proj")
+    up = _linear(g, sd, normed, f"{p}.up_proj.weight", f"layers.{i}.up_proj")
+    act = g.op(
+        "Mul",
+        [gate, g.op("Sigmoid", [gate], name=f"layers.{i}.sigmoid")[0]],
+        name=f"layers.{i}.silu",
+    )[0]
+    down_in = g.op("Mul", [act, up], name=f"layers.{i}.swiglu")[0]
+    return _linear(g, sd, down_in, f"{p}.down_proj.weight", f"layers.{i}.down_proj")
+
+
+def _skip_norm(
+    g: GraphBuilder, sd: dict, x: str, residual: str, norm: str, eps: float, name: str
+) -> tuple[str, str]:
+    """Residual add + RMSNorm in one kernel; returns (normed, new residual)."""
+    weight = f"{norm}.weight"
+    normed, _, _, residual = g.op(
+        "SkipSimplifiedLayerNormalization",
+        [x, residual, g.const(weight, sd[weight].numpy())],
+        n_out=4,
+        domain=MS,
+        epsilon=eps,
+        name=name,
+    )
+    return normed, residual
+
+
+def _graph_io(cfg: LlamaConfig) -> tuple[list, list]:
+    """Inputs and outputs with Optimum's names and dim symbols; no position_ids (the kernel
+    derives positions from the mask)."""
+    hd, kv_heads = cfg.head_dim, cfg.num_key_value_heads
+    batch, seq, total = io_names.BATCH, io_names.SEQUENCE, io_names.TOTAL_SEQUENCE
+    value = helper.make_tensor_value_info
+    inputs = [
+        value(io_names.INPUT_IDS, TensorProto.INT64, [batch, seq]),
+        value(io_names.ATTENTION_MASK, TensorProto.INT64, [batch, total]),
     ]
-    names = [
-        f"past_key_values.{i}.{k}" for i in range(cfg.num_hidden_layers) for k in ("key", "value")
-    ]
-    out, ids, length = [], np.array([prompt], np.int64), 0
-    for _ in range(steps):
-        length += ids.shape[1]
-        binding = sess.io_binding()
-        binding.bind_cpu_input("input_ids", ids)
-        binding.bind_cpu_input("attention_mask", np.ones((1, length), np.int64))
-        binding.bind_output("logits")  # first, so it is output 0
-        for name, cache in zip(names, caches, strict=True):
-            binding.bind_ortvalue_input(name, cache)
-            binding.bind_ortvalue_output(name.replace("past_key_values", "present"), cache)
-        sess.run_with_iobinding(binding)
-        logits = binding.copy_outputs_to_cpu()[0]
-        token = int(logits[0, -1].argmax())
-        out.append(token)
-        ids = np.array([[token]], np.int64)
-    return out
+    outputs = [value(io_names.LOGITS, TensorProto.FLOAT, [batch, seq, cfg.vocab_size])]
+    for name in io_names.past_names(cfg.num_hidden_layers):
+        inputs.append(value(name, TensorProto.FLOAT, [batch, kv_heads, io_names.PAST_SEQUENCE, hd]))
+        outputs.append(
+            value(io_names.present_of(name), TensorProto.FLOAT, [batch, kv_heads, total, hd])
+        )
+    return inputs, outputs
 
 
 def validate_gqa(
-    model: torch.nn.Module, path: Path, tolerance: float, greedy_steps: int, vocab: int
+    model: torch.nn.Module, path: Path, tolerance: float, greedy_steps: int, tokenizer: Tokenizer
 ) -> dict:
-    """Same checks as the portable graph, plus greedy decoding through the shared buffer."""
+    """Same checks as the portable graph, plus greedy decoding through the runtime's shared
+    buffer cache (``SharedBufferCache``, as deployed)."""
     validate.check_graph(path)
     sess = validate.session(path)
+    vocab = tokenizer.get_vocab_size()
     result = _compare_gqa_logits(model, sess, tolerance, vocab)
     if greedy_steps:
         steps, mismatch = validate.compare_greedy(
             model,
-            lambda p, n: greedy_tokens_shared_buffer(sess, model.config, p, n),
+            lambda p, n: validate.runtime_greedy(sess, "gqa", model, tokenizer, p, n),
             greedy_steps,
             vocab,
         )
@@ -329,7 +285,7 @@ def validate_gqa(
 @torch.no_grad()
 def _compare_gqa_logits(model, sess, tolerance: float, vocab: int) -> validate.Validation:
     """Compare against PyTorch with concatenating (unshared) caches of several lengths."""
-    from export.wrappers import DecoderForExport, decoder_inputs
+    from edgezoo.export.wrappers import DecoderForExport, decoder_inputs
 
     gen = torch.Generator().manual_seed(1)
     wrapper = DecoderForExport(model).eval()

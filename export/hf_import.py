@@ -22,18 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgezoo import atomic, manifest
+from edgezoo import atomic, io_names, manifest
 from edgezoo.errors import CheckpointError, ConfigError, ExportError
-from export.onnx_export import (
-    ExportResult,
-    file_facts,
-    io_signature,
-    source_commit,
-    to_onnx,
-    versions,
-)
-from zoo.config import config_from_hf_dict
-from zoo.modeldir import build_model, save_model_dir
+from edgezoo.export.onnx_export import ExportResult, to_onnx
+from edgezoo.export.provenance import source_commit, versions
+from edgezoo.onnx_files import file_facts, io_signature
+from edgezoo.zoo.config import config_from_hf_dict
+from edgezoo.zoo.modeldir import build_model, save_model_dir
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -184,7 +179,7 @@ def _validate_against_transformers(
         if "token_type_ids" in names:
             feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
         for name, info in names.items():
-            if name.startswith("past_key_values"):
+            if io_names.is_past(name):
                 shape = [
                     batch
                     if d in ("batch_size", "batch")

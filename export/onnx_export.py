@@ -22,31 +22,35 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 import torch
+from tokenizers import Tokenizer
 
 from edgezoo import atomic, manifest
 from edgezoo.errors import ExportError
-from export import validate
-from export.optimize import optimize_for_ort
-from export.wrappers import (
+from edgezoo.export import validate
+from edgezoo.export.optimize import optimize_for_ort
+from edgezoo.export.provenance import source_commit, versions
+from edgezoo.export.wrappers import (
     DecoderForExport,
     classifier_wrapper,
     decoder_inputs,
-    decoder_io_names,
     encoder_inputs,
-    encoder_io_names,
 )
-from zoo.config import BertConfig, LlamaConfig
-from zoo.modeldir import WEIGHTS_FILE, load_model
-from zoo.tokenizer import load_tokenizer
+from edgezoo.io_names import decoder_io_names, encoder_io_names
+from edgezoo.onnx_files import file_facts, io_signature, save_onnx
+from edgezoo.zoo.config import BertConfig, LlamaConfig
+from edgezoo.zoo.modeldir import WEIGHTS_FILE, load_model
+from edgezoo.zoo.tokenizer import load_tokenizer
 
 OPSET = 18
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf's hard limit is 2 GB
 PORTABLE_FILE = "model.onnx"
+OPTIMIZED_FILE = "model.opt.onnx"
+GQA_FILE = "model.gqa.onnx"
 
 
 @dataclass
@@ -110,20 +114,6 @@ def _exporter_summary(error: Exception) -> str:
     return " | ".join((keep or lines)[:4])[:600] or type(error).__name__
 
 
-def save_onnx(proto: onnx.ModelProto, path: Path) -> None:
-    """Save, with weights in ``<name>.data`` beside it when the graph is too big for protobuf."""
-    if proto.ByteSize() > EXTERNAL_DATA_THRESHOLD:
-        onnx.save_model(
-            proto,
-            str(path),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=path.name + ".data",
-        )
-    else:
-        onnx.save_model(proto, str(path))
-
-
 def _rename_dims(proto: onnx.ModelProto, rename: dict[str, dict[int, str]]) -> None:
     """Give the exporter's generated symbols (``s53``) the names Optimum uses."""
     for value in [*proto.graph.input, *proto.graph.output]:
@@ -149,68 +139,92 @@ def _quiet_exporter():
             lg.setLevel(level)
 
 
-def io_signature(path: Path) -> dict[str, list]:
-    model = onnx.load(str(path), load_external_data=False)
-
-    def sig(values):
-        return [
-            {
-                "name": v.name,
-                "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
-                "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
-            }
-            for v in values
-        ]
-
-    return {
-        "inputs": sig(model.graph.input),
-        "outputs": sig(model.graph.output),
-        "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
-    }
+@dataclass
+class _ExportSettings:
+    opset: int
+    tolerance: float
+    greedy_steps: int
+    tokenizer: Tokenizer
 
 
-def file_facts(path: Path) -> dict:
-    files = [
-        path,
-        *(
-            [path.with_name(path.name + ".data")]
-            if path.with_name(path.name + ".data").exists()
-            else []
-        ),
-    ]
-    return {"sha256": atomic.sha256_file(path), "bytes": sum(f.stat().st_size for f in files)}
+@dataclass
+class GraphKind:
+    """One graph an export writes: how to build it, and what its manifest entry says."""
+
+    variant: str  # manifest name
+    file: str
+    graph: str  # "portable" | "ort-optimized" | "gqa"
+    exporter: str
+    backends: list[str]
+    build: Callable[[torch.nn.Module, Path, _ExportSettings], dict]  # writes + validates
+    optional: bool = False  # a failure drops this graph with a note instead of the export
 
 
-def versions() -> dict[str, str]:
-    import onnxruntime
-    import onnxscript
-
-    import edgezoo
-
-    return {
-        "edgezoo": edgezoo.__version__,
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "onnxscript": onnxscript.__version__,
-    }
+def _build_portable(model: torch.nn.Module, tmp: Path, s: _ExportSettings) -> dict:
+    t0 = time.perf_counter()
+    export_portable(model, tmp / PORTABLE_FILE, s.opset)
+    entry = _validate_portable(model, tmp / PORTABLE_FILE, s.tolerance, s.greedy_steps, s.tokenizer)
+    return {**entry, "export_s": round(time.perf_counter() - t0, 2)}
 
 
-def source_commit() -> str | None:
-    """The edgezoo git commit that produced an artifact, when running from a checkout."""
-    import subprocess
+def _build_optimized(model: torch.nn.Module, tmp: Path, s: _ExportSettings) -> dict:
+    fusions = optimize_for_ort(tmp / PORTABLE_FILE, tmp / OPTIMIZED_FILE, model.config)
+    entry = _validate_portable(
+        model, tmp / OPTIMIZED_FILE, s.tolerance, s.greedy_steps, s.tokenizer, ort_only=True
+    )
+    return {**entry, "fusions": fusions}
 
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
+
+def _build_gqa(model: torch.nn.Module, tmp: Path, s: _ExportSettings) -> dict:
+    from edgezoo.export.gqa_graph import build_gqa_decoder, validate_gqa
+
+    build_gqa_decoder(model, tmp / GQA_FILE)
+    return validate_gqa(model, tmp / GQA_FILE, s.tolerance, s.greedy_steps, s.tokenizer)
+
+
+def graph_kinds(
+    cfg: LlamaConfig | BertConfig, opset: int, fast: bool, optimize: bool, notes: list[str]
+) -> list[GraphKind]:
+    """The graphs to write for this model, in build order (later ones may read earlier ones)."""
+    gpu_and_cpu = ["ort-cpu", "ort-cuda"]
+    kinds = [
+        GraphKind(
+            "fp32",
+            PORTABLE_FILE,
+            "portable",
+            f"torch.onnx.export(dynamo=True) opset {opset}",
+            ["ort-cpu", "ort-cuda", "ort-trt", "tensorrt"],
+            _build_portable,
         )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
+    ]
+    if optimize:
+        kinds.append(
+            GraphKind(
+                "opt",
+                OPTIMIZED_FILE,
+                "ort-optimized",
+                "onnxruntime.transformers.optimizer on the portable graph",
+                gpu_and_cpu,
+                _build_optimized,
+                optional=True,
+            )
+        )
+    if fast and cfg.family == "lm":
+        skipped = gqa_unsupported(cfg)
+        if skipped:
+            notes.append(f"no GroupQueryAttention graph: {skipped}")
+        else:
+            kinds.append(
+                GraphKind(
+                    "gqa",
+                    GQA_FILE,
+                    "gqa",
+                    "edgezoo.export.gqa_graph (onnx.helper, ORT contrib ops)",
+                    gpu_and_cpu,
+                    _build_gqa,
+                )
+            )
+    return kinds
 
 
 def to_onnx(
@@ -228,93 +242,37 @@ def to_onnx(
     """
     model_dir = Path(model_dir)
     model = load_model(model_dir)
-    vocab = load_tokenizer(model_dir).get_vocab_size()
-    out_dir = manifest.onnx_dir(model_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ExportError(
-            f"cannot create {out_dir} ({e.strerror}); make the model dir writable."
-        ) from e
-    if not os.access(out_dir, os.W_OK):
-        raise ExportError(
-            f"{out_dir} is not writable; fix its permissions or copy the model dir somewhere writable."
-        )
+    settings = _ExportSettings(opset, tolerance, greedy_steps, load_tokenizer(model_dir))
+    out_dir = _writable_onnx_dir(model_dir)
     atomic.ensure_free_disk(
         out_dir,
         sum(p.numel() * 4 for p in model.parameters()) * (3 if fast else 1),
         "the ONNX export",
     )
-    common = {
-        "source_weights_sha256": atomic.sha256_file(model_dir / WEIGHTS_FILE),
-        "source_commit": source_commit(),
-        "versions": versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    common = _provenance(model_dir)
     variants: dict[str, dict] = {}
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as tmp:
         tmp = Path(tmp)
-        t0 = time.perf_counter()
-        export_portable(model, tmp / PORTABLE_FILE, opset)
-        entry = _validate_portable(model, tmp / PORTABLE_FILE, tolerance, greedy_steps, vocab)
-        entry.update(
-            file=PORTABLE_FILE,
-            graph="portable",
-            precision="fp32",
-            exporter=f"torch.onnx.export(dynamo=True) opset {opset}",
-            export_s=round(time.perf_counter() - t0, 2),
-            backends=["ort-cpu", "ort-cuda", "ort-trt", "tensorrt"],
-            **io_signature(tmp / PORTABLE_FILE),
-            **common,
-        )
-        variants["fp32"] = entry
-        if optimize:
-            opt_file = "model.opt.onnx"
-            fusions = optimize_for_ort(tmp / PORTABLE_FILE, tmp / opt_file, model.config)
+        for kind in graph_kinds(model.config, opset, fast, optimize, notes):
             try:
-                opt_entry = _validate_portable(
-                    model, tmp / opt_file, tolerance, greedy_steps, vocab, ort_only=True
-                )
-            except ExportError as e:  # keep the portable graph; say why the fused one was dropped
-                notes.append(f"ORT-optimized graph dropped: {e}")
-            else:
-                opt_entry.update(
-                    file=opt_file,
-                    graph="ort-optimized",
-                    precision="fp32",
-                    fusions=fusions,
-                    exporter="onnxruntime.transformers.optimizer on the portable graph",
-                    backends=["ort-cpu", "ort-cuda"],
-                    **io_signature(tmp / opt_file),
-                    **common,
-                )
-                variants["opt"] = opt_entry
-        skipped = (
-            gqa_unsupported(model.config)
-            if fast and model.config.family == "lm"
-            else "not a decoder"
-        )
-        if fast and not skipped:
-            from export.gqa_graph import build_gqa_decoder, validate_gqa
-
-            gqa_file = "model.gqa.onnx"
-            build_gqa_decoder(model, tmp / gqa_file)
-            gqa = validate_gqa(model, tmp / gqa_file, tolerance, greedy_steps, vocab)
-            gqa.update(
-                file=gqa_file,
-                graph="gqa",
+                entry = kind.build(model, tmp, settings)
+            except ExportError as e:
+                if not kind.optional:
+                    raise
+                notes.append(f"{kind.graph} graph dropped: {e}")  # keep the others
+                continue
+            entry.update(
+                file=kind.file,
+                graph=kind.graph,
                 precision="fp32",
-                exporter="edgezoo.export.gqa_graph (onnx.helper, ORT contrib ops)",
-                backends=["ort-cpu", "ort-cuda"],
-                **io_signature(tmp / gqa_file),
+                exporter=kind.exporter,
+                backends=kind.backends,
+                **io_signature(tmp / kind.file),
                 **common,
+                **file_facts(tmp / kind.file),
             )
-            variants["gqa"] = gqa
-        elif fast and model.config.family == "lm":
-            notes.append(f"no GroupQueryAttention graph: {skipped}")
-        for entry in variants.values():
-            entry.update(file_facts(tmp / entry["file"]))
+            variants[kind.variant] = entry
         for entry in variants.values():  # all validated: move them in (a rename each)
             for f in (entry["file"], entry["file"] + ".data"):
                 if (tmp / f).exists():
@@ -331,6 +289,30 @@ def to_onnx(
     return ExportResult(model_dir, variants, notes)
 
 
+def _writable_onnx_dir(model_dir: Path) -> Path:
+    out_dir = manifest.onnx_dir(model_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(
+            f"cannot create {out_dir} ({e.strerror}); make the model dir writable."
+        ) from e
+    if not os.access(out_dir, os.W_OK):
+        raise ExportError(
+            f"{out_dir} is not writable; fix its permissions or copy the model dir somewhere writable."
+        )
+    return out_dir
+
+
+def _provenance(model_dir: Path) -> dict:
+    return {
+        "source_weights_sha256": atomic.sha256_file(model_dir / WEIGHTS_FILE),
+        "source_commit": source_commit(),
+        "versions": versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def gqa_unsupported(cfg: LlamaConfig) -> str | None:
     """Why ORT's GroupQueryAttention cannot run this model (None when it can)."""
     if cfg.head_dim % 16:
@@ -339,15 +321,21 @@ def gqa_unsupported(cfg: LlamaConfig) -> str | None:
 
 
 def _validate_portable(
-    model, path: Path, tolerance: float, greedy_steps: int, vocab: int, ort_only: bool = False
+    model,
+    path: Path,
+    tolerance: float,
+    greedy_steps: int,
+    tokenizer: Tokenizer,
+    ort_only: bool = False,
 ) -> dict:
     validate.check_graph(path, ort_only)
     sess = validate.session(path)
+    vocab = tokenizer.get_vocab_size()
     result = validate.compare_logits(model, sess, tolerance, vocab)
     if model.config.family == "lm" and greedy_steps:
         steps, mismatch = validate.compare_greedy(
             model,
-            lambda p, n: validate.greedy_tokens_onnx(sess, model.config, p, n),
+            lambda p, n: validate.runtime_greedy(sess, "portable", model, tokenizer, p, n),
             greedy_steps,
             vocab,
         )

@@ -13,7 +13,7 @@ import io
 import logging
 from pathlib import Path
 
-from zoo.config import LlamaConfig
+from edgezoo.zoo.config import LlamaConfig
 
 
 def optimize_for_ort(src: Path, dst: Path, cfg) -> dict[str, int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgezoo import manifest
 from edgezoo.errors import ExportError
-from export.onnx_export import file_facts
+from edgezoo.onnx_files import file_facts
 
 
 def to_ort_format(model_dir: str | Path, variant: str = "fp32") -> dict:

@@ -3,7 +3,8 @@
 Checks, in order: ``onnx.checker`` (full), an ONNX Runtime session loads it, logits and
 KV outputs match PyTorch on fresh random inputs at several batch sizes, prompt lengths and
 past lengths (past 0 included: it proves the dynamic axes survived tracing), and 64
-greedy decode steps through the graph's own KV cache give exactly PyTorch's tokens.
+greedy decode steps through the runtime's own decode loop and KV cache give exactly
+PyTorch's tokens.
 """
 
 from __future__ import annotations
@@ -15,12 +16,19 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from tokenizers import Tokenizer
 from torch import nn
 
 from edgezoo.errors import ExportError
-from export.wrappers import DecoderForExport, classifier_wrapper, decoder_inputs, encoder_inputs
-from zoo.config import LlamaConfig
-from zoo.generate import generate_ids
+from edgezoo.export.wrappers import (
+    DecoderForExport,
+    classifier_wrapper,
+    decoder_inputs,
+    encoder_inputs,
+)
+from edgezoo.runtime.language_model import LanguageModel
+from edgezoo.runtime.sampling import SamplingParams
+from edgezoo.zoo.generate import generate_ids
 
 DECODER_SHAPES = [(1, 1, 0), (2, 7, 0), (1, 1, 9), (3, 4, 5), (2, 1, 33)]  # (batch, seq, past)
 ENCODER_SHAPES = [(1, 5), (3, 17), (2, 64)]
@@ -123,37 +131,19 @@ def compare_logits(
     return result
 
 
-def greedy_tokens_onnx(
-    sess: ort.InferenceSession, cfg: LlamaConfig, prompt: list[int], steps: int
+def runtime_greedy(
+    sess: ort.InferenceSession,
+    graph: str,
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    prompt: list[int],
+    steps: int,
 ) -> list[int]:
-    """Greedy decode through the portable graph, feeding each step's present back as past."""
-    names = [i.name for i in sess.get_inputs()]
-    ids = np.array([prompt], dtype=np.int64)
-    past = [
-        np.zeros((1, cfg.num_key_value_heads, 0, cfg.head_dim), np.float32)
-        for _ in range(2 * cfg.num_hidden_layers)
-    ]
-    out, n = [], len(prompt)
-    for _ in range(steps):
-        total = past[0].shape[2] + ids.shape[1]
-        feeds = dict(
-            zip(
-                names,
-                [
-                    ids,
-                    np.ones((1, total), np.int64),
-                    np.arange(total - ids.shape[1], total, dtype=np.int64)[None],
-                    *past,
-                ],
-                strict=True,
-            )
-        )
-        logits, *past = sess.run(None, feeds)
-        token = int(logits[0, -1].argmax())
-        out.append(token)
-        ids = np.array([[token]], dtype=np.int64)
-        n += 1
-    return out
+    """Greedy tokens from the runtime's own decode loop (``LanguageModel`` and its KV cache
+    classes) over ``sess``: validation tests the code that ships, not a copy of it."""
+    lm = LanguageModel(sess, tokenizer, model.config.to_hf_dict(), graph=graph)
+    params = SamplingParams(max_new_tokens=steps, ignore_eos=True)
+    return lm.generate_ids([prompt], params)[0].token_ids
 
 
 def compare_greedy(

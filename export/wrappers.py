@@ -10,23 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from zoo.config import BertConfig, LlamaConfig
-
-
-def decoder_io_names(num_layers: int) -> tuple[list[str], list[str]]:
-    kv = [(i, k) for i in range(num_layers) for k in ("key", "value")]
-    inputs = ["input_ids", "attention_mask", "position_ids"] + [
-        f"past_key_values.{i}.{k}" for i, k in kv
-    ]
-    outputs = ["logits"] + [f"present.{i}.{k}" for i, k in kv]
-    return inputs, outputs
-
-
-def encoder_io_names(with_token_types: bool = True) -> tuple[list[str], list[str]]:
-    """BERT takes token_type_ids; a decoder used as a classifier does not."""
-    return ["input_ids", "attention_mask", *(["token_type_ids"] if with_token_types else [])], [
-        "logits"
-    ]
+from edgezoo.zoo.config import BertConfig, LlamaConfig
 
 
 class DecoderForExport(nn.Module):

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from edgezoo import manifest
-from zoo import corpus, data
-from zoo.metrics import classification_report
-from zoo.tokenizer import load_tokenizer
+from edgezoo.zoo import corpus, data
+from edgezoo.zoo.metrics import classification_report
+from edgezoo.zoo.tokenizer import load_tokenizer
 
 BENCH_THREADS = 2
 
@@ -61,7 +61,7 @@ def measure(
     runs: int = 3,
 ) -> dict:
     """Quality, latency and (for LMs) greedy agreement of ``variant`` on ONNX Runtime CPU."""
-    from runtime.api import load_variant
+    from edgezoo.runtime.api import load_variant
 
     model = load_variant(model_dir, variant, backend="ort-cpu", threads=BENCH_THREADS)
     out: dict = {"threads": BENCH_THREADS, "backend": "ort-cpu", "eval_data": ev.source}

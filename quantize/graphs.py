@@ -45,7 +45,7 @@ def _quiet() -> Iterator[None]:
 
 
 def _save(model: onnx.ModelProto, dst: Path) -> None:
-    from export.onnx_export import save_onnx
+    from edgezoo.onnx_files import save_onnx
 
     save_onnx(model, dst)
 

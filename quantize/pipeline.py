@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgezoo import manifest
+from edgezoo import io_names, manifest
 from edgezoo.errors import CheckpointError, ConfigError, ExportError
-from export.onnx_export import file_facts, io_signature
-from quantize import graphs
-from quantize.evaluate import EvalData, eval_data, measure, quality_change, speed_of
+from edgezoo.onnx_files import file_facts, io_signature
+from edgezoo.quantize import graphs
+from edgezoo.quantize.evaluate import EvalData, eval_data, measure, quality_change, speed_of
 
 TARGETS = ("int8", "int8-static", "fp16", "int4")
 DEFAULT_BUDGET = {"perplexity_pct": 2.0, "accuracy_points": 1.0}
@@ -180,7 +180,7 @@ def _calibration_feeds(src: Path, ev: EvalData, samples: int) -> list[dict[str, 
     """Inputs drawn from the model's own validation data, in the graph's input layout."""
     import onnxruntime as ort
 
-    from runtime.api import load_tokenizer
+    from edgezoo.runtime.api import load_tokenizer
 
     inputs = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()
     feeds = []
@@ -201,7 +201,7 @@ def _calibration_feeds(src: Path, ev: EvalData, samples: int) -> list[dict[str, 
                 )
             elif spec.name == "position_ids":
                 feed[spec.name] = np.arange(ids.shape[1], dtype=np.int64)[None]
-            elif spec.name.startswith("past_key_values"):
+            elif io_names.is_past(spec.name):
                 feed[spec.name] = np.zeros((1, spec.shape[1], 0, spec.shape[3]), np.float32)
         feeds.append(feed)
     if not feeds:

@@ -1,11 +1,11 @@
 """runtime: load an exported model and run it with numpy + onnxruntime + tokenizers, no torch.
 
-import runtime
+from edgezoo import runtime
 lm = runtime.load("runs/demo", backend="auto", variant="fp32")
 print(lm.generate("def main():", max_new_tokens=32).text)
 """
 
-from runtime.api import load
-from runtime.sampling import SamplingParams
+from edgezoo.runtime.api import load
+from edgezoo.runtime.sampling import SamplingParams
 
 __all__ = ["SamplingParams", "load"]

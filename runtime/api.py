@@ -7,11 +7,11 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from edgezoo.errors import CheckpointError, ConfigError
-from runtime import backends
-from runtime.classifier import Classifier
-from runtime.language_model import LanguageModel
-from runtime.model_files import locate
-from runtime.session import make_session
+from edgezoo.runtime import backends
+from edgezoo.runtime.classifier import Classifier
+from edgezoo.runtime.language_model import LanguageModel
+from edgezoo.runtime.model_files import locate
+from edgezoo.runtime.session import make_session
 
 
 def load(
@@ -39,7 +39,7 @@ def load(
     tokenizer = load_tokenizer(files.model_dir)
     reason = f"{why_backend}; {files.reason}"
     if chosen == "tensorrt":
-        from runtime.tensorrt_engine import load_tensorrt
+        from edgezoo.runtime.tensorrt_engine import load_tensorrt
 
         return load_tensorrt(files, tokenizer, reason=reason, fp16=fp16, max_batch=max_batch)
     profile = None
@@ -71,19 +71,6 @@ def load(
     if files.family == "cls":
         return Classifier(session, tokenizer, files.config, **common)
     raise ConfigError(f"unknown model family {files.family!r} in {files.model_dir}")
-
-
-def add_runtime_arguments(parser) -> None:
-    """--backend / --variant / --threads, shared by `edgezoo generate | classify | serve`."""
-    parser.add_argument(
-        "--backend", default="auto", help="auto | ort-cpu | ort-cuda | ort-trt | tensorrt"
-    )
-    parser.add_argument(
-        "--variant", default="fp32", help="fp32 | fp16 | int8 | int4 | auto | a manifest name"
-    )
-    parser.add_argument(
-        "--threads", type=int, default=0, help="intra-op threads (0 = ONNX Runtime's default)"
-    )
 
 
 def load_variant(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgezoo import io_names
 from edgezoo.errors import ConfigError
 
 BACKENDS = ("auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
@@ -101,7 +102,7 @@ def decoder_profile(inputs: list[dict], context: int, max_batch: int = 8) -> Pro
                 [1, context // 2],
                 [max_batch, context],
             )
-        elif name.startswith("past_key_values"):
+        elif io_names.is_past(name):
             heads, head_dim = spec["shape"][1], spec["shape"][3]
             prof.min[name] = [1, heads, 0, head_dim]
             prof.opt[name] = [1, heads, context // 2, head_dim]

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.protocol import RETRY_AFTER_S, overloaded, timed_out
-from runtime.sampling import SamplingParams
-from runtime.server_metrics import Metrics
+from edgezoo.runtime.protocol import RETRY_AFTER_S, overloaded, timed_out
+from edgezoo.runtime.sampling import SamplingParams
+from edgezoo.runtime.server_metrics import Metrics
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,14 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from edgezoo import io_names
+
 
 class ConcatCache:
     def __init__(self, sess: ort.InferenceSession, batch: int, device: str) -> None:
         self.sess, self.device = sess, device
         inputs = {i.name: i for i in sess.get_inputs()}
-        self.kv_names = [n for n in inputs if n.startswith("past_key_values")]
+        self.kv_names = [n for n in inputs if io_names.is_past(n)]
         self.has_positions = "position_ids" in inputs
         self.has_mask = "attention_mask" in inputs
         self.past: list[ort.OrtValue] = []
@@ -32,7 +34,7 @@ class ConcatCache:
             self.past.append(
                 ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32), device, 0)
             )
-        self.outputs = ["logits"] + [n.replace("past_key_values", "present") for n in self.kv_names]
+        self.outputs = ["logits"] + [io_names.present_of(n) for n in self.kv_names]
 
     def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
         binding = self.sess.io_binding()
@@ -55,7 +57,7 @@ class SharedBufferCache:
     def __init__(self, sess: ort.InferenceSession, batch: int, max_len: int, device: str) -> None:
         self.sess, self.device = sess, device
         inputs = {i.name: i for i in sess.get_inputs()}
-        self.kv_names = [n for n in inputs if n.startswith("past_key_values")]
+        self.kv_names = [n for n in inputs if io_names.is_past(n)]
         spec = inputs[self.kv_names[0]].shape
         shape = [batch, spec[1], max_len, spec[3]]
         self.buffers = [
@@ -77,7 +79,7 @@ class SharedBufferCache:
         self.binding.bind_output("logits", device)  # bound first: always output 0
         for name, buf in zip(self.kv_names, self.buffers, strict=True):
             self.binding.bind_ortvalue_input(name, buf)
-            self.binding.bind_ortvalue_output(name.replace("past_key_values", "present"), buf)
+            self.binding.bind_ortvalue_output(io_names.present_of(name), buf)
 
     def step(
         self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray | None = None
@@ -103,7 +105,7 @@ class HostConcatCache:
     def __init__(self, sess, batch: int) -> None:
         self.sess = sess
         inputs = {i.name: i for i in sess.get_inputs()}
-        self.kv_names = [n for n in inputs if n.startswith("past_key_values")]
+        self.kv_names = [n for n in inputs if io_names.is_past(n)]
         self.input_names = set(inputs)
         self.past = [
             np.zeros((batch, inputs[n].shape[1], 0, inputs[n].shape[3]), np.float32)

@@ -17,9 +17,9 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from edgezoo.errors import InputError
-from runtime.kv_cache import ConcatCache, HostConcatCache, SharedBufferCache
-from runtime.sampling import Sampler, SamplingParams, StopChecker
-from runtime.streaming import TextStreamer
+from edgezoo.runtime.kv_cache import ConcatCache, HostConcatCache, SharedBufferCache
+from edgezoo.runtime.sampling import Sampler, SamplingParams, StopChecker
+from edgezoo.runtime.streaming import TextStreamer
 
 
 @dataclass
@@ -92,7 +92,6 @@ class LanguageModel:
         eos = tokenizer.token_to_id("</s>")
         self.eos_id = eos if eos is not None else config.get("eos_token_id")
         self.pad_id = tokenizer.token_to_id("<pad>") or 0
-        self.ignore_eos = False  # benchmarks set it to always produce max_new_tokens
 
     # ------------------------------------------------------------------ public API ------
 
@@ -105,9 +104,22 @@ class LanguageModel:
         tokens (the server only batches requests that this does not cut short)."""
         single = isinstance(prompt, str)
         prompts = [prompt] if single else list(prompt)
-        *_, rows = self._run(prompts, self._params(params, overrides))  # run to the end
-        results = [self._result(r) for r in rows]
+        results = self.generate_ids(self.encode(prompts), params, **overrides)
         return results[0] if single else results
+
+    def generate_ids(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        params: SamplingParams | None = None,
+        **overrides: Any,
+    ) -> list[Generation]:
+        """``generate`` for prompts that are already token ids (one list per row).
+
+        For callers that own tokenization: benchmarks feeding exact prompt lengths,
+        validation replaying PyTorch's tokens, servers that tokenized off the event loop."""
+        encoded = self.check_ids(prompt_ids)
+        *_, rows = self._run(encoded, self._params(params, overrides))  # run to the end
+        return [self._result(r) for r in rows]
 
     def stream(
         self, prompt: str, params: SamplingParams | None = None, **overrides: Any
@@ -141,7 +153,7 @@ class LanguageModel:
         stops = StopChecker(params.stop)
         emitted = [0] * len(prompts)
         finished = [False] * len(prompts)
-        for rows in self._run(list(prompts), params, live_text=True):
+        for rows in self._run(self.encode(list(prompts)), params, live_text=True):
             for i, row in enumerate(rows):
                 if finished[i]:
                     continue
@@ -191,26 +203,37 @@ class LanguageModel:
         return params.validate()
 
     def encode(self, prompts: list[str]) -> list[list[int]]:
+        """Token ids of each prompt, checked to fit the context."""
         if not prompts:
             raise InputError("no prompt given.")
+        if any(not isinstance(p, str) or not p for p in prompts):
+            raise InputError("empty prompt: give some text to continue.")
+        return self.check_ids([self.tokenizer.encode(p).ids for p in prompts])
+
+    def check_ids(self, prompt_ids: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Plain int lists, each non-empty, in the vocabulary and shorter than the context."""
+        if len(prompt_ids) == 0:
+            raise InputError("no prompt given.")
+        vocab = self.tokenizer.get_vocab_size()
         encoded = []
-        for p in prompts:
-            if not isinstance(p, str) or not p:
-                raise InputError("empty prompt: give some text to continue.")
-            ids = self.tokenizer.encode(p).ids
+        for row in prompt_ids:
+            ids = [int(i) for i in row]
+            if not ids:
+                raise InputError("empty prompt: give at least one token id.")
             if len(ids) >= self.context:
                 raise InputError(
                     f"prompt is {len(ids)} tokens but this model's context is {self.context}: shorten the prompt "
                     f"to under {self.context} tokens (leaving room for the reply) or use a longer-context model."
                 )
+            if min(ids) < 0 or max(ids) >= vocab:
+                raise InputError(f"token ids must be in [0, {vocab}) for this model's vocabulary.")
             encoded.append(ids)
         return encoded
 
     def _run(
-        self, prompts: list[str], params: SamplingParams, live_text: bool = False
+        self, encoded: list[list[int]], params: SamplingParams, live_text: bool = False
     ) -> Iterator[list[_Row]]:
         """Yield the rows after every step; the caller reads ``row.text``/``row.finish``."""
-        encoded = self.encode(prompts)
         batch, longest = len(encoded), max(len(e) for e in encoded)
         max_new = min(params.max_new_tokens, self.context - longest)
         lengths = np.array([len(e) for e in encoded], np.int64)
@@ -245,7 +268,7 @@ class LanguageModel:
             tokens = sampler(last, seen)
             if seen is not None:
                 seen[np.arange(batch), tokens] = True
-            self._advance(rows, tokens, stops, step + 1 == max_new, live)
+            self._advance(rows, tokens, stops, step + 1 == max_new, live, params.ignore_eos)
             yield rows
             if all(r.finish for r in rows):
                 break
@@ -275,11 +298,12 @@ class LanguageModel:
         stops: StopChecker,
         out_of_budget: bool,
         live: bool,
+        ignore_eos: bool,
     ) -> None:
         for row, token in zip(rows, tokens.tolist(), strict=True):
             if row.finish:
                 continue
-            if token == self.eos_id and not self.ignore_eos:
+            if token == self.eos_id and not ignore_eos:
                 row.finish = "eos"
             else:
                 row.ids.append(token)

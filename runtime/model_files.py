@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgezoo import manifest
+from edgezoo import io_names, manifest
 from edgezoo.errors import CheckpointError, ConfigError
-from runtime.backends import GRAPH_PREFERENCE
+from edgezoo.runtime.backends import GRAPH_PREFERENCE
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
@@ -130,13 +130,8 @@ def _from_file(path: Path) -> ModelFiles:
                 info.get("family", "lm"),
                 f"file {path.name}",
             )
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    ops = {n.op_type for n in proto.graph.node}
-    inputs = [i.name for i in proto.graph.input]
-    graph = "gqa" if "GroupQueryAttention" in ops else "portable"
-    family = "lm" if any(n.startswith("past_key_values") for n in inputs) else "cls"
+    graph, inputs = _graph_kind(path)
+    family = "lm" if any(io_names.is_past(n) for n in inputs) else "cls"
     entry = {
         "file": path.name,
         "graph": graph,
@@ -152,3 +147,26 @@ def _from_file(path: Path) -> ModelFiles:
         family,
         f"file {path.name} (no manifest entry)",
     )
+
+
+def _graph_kind(path: Path) -> tuple[str, list[str]]:
+    """("gqa" | "portable", input names) of a graph that has no manifest entry.
+
+    With onnx installed the ops are read (``GroupQueryAttention`` means an in-place cache);
+    the edge install has no onnx, so there the inputs decide: only our GQA graphs take a
+    KV cache without ``position_ids`` (positions come from the mask inside the kernel)."""
+    try:
+        import onnx
+    except ImportError:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        inputs = [i.name for i in sess.get_inputs()]
+        gqa = any(io_names.is_past(n) for n in inputs) and io_names.POSITION_IDS not in inputs
+        return ("gqa" if gqa else "portable"), inputs
+    proto = onnx.load(str(path), load_external_data=False)
+    ops = {n.op_type for n in proto.graph.node}
+    inputs = [i.name for i in proto.graph.input]
+    return ("gqa" if "GroupQueryAttention" in ops else "portable"), inputs

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from runtime.sampling import SamplingParams
+from edgezoo.runtime.sampling import SamplingParams
 
 if TYPE_CHECKING:
     from fastapi import Request

@@ -27,6 +27,7 @@ class SamplingParams:
     max_new_tokens: int = 128
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False  # keep going past </s>: every run has max_new_tokens (benchmarks)
 
     @property
     def greedy(self) -> bool:
@@ -52,6 +53,8 @@ class SamplingParams:
             raise ConfigError(
                 f"max_new_tokens={self.max_new_tokens!r} is invalid; use max_new_tokens >= 1."
             )
+        if not isinstance(self.ignore_eos, bool):
+            raise ConfigError(f"ignore_eos={self.ignore_eos!r} is invalid; use True or False.")
         if isinstance(self.stop, str) or any(not isinstance(s, str) or not s for s in self.stop):
             raise ConfigError(
                 f"stop={self.stop!r} is invalid; use a tuple of non-empty strings, e.g. ('\\n\\n',)."

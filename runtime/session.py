@@ -7,7 +7,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from edgezoo.errors import CheckpointError
-from runtime import backends
+from edgezoo.runtime import backends
 
 DEFAULT_THREADS = 0  # 0 = ONNX Runtime's choice (one per physical core)
 

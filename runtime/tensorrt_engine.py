@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgezoo.errors import ConfigError
-from runtime import backends
+from edgezoo.runtime import backends
 
 
 @dataclass
@@ -127,8 +127,8 @@ def _ort_type(dtype: str) -> str:
 
 def load_tensorrt(files, tokenizer, *, reason: str, fp16: bool, max_batch: int):
     """``runtime.load(..., backend="tensorrt")``: the portable graph on a native engine."""
-    from runtime.classifier import Classifier
-    from runtime.language_model import LanguageModel
+    from edgezoo.runtime.classifier import Classifier
+    from edgezoo.runtime.language_model import LanguageModel
 
     if files.entry.get("graph") != "portable":
         raise ConfigError(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from zoo import corpus
+from edgezoo.zoo import corpus
 
 
 def pytest_collection_modifyitems(config, items):
@@ -74,15 +74,15 @@ def labelled_csv(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tokenizer(text_corpus):
     """A 600-token byte-level BPE trained on the test corpus, shared by every test module."""
-    from zoo.data import iter_documents
-    from zoo.tokenizer import train_tokenizer
+    from edgezoo.zoo.data import iter_documents
+    from edgezoo.zoo.tokenizer import train_tokenizer
 
     return train_tokenizer((t for _, t in iter_documents(str(text_corpus))), vocab_size=600)
 
 
 def tiny_llama(**overrides):
     """A 2-layer Llama (head_dim 16, grouped-query 4:2) that exports and runs in seconds."""
-    from zoo.config import LlamaConfig
+    from edgezoo.zoo.config import LlamaConfig
 
     return LlamaConfig(
         **{
@@ -99,7 +99,7 @@ def tiny_llama(**overrides):
 
 
 def tiny_bert(**overrides):
-    from zoo.config import BertConfig
+    from edgezoo.zoo.config import BertConfig
 
     return BertConfig(
         **{
@@ -119,8 +119,8 @@ def make_model_dir(path, cfg, tokenizer, seed: int = 0):
     """Random-init model dir (weights, config, tokenizer) with a fixed seed; returns the model."""
     import torch
 
-    from zoo.modeldir import build_model, save_model_dir
-    from zoo.tokenizer import save_tokenizer
+    from edgezoo.zoo.modeldir import build_model, save_model_dir
+    from edgezoo.zoo.tokenizer import save_tokenizer
 
     torch.manual_seed(seed)
     model = build_model(cfg).eval()
@@ -131,7 +131,7 @@ def make_model_dir(path, cfg, tokenizer, seed: int = 0):
 
 def lm_train_config(corpus, out, **overrides):
     """The tiny LM run the training tests share (nano preset, 600-token vocab, fast steps)."""
-    from zoo.train import TrainConfig
+    from edgezoo.zoo.train import TrainConfig
 
     base = dict(
         family="lm",
@@ -155,7 +155,7 @@ def lm_train_config(corpus, out, **overrides):
 
 def cls_train_config(labelled, out, **overrides):
     """The tiny 3-class classifier run the training tests share (nano preset, 20 % validation)."""
-    from zoo.train import TrainConfig
+    from edgezoo.zoo.train import TrainConfig
 
     base = dict(
         family="cls",

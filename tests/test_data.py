@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from edgezoo.errors import DataError
-from zoo import data
-from zoo.config import BOS_ID, EOS_ID, PAD_ID
-from zoo.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+from edgezoo.zoo import data
+from edgezoo.zoo.config import BOS_ID, EOS_ID, PAD_ID
+from edgezoo.zoo.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ import torch
 from conftest import lm_train_config, loss_curve
 from safetensors.torch import load_file
 
-from zoo import checkpoint as ckpt
-from zoo.launch import strip_launcher_flags, torchrun_command
-from zoo.modeldir import load_model
-from zoo.train import train
+from edgezoo.zoo import checkpoint as ckpt
+from edgezoo.zoo.launch import strip_launcher_flags, torchrun_command
+from edgezoo.zoo.modeldir import load_model
+from edgezoo.zoo.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -157,7 +157,9 @@ def test_killed_worker_is_restarted_and_resumes(reference, text_corpus, tmp_path
             assert time.time() < deadline
             time.sleep(0.02)
         found = subprocess.run(
-            ["pgrep", "-f", f"python -u -m zoo.train.*{out}"], capture_output=True, text=True
+            ["pgrep", "-f", f"python -u -m edgezoo.zoo.train.*{out}"],
+            capture_output=True,
+            text=True,
         )
         workers = [int(p) for p in found.stdout.split() if int(p) != proc.pid]
         assert workers, "no worker process found"
@@ -177,4 +179,4 @@ def test_launcher_builds_the_torchrun_command():
     assert strip_launcher_flags(argv) == ["--fsdp", "--out", "x"]
     cmd = torchrun_command(2, ["--out", "x"], 1)
     assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"] and "--max-restarts=1" in cmd
-    assert cmd[-3:] == ["zoo.train", "--out", "x"]
+    assert cmd[-3:] == ["edgezoo.zoo.train", "--out", "x"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import numpy as np
 import onnxruntime as ort
@@ -12,10 +13,10 @@ from conftest import make_model_dir, tiny_llama
 
 from edgezoo import atomic, manifest
 from edgezoo.errors import CheckpointError, ExportError
-from export import validate
-from export.onnx_export import to_onnx
-from export.wrappers import DecoderForExport, decoder_inputs
-from zoo.config import BertConfig, LlamaConfig
+from edgezoo.export import validate
+from edgezoo.export.onnx_export import to_onnx
+from edgezoo.export.wrappers import DecoderForExport, decoder_inputs
+from edgezoo.zoo.config import BertConfig, LlamaConfig
 
 TINY_LM = vars(tiny_llama()).copy()
 TINY_LM.pop("preset")
@@ -135,7 +136,7 @@ def test_odd_head_dim_skips_only_the_gqa_graph(tmp_path, tokenizer):
 
 
 def test_ort_format_conversion(exported_lm):
-    from export.ort_format import to_ort_format
+    from edgezoo.export.ort_format import to_ort_format
 
     path, _, _ = exported_lm
     entry = to_ort_format(path, "fp32")
@@ -148,7 +149,7 @@ def test_ort_format_conversion(exported_lm):
 
 def test_import_local_hf_checkpoints(tmp_path, tokenizer):
     transformers = pytest.importorskip("transformers")
-    from export.hf_import import import_hf
+    from edgezoo.export.hf_import import import_hf
 
     llama_src = tmp_path / "hf-llama"
     transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY_LM)).save_pretrained(llama_src)
@@ -199,7 +200,7 @@ def test_exporter_failure_and_unwritable_dir_are_clear(tmp_path, tokenizer, monk
 def test_unsupported_architecture_names_what_is_supported(tmp_path, tokenizer):
     import json
 
-    from export.hf_import import import_hf
+    from edgezoo.export.hf_import import import_hf
 
     src = tmp_path / "weird"
     src.mkdir()
@@ -209,3 +210,26 @@ def test_unsupported_architecture_names_what_is_supported(tmp_path, tokenizer):
     tokenizer.save(str(src / "tokenizer.json"))
     with pytest.raises(ExportError, match="Supported: the zoo families"):
         import_hf(src, tmp_path / "out")
+
+
+def test_source_commit_only_from_edgezoos_own_checkout(tmp_path):
+    from edgezoo.export.provenance import PACKAGE_ROOT, source_commit
+
+    if (PACKAGE_ROOT / ".git").exists():  # running from the checkout (the tests always do)
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PACKAGE_ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        assert source_commit() == head
+    # An install inside someone else's repository must not record their commit.
+    other = tmp_path / "their-project"
+    site = other / ".venv" / "lib" / "site-packages"
+    site.mkdir(parents=True)
+    (other / "pyproject.toml").write_text('[project]\nname = "their-app"\n')
+    for cmd in (
+        ["init", "-q"],
+        ["-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "--allow-empty", "-m", "x"],
+    ):
+        subprocess.run(["git", *cmd], cwd=other, check=True, capture_output=True)
+    assert source_commit(site) is None
+    assert source_commit(other) is None  # their top level, but not edgezoo's pyproject
+    assert source_commit(tmp_path / "not-a-repo") is None

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zoo.config import BertConfig, LlamaConfig
-from zoo.modeldir import build_model, load_model, save_model_dir
-from zoo.presets import count_params, make_config, preset_names, summaries
+from edgezoo.zoo.config import BertConfig, LlamaConfig
+from edgezoo.zoo.modeldir import build_model, load_model, save_model_dir
+from edgezoo.zoo.presets import count_params, make_config, preset_names, summaries
 
 transformers = pytest.importorskip("transformers")
 

@@ -10,11 +10,11 @@ import torch
 
 from benchmarks import peers
 from benchmarks.peers import PEERS, run_peer
-from zoo import data
-from zoo.config import LlamaConfig
-from zoo.generate import generate_ids
-from zoo.modeldir import build_model, save_model_dir
-from zoo.tokenizer import save_tokenizer, train_tokenizer
+from edgezoo.zoo import data
+from edgezoo.zoo.config import LlamaConfig
+from edgezoo.zoo.generate import generate_ids
+from edgezoo.zoo.modeldir import build_model, save_model_dir
+from edgezoo.zoo.tokenizer import save_tokenizer, train_tokenizer
 
 LM = dict(
     vocab_size=600,

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from edgezoo.errors import ConfigError
-from quantize import prune
-from quantize.prune import (
+from edgezoo.quantize import prune
+from edgezoo.quantize.prune import (
     activation_importance,
     count_parameters,
     kept_count,
@@ -20,11 +20,10 @@ from quantize.prune import (
     magnitude_prune,
     prune_dir,
     structured_prune,
-    supports_head_pruning,
 )
-from zoo.config import BertConfig, LlamaConfig
-from zoo.modeldir import build_model, load_model, save_model_dir
-from zoo.tokenizer import save_tokenizer
+from edgezoo.zoo.config import BertConfig, LlamaConfig
+from edgezoo.zoo.modeldir import build_model, load_model, save_model_dir
+from edgezoo.zoo.tokenizer import save_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -47,10 +46,7 @@ TINY_CLS = dict(
     max_position_embeddings=64,
     num_labels=3,
 )
-# Head pruning needs quantize/head_dim.patch (explicit head_dim / pruned_heads in zoo.config).
-PATCHED = supports_head_pruning(LlamaConfig()) and supports_head_pruning(BertConfig())
-HEADS = 0.5 if PATCHED else 0.0
-needs_patch = pytest.mark.skipif(not PATCHED, reason="apply quantize/head_dim.patch")
+HEADS = 0.5
 
 
 def lm(seed: int = 0) -> torch.nn.Module:
@@ -109,10 +105,9 @@ def test_llama_parameter_counts_shrink_by_the_expected_amounts():
     assert pruned.config.intermediate_size == 96
     assert pruned.model.layers[1].mlp.down_proj.weight.shape == (d, 96)
     assert [len(p.channels_kept) for p in plans] == [96, 96]
-    if PATCHED:
-        from zoo.presets import count_params
+    from edgezoo.zoo.presets import count_params
 
-        assert count_params(pruned.config) == count_parameters(pruned)
+    assert count_params(pruned.config) == count_parameters(pruned)
 
 
 def test_bert_parameter_counts_shrink_by_the_expected_amounts():
@@ -126,10 +121,9 @@ def test_bert_parameter_counts_shrink_by_the_expected_amounts():
         assert all(len(h) == 2 for h in pruned.config.pruned_heads.values())
         assert pruned.bert.encoder.layer[0].attention.self.query.weight.shape == (2 * hd, d)
     assert count_parameters(model) - count_parameters(pruned) == layers * per_layer
-    if PATCHED:
-        from zoo.presets import count_params
+    from edgezoo.zoo.presets import count_params
 
-        assert count_params(pruned.config) == count_parameters(pruned)
+    assert count_params(pruned.config) == count_parameters(pruned)
 
 
 def _zero_lm_parts(model):
@@ -208,7 +202,7 @@ def test_pruned_dir_loads_in_the_zoo_and_transformers_with_identical_logits(
 
 
 def test_pruned_lm_exports_to_validated_onnx(tmp_path, tokenizer):
-    from export.onnx_export import to_onnx
+    from edgezoo.export.onnx_export import to_onnx
 
     src = model_dir(tmp_path / "src", lm(), tokenizer)
     prune_dir(src, tmp_path / "out", heads=HEADS, mlp=0.25)
@@ -257,13 +251,6 @@ def test_existing_output_dir_needs_force(tmp_path, tokenizer):
     assert load_model(tmp_path / "out").config.intermediate_size == 64
 
 
-def test_head_pruning_without_the_config_patch_says_what_to_do(monkeypatch):
-    monkeypatch.setattr(prune, "supports_head_pruning", lambda cfg: False)
-    with pytest.raises(ConfigError, match=r"head_dim\.patch"):
-        structured_prune(lm(), heads=0.5)
-
-
-@needs_patch
 def test_config_json_describes_the_pruned_heads_the_way_transformers_reads_it(tmp_path):
     lm_pruned, _ = structured_prune(lm(), heads=0.5)
     cls_pruned, plans = structured_prune(cls(), heads=0.5)

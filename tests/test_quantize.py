@@ -8,17 +8,16 @@ import pytest
 import torch
 from conftest import make_model_dir, tiny_llama
 
-import runtime
-from edgezoo import atomic, manifest
+from edgezoo import atomic, manifest, runtime
 from edgezoo.errors import CheckpointError, ConfigError, ExportError
-from export.onnx_export import to_onnx
-from quantize import graphs
-from quantize.pipeline import QuantizeOptions, _gate, quantize_model
-from quantize.report import variants_table
-from zoo import data
-from zoo.config import BertConfig, LlamaConfig
-from zoo.modeldir import build_model, save_model_dir
-from zoo.tokenizer import save_tokenizer
+from edgezoo.export.onnx_export import to_onnx
+from edgezoo.quantize import graphs
+from edgezoo.quantize.pipeline import QuantizeOptions, _gate, quantize_model
+from edgezoo.quantize.report import variants_table
+from edgezoo.zoo import data
+from edgezoo.zoo.config import BertConfig, LlamaConfig
+from edgezoo.zoo.modeldir import build_model, save_model_dir
+from edgezoo.zoo.tokenizer import save_tokenizer
 
 LM = vars(tiny_llama(max_position_embeddings=128)).copy()
 LM.pop("preset")

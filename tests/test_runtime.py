@@ -11,13 +11,13 @@ import pytest
 import torch
 from conftest import make_model_dir, tiny_bert, tiny_llama
 
-import runtime
+from edgezoo import runtime
 from edgezoo.errors import CheckpointError, ConfigError, InputError
-from export.onnx_export import to_onnx
-from runtime import backends
-from runtime.model_files import select_variant
-from zoo.config import LlamaConfig
-from zoo.generate import generate_ids
+from edgezoo.export.onnx_export import to_onnx
+from edgezoo.runtime import backends
+from edgezoo.runtime.model_files import select_variant
+from edgezoo.zoo.config import LlamaConfig
+from edgezoo.zoo.generate import generate_ids
 
 LM = vars(tiny_llama(max_position_embeddings=96)).copy()
 LM.pop("preset")
@@ -68,12 +68,43 @@ def test_batched_prompts_of_different_lengths_match_single_runs(lm_dir, graph):
 
 def test_generation_reports_its_timing(lm_dir):
     lm = runtime.load(lm_dir[0], backend="ort-cpu")
-    lm.ignore_eos = True  # a fixed length: one decode step per token after the first
-    first, second = lm.generate(PROMPTS[:2], max_new_tokens=12)
+    # ignore_eos: a fixed length, one decode step per token after the first
+    first, second = lm.generate(PROMPTS[:2], max_new_tokens=12, ignore_eos=True)
     assert len(first.token_ids) == 12 and len(first.step_s) == 11
     assert all(s > 0 for s in first.step_s) and first.time_to_first_token_s > 0
     assert first.step_s == second.step_s  # a batch steps together
     assert first.decode_s >= sum(first.step_s)
+
+
+def test_generate_ids_takes_token_ids_and_matches_text_prompts(lm_dir):
+    lm = runtime.load(lm_dir[0], backend="ort-cpu")
+    ids = lm.encode(PROMPTS[:2])
+    from_ids = lm.generate_ids(ids, max_new_tokens=16)
+    from_text = lm.generate(PROMPTS[:2], max_new_tokens=16)
+    assert [g.token_ids for g in from_ids] == [g.token_ids for g in from_text]
+    assert [g.prompt_tokens for g in from_ids] == [len(i) for i in ids]
+    vocab = lm.tokenizer.get_vocab_size()
+    for bad, says in (
+        ([[]], "empty"),
+        ([[1, vocab]], "vocabulary"),
+        ([[1] * lm.context], "context"),
+    ):
+        with pytest.raises(InputError, match=says):
+            lm.generate_ids(bad)
+
+
+def test_ignore_eos_runs_past_the_end_of_text(lm_dir):
+    lm = runtime.load(lm_dir[0], backend="ort-cpu")
+    prompt = lm.encode(["def f("])
+    reference = lm.generate_ids(prompt, max_new_tokens=8, ignore_eos=True)[0].token_ids
+    lm.eos_id = reference[3]  # make the 4th greedy token the end of text
+    stopped = lm.generate_ids(prompt, max_new_tokens=40)[0]
+    forced = lm.generate_ids(prompt, max_new_tokens=40, ignore_eos=True)[0]
+    assert stopped.finish_reason == "eos" and len(stopped.token_ids) <= 3
+    assert forced.finish_reason == "length" and len(forced.token_ids) == 40
+    assert forced.token_ids[:8] == reference
+    with pytest.raises(ConfigError, match="ignore_eos"):
+        lm.generate("x", ignore_eos="yes")
 
 
 def test_streaming_yields_the_same_text_in_pieces(lm_dir):
@@ -221,7 +252,7 @@ def test_runtime_runs_without_torch(lm_dir):
     code = textwrap.dedent(f"""
         import sys
         sys.modules["torch"] = None  # any `import torch` now raises ImportError
-        import runtime
+        from edgezoo import runtime
         lm = runtime.load({str(lm_dir[0])!r}, backend="ort-cpu")
         print(len(lm.generate("def f():", max_new_tokens=5).token_ids))
         assert not [m for m in sys.modules if m.startswith("torch") and sys.modules[m] is not None]
@@ -255,7 +286,7 @@ class _NoBindingSession:
 
 
 def test_host_cache_loop_used_by_tensorrt_gives_the_same_tokens(lm_dir):
-    from runtime.language_model import LanguageModel
+    from edgezoo.runtime.language_model import LanguageModel
 
     ref = runtime.load(lm_dir[0], backend="ort-cpu", graph="portable")
     host = LanguageModel(
@@ -266,7 +297,7 @@ def test_host_cache_loop_used_by_tensorrt_gives_the_same_tokens(lm_dir):
 
 
 def test_tensorrt_engine_cache_key_and_profile():
-    from runtime.tensorrt_engine import engine_path, profile_triplets
+    from edgezoo.runtime.tensorrt_engine import engine_path, profile_triplets
 
     path = engine_path("cd" * 32, fp16=True, max_batch=4)
     assert path.name == "engine-fp16-b4.plan" and path.parent.name.startswith("cd" * 8 + "-trt")
@@ -284,3 +315,28 @@ def test_native_tensorrt_matches_cpu(lm_dir):
     cpu = runtime.load(lm_dir[0], backend="ort-cpu").generate(PROMPTS[0], max_new_tokens=16)
     trt = runtime.load(lm_dir[0], backend="tensorrt").generate(PROMPTS[0], max_new_tokens=16)
     assert trt.token_ids == cpu.token_ids
+
+
+@pytest.mark.parametrize(
+    ("source", "graph"), [("model.gqa.onnx", "gqa"), ("model.onnx", "portable")]
+)
+def test_a_graph_without_manifest_entry_is_recognised_without_onnx(lm_dir, source, graph):
+    """The edge install has no onnx package: ONNX Runtime's view of the inputs decides."""
+    onnx_dir = lm_dir[0] / "onnx"
+    loose = onnx_dir / f"loose-{graph}.onnx"
+    loose.write_bytes((onnx_dir / source).read_bytes())
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["onnx"] = None  # `import onnx` now raises ImportError
+        from edgezoo import runtime
+        lm = runtime.load({str(loose)!r}, backend="ort-cpu")
+        print(lm.graph, len(lm.generate("def f(", max_new_tokens=4, ignore_eos=True).token_ids))
+    """)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+        )
+    finally:
+        loose.unlink()
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [graph, "4"]

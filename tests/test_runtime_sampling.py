@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgezoo.errors import ConfigError, EdgeZooError
-from runtime.sampling import (
+from edgezoo.runtime.sampling import (
     Sampler,
     SamplingParams,
     StopChecker,
@@ -243,7 +243,7 @@ def test_runtime_modules_do_not_import_torch():
     code = (
         "import sys\n"
         "sys.modules['torch'] = None  # any `import torch` now raises ImportError\n"
-        "import runtime.sampling, runtime.streaming\n"
+        "import edgezoo.runtime.sampling, edgezoo.runtime.streaming\n"
         "del sys.modules['torch']\n"
         "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules), 'torch'\n"
     )

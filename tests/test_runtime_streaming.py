@@ -7,7 +7,7 @@ import random
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from runtime.streaming import TextStreamer
+from edgezoo.runtime.streaming import TextStreamer
 
 WORDS = [
     "héllo", "wörld", "日本語", "emoji", "🙂", "naïve", "café", "Ελληνικά", "русский",

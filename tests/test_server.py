@@ -22,14 +22,15 @@ from conftest import make_model_dir, tiny_bert, tiny_llama
 from fastapi.testclient import TestClient
 from starlette.requests import ClientDisconnect
 
-import runtime
+from edgezoo import runtime
 from edgezoo.errors import ConfigError
-from export.onnx_export import to_onnx
-from runtime.batcher import Batcher, Job
-from runtime.language_model import StreamDelta
-from runtime.sampling import SamplingParams
-from runtime.server import add_serve_parser, check_bind, create_app, is_loopback, serve
-from runtime.server_metrics import Metrics
+from edgezoo.export.onnx_export import to_onnx
+from edgezoo.runtime.batcher import Batcher, Job
+from edgezoo.runtime.cli import register as register_runtime_commands
+from edgezoo.runtime.language_model import StreamDelta
+from edgezoo.runtime.sampling import SamplingParams
+from edgezoo.runtime.server import check_bind, create_app, is_loopback, serve
+from edgezoo.runtime.server_metrics import Metrics
 
 CONTEXT = 96
 GREEDY = {"temperature": 0, "max_tokens": 12}
@@ -613,7 +614,7 @@ def test_shutdown_finishes_queued_work_then_refuses():
 def test_serve_parser_defaults_and_env_key(monkeypatch):
     monkeypatch.setenv("EDGEZOO_API_KEY", "from-env")
     parser = argparse.ArgumentParser()
-    add_serve_parser(parser.add_subparsers())
+    register_runtime_commands(parser.add_subparsers())
     args = parser.parse_args(["serve", "runs/x", "--max-batch", "4", "--timeout", "5"])
     assert (args.host, args.port, args.api_key) == ("127.0.0.1", 8000, "from-env")
     assert (args.max_batch, args.max_queue, args.timeout) == (4, 64, 5.0)
@@ -625,9 +626,9 @@ def test_server_runs_without_torch(lm_dir):
     code = textwrap.dedent(f"""
         import sys
         sys.modules["torch"] = None  # any `import torch` now raises ImportError
-        import runtime.server as server
+        from edgezoo.runtime import server as server
         assert "fastapi" not in sys.modules and "uvicorn" not in sys.modules
-        import runtime
+        from edgezoo import runtime
         from fastapi.testclient import TestClient
         lm = runtime.load({str(lm_dir)!r}, backend="ort-cpu")
         with TestClient(server.create_app(lm, model_name="t")) as c:

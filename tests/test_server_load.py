@@ -7,10 +7,10 @@ import resource
 import pytest
 from conftest import make_model_dir, tiny_llama
 
-import runtime
-from export.onnx_export import to_onnx
-from runtime.load_test import hammer, running_server
-from runtime.server import create_app
+from edgezoo import runtime
+from edgezoo.export.onnx_export import to_onnx
+from edgezoo.runtime.load_test import hammer, running_server
+from edgezoo.runtime.server import create_app
 
 pytestmark = pytest.mark.slow
 

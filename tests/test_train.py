@@ -18,12 +18,12 @@ from conftest import cls_train_config, lm_train_config, loss_curve
 from safetensors.torch import load_file
 
 from edgezoo.errors import CheckpointError, ConfigError, DataError, ResourceError
-from zoo import checkpoint as ckpt
-from zoo import train as train_mod
-from zoo.data import token_cache
-from zoo.metrics import majority_baseline, unigram_loss
-from zoo.tokenizer import load_tokenizer
-from zoo.train import TrainConfig, train
+from edgezoo.zoo import checkpoint as ckpt
+from edgezoo.zoo import train as train_mod
+from edgezoo.zoo.data import token_cache
+from edgezoo.zoo.metrics import majority_baseline, unigram_loss
+from edgezoo.zoo.tokenizer import load_tokenizer
+from edgezoo.zoo.train import TrainConfig, train
 
 
 def test_lm_learns_below_unigram_and_transformers_opens_it(text_corpus, tmp_path):
@@ -67,7 +67,7 @@ def test_sigkill_mid_run_then_resume_gives_the_same_curve(text_corpus, tmp_path)
     args = [
         sys.executable,
         "-m",
-        "zoo.train",
+        "edgezoo.zoo.train",
         "--data",
         str(text_corpus),
         "--out",
@@ -199,7 +199,7 @@ def test_classifier_beats_the_majority_class_and_fine_tunes(labelled_csv, tmp_pa
     assert (
         config["architectures"] == ["BertForSequenceClassification"] and config["num_labels"] == 3
     )
-    from zoo import data as zdata
+    from edgezoo.zoo import data as zdata
 
     train_rows, val_rows = zdata.split_labelled(zdata.read_labelled(str(labelled_csv)), 0.2)
     names = sorted({label for _, label in train_rows})
@@ -250,14 +250,14 @@ def test_classifier_from_a_pretrained_lm(text_corpus, labelled_csv, tmp_path):
     cls_weights = load_file(str(tmp_path / "cls" / "model.safetensors"))
     assert set(cls_weights) == (set(lm_weights) - {"lm_head.weight"}) | {"score.weight"}
 
-    import runtime
-    from export.onnx_export import to_onnx
+    from edgezoo import runtime
+    from edgezoo.export.onnx_export import to_onnx
 
     to_onnx(tmp_path / "cls")
     clf = runtime.load(tmp_path / "cls", backend="ort-cpu")
     assert clf.labels == [config["id2label"][str(i)] for i in range(3)]
     text = "def handler(self, record):\n    self.emit(record)\n"
-    from zoo.modeldir import load_model
+    from edgezoo.zoo.modeldir import load_model
 
     model = load_model(tmp_path / "cls")
     with torch.no_grad():

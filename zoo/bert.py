@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.config import BertConfig
+from edgezoo.zoo.config import BertConfig
 
 
 class Embeddings(nn.Module):

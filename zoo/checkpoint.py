@@ -20,7 +20,7 @@ import torch
 
 from edgezoo import atomic
 from edgezoo.errors import CheckpointError
-from zoo.modeldir import WEIGHTS_FILE
+from edgezoo.zoo.modeldir import WEIGHTS_FILE
 
 STATE_FILE = "state.pt"
 META_FILE = "trainer.json"

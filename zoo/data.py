@@ -22,14 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tokenizers import Tokenizer
 
 from edgezoo import atomic
 from edgezoo.errors import DataError
-from zoo import corpus
-from zoo.config import EOS_ID, PAD_ID
-from zoo.tokenizer import tokenizer_fingerprint
+from edgezoo.zoo import corpus
+from edgezoo.zoo.config import EOS_ID, PAD_ID
+from edgezoo.zoo.tokenizer import tokenizer_fingerprint
 
 TEXT_SUFFIXES = {
     ".txt",
@@ -286,13 +285,13 @@ class LMWindows:
             self.context = len(tokens) - 1
             self.n_windows = 1
 
-    def batch(self, window_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, window_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs, next-token targets), int64; numpy so that reading data needs no torch."""
         c = self.context
         rows = np.stack(
             [np.asarray(self.tokens[i * c : i * c + c + 1], dtype=np.int64) for i in window_ids]
         )
-        t = torch.from_numpy(rows)
-        return t[:, :-1], t[:, 1:]
+        return rows[:, :-1], rows[:, 1:]
 
 
 @dataclass
@@ -300,15 +299,16 @@ class LabelledSet:
     ids: list[list[int]]
     labels: np.ndarray
 
-    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(input_ids, attention_mask, labels), int64, right-padded to the longest row."""
         seqs = [self.ids[i] for i in idx]
         width = max(len(s) for s in seqs)
-        input_ids = torch.full((len(seqs), width), PAD_ID, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        input_ids = np.full((len(seqs), width), PAD_ID, dtype=np.int64)
+        mask = np.zeros((len(seqs), width), dtype=np.int64)
         for r, s in enumerate(seqs):
-            input_ids[r, : len(s)] = torch.tensor(s)
+            input_ids[r, : len(s)] = s
             mask[r, : len(s)] = 1
-        return input_ids, mask, torch.from_numpy(self.labels[idx]).long()
+        return input_ids, mask, self.labels[idx].astype(np.int64)
 
 
 def encode_labelled(

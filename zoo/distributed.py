@@ -112,8 +112,8 @@ class Dist:
 
 def _blocks(model: nn.Module) -> list[nn.Module]:
     """The repeated transformer blocks: FSDP's natural sharding units."""
-    from zoo.bert import EncoderLayer
-    from zoo.llama import DecoderLayer
+    from edgezoo.zoo.bert import EncoderLayer
+    from edgezoo.zoo.llama import DecoderLayer
 
     return [m for m in model.modules() if isinstance(m, DecoderLayer | EncoderLayer)]
 

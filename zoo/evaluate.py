@@ -8,11 +8,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zoo import corpus, data
-from zoo.config import LlamaConfig
-from zoo.metrics import classification_report, perplexity
-from zoo.modeldir import load_model
-from zoo.tokenizer import load_tokenizer
+from edgezoo.zoo import corpus, data
+from edgezoo.zoo.config import LlamaConfig
+from edgezoo.zoo.metrics import classification_report, perplexity
+from edgezoo.zoo.modeldir import load_model
+from edgezoo.zoo.tokenizer import load_tokenizer
 
 
 @torch.no_grad()
@@ -37,7 +37,10 @@ def evaluate_dir(
         )
         total, count = 0.0, 0
         for start in range(0, windows.n_windows, batch):
-            x, y = windows.batch(np.arange(start, min(windows.n_windows, start + batch)))
+            x, y = map(
+                torch.from_numpy,
+                windows.batch(np.arange(start, min(windows.n_windows, start + batch))),
+            )
             logits, _ = model(x)
             total += F.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
@@ -51,7 +54,9 @@ def evaluate_dir(
     dataset = data.encode_labelled(rows, tok, cfg.max_position_embeddings, labels)
     preds = []
     for start in range(0, len(dataset.ids), 64):
-        ids, mask, _ = dataset.batch(np.arange(start, min(len(dataset.ids), start + 64)))
+        ids, mask, _ = map(
+            torch.from_numpy, dataset.batch(np.arange(start, min(len(dataset.ids), start + 64)))
+        )
         preds.append(model(ids, mask).argmax(-1).numpy())
     report = classification_report(dataset.labels, np.concatenate(preds), cfg.num_labels)
     return {**report, "examples": len(rows)}

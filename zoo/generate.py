@@ -6,9 +6,11 @@ tests compare against it.
 
 from __future__ import annotations
 
+import time
+
 import torch
 
-from zoo.llama import LlamaForCausalLM
+from edgezoo.zoo.llama import LlamaForCausalLM
 
 
 @torch.no_grad()
@@ -43,3 +45,28 @@ def generate_ids(
         mask = torch.ones(1, len(prompt_ids) + step + 1, dtype=torch.long)
         logits, past = model(torch.tensor([[token]]), mask, pos, past)
     return out
+
+
+@torch.inference_mode()
+def time_greedy_decode(
+    model: LlamaForCausalLM, prompt_ids: list[int], new_tokens: int
+) -> tuple[list[int], float, list[float]]:
+    """(tokens, seconds to first token, seconds of each later step) of a greedy decode.
+
+    The PyTorch eager baseline the demo and the benchmarks put next to the runtime: the
+    zoo's own model (SDPA attention, concatenating KV cache), EOS ignored so every run has
+    ``new_tokens`` tokens. Thread count is the caller's (``torch.set_num_threads``)."""
+    t0 = time.perf_counter()
+    logits, past = model(torch.tensor([prompt_ids]))
+    token = int(logits[0, -1].argmax())
+    ttft = time.perf_counter() - t0
+    out, steps = [token], []
+    for step in range(new_tokens - 1):
+        t = time.perf_counter()
+        pos = torch.tensor([[len(prompt_ids) + step]])
+        mask = torch.ones(1, len(prompt_ids) + step + 1, dtype=torch.long)
+        logits, past = model(torch.tensor([[token]]), mask, pos, past)
+        token = int(logits[0, -1].argmax())
+        steps.append(time.perf_counter() - t)
+        out.append(token)
+    return out, ttft, steps

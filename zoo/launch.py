@@ -1,7 +1,7 @@
 """``edgezoo train --nproc N``: run the same training under torchrun, on this machine.
 
 Only a convenience for one node: it execs ``python -m torch.distributed.run
---standalone --nproc_per_node N [--max-restarts R] -m zoo.train <same flags>``. For several
+--standalone --nproc_per_node N [--max-restarts R] -m edgezoo.zoo.train <same flags>``. For several
 machines use torchrun itself with its c10d rendezvous (see the README); nothing here
 replaces PyTorch's launcher.
 """
@@ -22,7 +22,7 @@ def torchrun_command(nproc: int, train_argv: list[str], max_restarts: int = 0) -
     ]
     if max_restarts:
         cmd.append(f"--max-restarts={max_restarts}")
-    return [*cmd, "-m", "zoo.train", *train_argv]
+    return [*cmd, "-m", "edgezoo.zoo.train", *train_argv]
 
 
 def strip_launcher_flags(argv: list[str]) -> list[str]:

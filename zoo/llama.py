@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.config import LlamaConfig
+from edgezoo.zoo.config import LlamaConfig
 
 KVCache = list[tuple[Tensor, Tensor]]  # per layer (key, value): [batch, kv_heads, length, head_dim]
 
@@ -244,10 +244,3 @@ def causal_mask(
     else:
         allowed = allowed.expand(batch, 1, seq, total)
     return allowed | ~allowed.any(dim=-1, keepdim=True)
-
-
-def empty_cache(cfg: LlamaConfig, batch: int, dtype=torch.float32, device=None) -> KVCache:
-    shape = (batch, cfg.num_key_value_heads, 0, cfg.head_dim)
-    return [
-        (torch.zeros(shape, dtype=dtype, device=device),) * 2 for _ in range(cfg.num_hidden_layers)
-    ]

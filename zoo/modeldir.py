@@ -16,9 +16,9 @@ from torch import nn
 
 from edgezoo import atomic
 from edgezoo.errors import CheckpointError, ConfigError
-from zoo.bert import BertForSequenceClassification
-from zoo.config import BertConfig, LlamaConfig, ModelConfig, config_from_hf_dict
-from zoo.llama import LlamaForCausalLM, LlamaForSequenceClassification
+from edgezoo.zoo.bert import BertForSequenceClassification
+from edgezoo.zoo.config import BertConfig, LlamaConfig, ModelConfig, config_from_hf_dict
+from edgezoo.zoo.llama import LlamaForCausalLM, LlamaForSequenceClassification
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

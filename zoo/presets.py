@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgezoo.errors import ConfigError
-from zoo.config import BertConfig, LlamaConfig, ModelConfig
+from edgezoo.zoo.config import BertConfig, LlamaConfig, ModelConfig
 
 # name: (hidden, layers, heads, kv_heads, intermediate, context, vocab)
 LM_PRESETS: dict[str, tuple[int, ...]] = {

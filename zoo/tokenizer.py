@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 
 from edgezoo import atomic
 from edgezoo.errors import CheckpointError, DataError
-from zoo.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from edgezoo.zoo.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0..3, see zoo.config
 TOKENIZER_FILE = "tokenizer.json"

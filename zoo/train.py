@@ -1,6 +1,6 @@
 """The training loop: one file, plain PyTorch, resumable.
 
-``train(TrainConfig(...))`` or ``edgezoo train ...`` / ``python -m zoo.train ...``.
+``train(TrainConfig(...))`` or ``edgezoo train ...`` / ``python -m edgezoo.zoo.train ...``.
 AdamW with linear warmup and cosine decay, gradient clipping and accumulation, periodic
 evaluation, atomic checkpoints every N steps and exact resume. Which examples a step sees
 depends only on (seed, step), so a resumed run replays the uninterrupted one exactly on CPU.
@@ -27,14 +27,20 @@ from torch import nn
 
 from edgezoo import atomic
 from edgezoo.errors import CheckpointError, ConfigError, DataError, ResourceError
-from zoo import checkpoint as ckpt
-from zoo import data
-from zoo.config import LlamaConfig, ModelConfig
-from zoo.metrics import classification_report, perplexity
-from zoo.modeldir import build_model, load_config, save_model_dir, store_tied_once, with_tied
-from zoo.presets import FAMILIES, make_config
-from zoo.tokenizer import copy_tokenizer, load_tokenizer, save_tokenizer, train_tokenizer
-from zoo.train_config import TrainConfig, add_arguments, config_from_args
+from edgezoo.zoo import checkpoint as ckpt
+from edgezoo.zoo import data
+from edgezoo.zoo.config import LlamaConfig, ModelConfig
+from edgezoo.zoo.metrics import classification_report, perplexity
+from edgezoo.zoo.modeldir import (
+    build_model,
+    load_config,
+    save_model_dir,
+    store_tied_once,
+    with_tied,
+)
+from edgezoo.zoo.presets import FAMILIES, make_config
+from edgezoo.zoo.tokenizer import copy_tokenizer, load_tokenizer, save_tokenizer, train_tokenizer
+from edgezoo.zoo.train_config import TrainConfig, add_arguments, config_from_args
 
 LOG_FILE = "training.jsonl"
 RUN_FILE = "run.json"  # the TrainConfig a run was started with, for resume checks
@@ -121,7 +127,7 @@ class LMTask:
         self.tokens_per_example = self.train.context
 
     def loss(self, model: nn.Module, idx: np.ndarray, device: torch.device) -> torch.Tensor:
-        x, y = (t.to(device, non_blocking=True) for t in self.train.batch(idx))
+        x, y = (torch.from_numpy(t).to(device, non_blocking=True) for t in self.train.batch(idx))
         logits, _ = model(x)
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
 
@@ -132,7 +138,8 @@ class LMTask:
         n = min(self.val.n_windows, batch * max_batches)
         losses = []
         for start in range(0, n, batch):
-            x, y = (t.to(device) for t in self.val.batch(np.arange(start, min(n, start + batch))))
+            window_ids = np.arange(start, min(n, start + batch))
+            x, y = (torch.from_numpy(t).to(device) for t in self.val.batch(window_ids))
             logits, _ = model(x)
             losses.append(
                 F.cross_entropy(
@@ -154,7 +161,7 @@ class ClassifyTask:
         self.tokens_per_example = int(np.mean([len(s) for s in train.ids]))
 
     def loss(self, model: nn.Module, idx: np.ndarray, device: torch.device) -> torch.Tensor:
-        ids, mask, labels = (t.to(device) for t in self.train.batch(idx))
+        ids, mask, labels = (torch.from_numpy(t).to(device) for t in self.train.batch(idx))
         return F.cross_entropy(model(ids, mask).float(), labels)
 
     @torch.no_grad()
@@ -164,7 +171,7 @@ class ClassifyTask:
         preds = []
         for start in range(0, len(dataset.ids), batch):
             ids, mask, _ = (
-                t.to(device)
+                torch.from_numpy(t).to(device)
                 for t in dataset.batch(np.arange(start, min(len(dataset.ids), start + batch)))
             )
             preds.append(model(ids, mask).argmax(-1).cpu().numpy())
@@ -267,7 +274,7 @@ def _init_weights_from(model: nn.Module, source: str) -> None:
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Train (or resume) a model into ``cfg.out`` and return its final evaluation."""
-    from zoo import distributed
+    from edgezoo.zoo import distributed
 
     if cfg.family not in FAMILIES:
         raise ConfigError(f"unknown family {cfg.family!r}; valid families: {', '.join(FAMILIES)}")
@@ -527,7 +534,7 @@ def _truncate_log(path: Path, step: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m zoo.train", description="Train a zoo model (works under torchrun)."
+        prog="python -m edgezoo.zoo.train", description="Train a zoo model (works under torchrun)."
     )
     add_arguments(p)
     result = train(config_from_args(p.parse_args(argv)))
@@ -536,6 +543,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from edgezoo.cli import run_guarded
+    from edgezoo.errors import run_guarded
 
     sys.exit(run_guarded(main))

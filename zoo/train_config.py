@@ -9,8 +9,8 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
-from zoo import corpus
-from zoo.presets import FAMILIES
+from edgezoo.zoo import corpus
+from edgezoo.zoo.presets import FAMILIES
 
 
 @dataclass

@@ -1,0 +1,53 @@
+"""The names of graph inputs, outputs and dynamic dimensions, in one torch-free place.
+
+They follow Optimum and ONNX Runtime GenAI (``past_key_values.{i}.key`` in,
+``present.{i}.key`` out), so a graph we export is one their tools recognise and theirs is
+one our runtime runs. Export writes these names, quantize and the runtime read them.
+"""
+
+from __future__ import annotations
+
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+POSITION_IDS = "position_ids"
+TOKEN_TYPE_IDS = "token_type_ids"
+LOGITS = "logits"
+PAST_PREFIX = "past_key_values"
+PRESENT_PREFIX = "present"
+KV_KINDS = ("key", "value")
+
+# Dynamic dimension symbols (Optimum's spelling).
+BATCH = "batch_size"
+SEQUENCE = "sequence_length"
+PAST_SEQUENCE = "past_sequence_length"
+TOTAL_SEQUENCE = "total_sequence_length"
+
+
+def past_names(num_layers: int) -> list[str]:
+    """``past_key_values.{i}.key|value`` for every layer, keys before values."""
+    return [f"{PAST_PREFIX}.{i}.{kind}" for i in range(num_layers) for kind in KV_KINDS]
+
+
+def present_names(num_layers: int) -> list[str]:
+    return [present_of(name) for name in past_names(num_layers)]
+
+
+def is_past(name: str) -> bool:
+    return name.startswith(PAST_PREFIX + ".")
+
+
+def present_of(past_name: str) -> str:
+    """The output that holds the updated cache of a ``past_key_values.*`` input."""
+    return PRESENT_PREFIX + past_name[len(PAST_PREFIX) :]
+
+
+def decoder_io_names(num_layers: int) -> tuple[list[str], list[str]]:
+    """(inputs, outputs) of a decoder graph with a KV cache."""
+    inputs = [INPUT_IDS, ATTENTION_MASK, POSITION_IDS, *past_names(num_layers)]
+    return inputs, [LOGITS, *present_names(num_layers)]
+
+
+def encoder_io_names(with_token_types: bool = True) -> tuple[list[str], list[str]]:
+    """BERT takes token_type_ids; a decoder used as a classifier does not."""
+    inputs = [INPUT_IDS, ATTENTION_MASK, *([TOKEN_TYPE_IDS] if with_token_types else [])]
+    return inputs, [LOGITS]

@@ -1,0 +1,106 @@
+"""``edgezoo quantize | prune``: smaller variants of an exported model, each measured.
+
+``quantize`` is ONNX in, ONNX out (the ``quantize`` extra, no torch); ``prune`` edits the
+PyTorch weights of a model dir (the ``train`` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from edgezoo.quantize.prune.cli import register as register_prune
+
+
+def register(subparsers: Any) -> None:
+    s = subparsers.add_parser(
+        "quantize", help="make fp16 / int8 / int4 variants, measured and gated against fp32"
+    )
+    s.add_argument("model_dir")
+    s.add_argument(
+        "--to",
+        action="append",
+        required=True,
+        choices=("int8", "int8-static", "fp16", "int4"),
+        help="target (repeatable): int8 = dynamic int8 + weight-only int8; int4 = MatMulNBits; "
+        "int8-static = calibrated QDQ; fp16 = half precision with fp32 I/O",
+    )
+    s.add_argument(
+        "--for",
+        dest="for_",
+        choices=("ort", "tensorrt"),
+        default="ort",
+        help="int8-static for TensorRT: symmetric QDQ activations and weights",
+    )
+    s.add_argument(
+        "--block-size",
+        type=int,
+        default=32,
+        choices=(16, 32, 64, 128),
+        help="int4/weight-only block size",
+    )
+    s.add_argument(
+        "--asymmetric",
+        action="store_true",
+        help="asymmetric weight-only quantization (zero points)",
+    )
+    s.add_argument(
+        "--accuracy-level",
+        type=int,
+        default=4,
+        choices=(0, 1, 2, 3, 4),
+        help="MatMulNBits compute type: 4 = int8 activations (fastest on CPU), 0 = fp32",
+    )
+    s.add_argument(
+        "--head-bits",
+        type=int,
+        default=8,
+        choices=(0, 4, 8),
+        help="LM head bits in int4 variants (0 = same as the rest)",
+    )
+    s.add_argument(
+        "--fp32-embeddings", action="store_true", help="leave the embedding table in fp32"
+    )
+    s.add_argument(
+        "--per-tensor", action="store_true", help="per-tensor instead of per-channel int8 weights"
+    )
+    s.add_argument("--calibration", choices=("minmax", "entropy", "percentile"), default="minmax")
+    s.add_argument("--calibration-samples", type=int, default=32)
+    s.add_argument(
+        "--max-ppl-rise", type=float, default=2.0, help="quality budget for LMs, %% perplexity"
+    )
+    s.add_argument(
+        "--max-acc-drop",
+        type=float,
+        default=1.0,
+        help="quality budget for classifiers, accuracy points",
+    )
+    s.add_argument(
+        "--data", help="evaluation/calibration data (default: the data the model was trained on)"
+    )
+    s.set_defaults(fn=cmd_quantize, extras=("quantize",))
+    register_prune(subparsers)
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from edgezoo.quantize.pipeline import QuantizeOptions, quantize_model
+    from edgezoo.quantize.report import variants_table
+
+    opts = QuantizeOptions(
+        per_channel=not args.per_tensor,
+        block_size=args.block_size,
+        symmetric=not args.asymmetric,
+        accuracy_level=args.accuracy_level,
+        head_bits=None if args.head_bits == 0 else args.head_bits,
+        embeddings=not args.fp32_embeddings,
+        calibration=args.calibration,
+        calibration_samples=args.calibration_samples,
+        for_tensorrt=args.for_ == "tensorrt",
+        ppl_budget_pct=args.max_ppl_rise,
+        acc_budget_points=args.max_acc_drop,
+        data=args.data,
+    )
+    for target in args.to:
+        variants = quantize_model(args.model_dir, target, opts)
+    print(variants_table(variants))
+    return 0

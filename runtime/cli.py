@@ -1,0 +1,172 @@
+"""``edgezoo generate | classify | serve``: run an exported model through the runtime.
+
+These work on the core install (numpy + onnxruntime + tokenizers); ``serve`` also needs
+the ``serve`` extra (fastapi, uvicorn, prometheus-client).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    _register_generate(subparsers)
+    _register_classify(subparsers)
+    _register_serve(subparsers)
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """--backend / --variant / --threads, shared by `edgezoo generate | classify | serve`."""
+    parser.add_argument(
+        "--backend", default="auto", help="auto | ort-cpu | ort-cuda | ort-trt | tensorrt"
+    )
+    parser.add_argument(
+        "--variant", default="fp32", help="fp32 | fp16 | int8 | int4 | auto | a manifest name"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="intra-op threads (0 = ONNX Runtime's default)"
+    )
+
+
+def _register_generate(subparsers: Any) -> None:
+    s = subparsers.add_parser(
+        "generate", help="generate text from an exported LM (streams to stdout)"
+    )
+    s.add_argument("model_dir")
+    s.add_argument("prompt")
+    add_runtime_arguments(s)
+    s.add_argument("--max-new-tokens", type=int, default=64)
+    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    s.add_argument("--top-k", type=int, default=0)
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--repetition-penalty", type=float, default=1.0)
+    s.add_argument("--stop", action="append", help="stop string (repeatable)")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--no-stream", action="store_true", help="print the whole text at the end")
+    s.set_defaults(fn=cmd_generate, extras=())
+
+
+def _register_classify(subparsers: Any) -> None:
+    s = subparsers.add_parser(
+        "classify", help="classify texts with an exported classifier (args or stdin lines)"
+    )
+    s.add_argument("model_dir")
+    s.add_argument("text", nargs="*", help="texts; read lines from stdin when none")
+    add_runtime_arguments(s)
+    s.set_defaults(fn=cmd_classify, extras=())
+
+
+def _register_serve(subparsers: Any) -> None:
+    s = subparsers.add_parser(
+        "serve",
+        help="serve a model over HTTP (OpenAI-compatible /v1/completions, /v1/classify, /metrics)",
+        description="Serve an exported model over HTTP: OpenAI-compatible POST /v1/completions "
+        "(streaming too) for LMs, POST /v1/classify for classifiers, GET /v1/models, /health "
+        "and Prometheus /metrics. Concurrent requests are batched dynamically.",
+    )
+    s.add_argument("model_dir", help="exported model dir (after `edgezoo export`)")
+    add_runtime_arguments(s)
+    s.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1: this machine only; any other address needs --api-key)",
+    )
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument(
+        "--api-key",
+        default=os.environ.get("EDGEZOO_API_KEY") or None,
+        help="require 'Authorization: Bearer KEY' on every endpoint but /health "
+        "(default: $EDGEZOO_API_KEY; prefer the variable, flags show up in `ps`)",
+    )
+    s.add_argument(
+        "--model-name", help="model id clients send and /v1/models lists (default: the dir's name)"
+    )
+    s.add_argument(
+        "--max-batch", type=int, default=8, help="most prompts per batched model call (default 8)"
+    )
+    s.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        help="requests that may wait; beyond this the server answers 503 + Retry-After (default 64)",
+    )
+    s.add_argument(
+        "--max-tokens-limit",
+        type=int,
+        help="largest max_tokens a request may ask for (default: no limit)",
+    )
+    s.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        help="longest prompt in tokens (default: the model's context)",
+    )
+    s.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds a request may take, queueing included, before a 504 (default 60)",
+    )
+    s.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn's log level (default info: one line per request)",
+    )
+    s.set_defaults(fn=cmd_serve, extras=("serve",))
+
+
+def _sampling_args(args: argparse.Namespace) -> dict:
+    return {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "repetition_penalty": args.repetition_penalty,
+        "stop": tuple(args.stop or ()),
+        "seed": args.seed,
+    }
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from edgezoo import runtime
+
+    lm = runtime.load(
+        args.model_dir, backend=args.backend, variant=args.variant, threads=args.threads
+    )
+    print(f"[{lm.backend} · {lm.variant}] {lm.reason}", file=sys.stderr)
+    if args.no_stream:
+        print(args.prompt + lm.generate(args.prompt, **_sampling_args(args)).text)
+        return 0
+    print(args.prompt, end="", flush=True)
+    for delta in lm.stream(args.prompt, **_sampling_args(args)):
+        print(delta, end="", flush=True)
+    g = lm.last
+    print(
+        f"\n[{len(g.token_ids)} tokens, {g.finish_reason}; first token {g.time_to_first_token_s * 1000:.1f} ms, "
+        f"{len(g.token_ids) / max(g.decode_s, 1e-9):.1f} tokens/s]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from edgezoo import runtime
+
+    clf = runtime.load(
+        args.model_dir, backend=args.backend, variant=args.variant, threads=args.threads
+    )
+    texts = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    results = clf.classify(texts)
+    for text, r in zip(texts, results, strict=True):
+        print(json.dumps({"label": r["label"], "score": round(r["score"], 4), "text": text[:60]}))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from edgezoo.runtime.server import cmd_serve as serve_from_args
+
+    return serve_from_args(args)

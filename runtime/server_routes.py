@@ -1,0 +1,339 @@
+"""The pieces ``server.create_app`` assembles: per-app context, lifespan, error handlers,
+the API-key guard and one ``APIRouter`` per endpoint family.
+
+This module imports fastapi at top level, so only ``create_app`` imports it (lazily): the
+``server`` module itself must stay importable without the ``serve`` extra. Like ``server``,
+it has no ``from __future__ import annotations``: FastAPI reads the endpoint annotations.
+"""
+
+import asyncio
+import contextlib
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.params import Depends as DependsParam
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException
+
+from edgezoo.errors import EdgeZooError
+from edgezoo.runtime.batcher import (
+    Batcher,
+    Job,
+    StreamEvent,
+    cancelled_unless_answered,
+    next_event,
+    wait_result,
+)
+from edgezoo.runtime.protocol import (
+    ApiError,
+    classify_body,
+    completion_body,
+    finish_reason,
+    model_card,
+    overloaded,
+    parse_classify,
+    parse_completion,
+    prompt_lengths,
+    read_json,
+    sse,
+    timed_out,
+    usage,
+)
+from edgezoo.runtime.server_metrics import Metrics, MetricsMiddleware
+
+
+@dataclass
+class ServerContext:
+    """What every endpoint of one app shares: the model, its limits and (once the lifespan
+    has started) the running batcher. One per app, so two apps in a process never mix."""
+
+    model: Any
+    model_name: str
+    metrics: Metrics
+    max_queue: int
+    max_batch: int
+    batch_wait_s: float
+    max_prompt_tokens: int | None
+    max_tokens_limit: int | None
+    request_timeout_s: float
+    max_body_bytes: int
+    shutdown_timeout_s: float
+    started: int = field(default_factory=lambda: int(time.time()))
+    batcher: Batcher | None = None  # set by the lifespan; kept (closed) after shutdown
+    is_lm: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.is_lm = hasattr(self.model, "generate")
+
+    def running(self) -> Batcher:
+        """The batcher, or a 503 for requests that race the lifespan's start."""
+        if self.batcher is None:
+            raise overloaded("server is starting; retry shortly.")
+        return self.batcher
+
+
+def make_lifespan(ctx: ServerContext) -> Callable[[FastAPI], Any]:
+    """Start the batcher with the app and drain it on shutdown, so the worker's life matches
+    uvicorn's (and a ``TestClient`` context's)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher = Batcher(
+            ctx.model,
+            ctx.metrics,
+            max_batch=ctx.max_batch,
+            max_queue=ctx.max_queue,
+            batch_wait_s=ctx.batch_wait_s,
+        )
+        ctx.batcher = batcher
+        app.state.batcher = batcher
+        batcher.start()
+        yield
+        await batcher.stop(ctx.shutdown_timeout_s)
+
+    return lifespan
+
+
+def base_app(ctx: ServerContext) -> FastAPI:
+    """The app without routes: lifespan, metrics middleware and error handlers. No docs or
+    OpenAPI pages: they would be unauthenticated and describe nothing a client needs."""
+    app = FastAPI(
+        title="edgezoo",
+        lifespan=make_lifespan(ctx),
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.metrics = ctx.metrics
+    app.add_middleware(MetricsMiddleware, metrics=ctx.metrics)
+    add_error_handlers(app)
+    return app
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every failure answers with the OpenAI error body, whatever raised it."""
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, error: ApiError) -> JSONResponse:
+        return error_response(error)
+
+    @app.exception_handler(EdgeZooError)
+    async def on_user_error(request: Request, error: EdgeZooError) -> JSONResponse:
+        return error_response(ApiError(400, str(error)))  # its message names the fix
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request: Request, error: HTTPException) -> JSONResponse:
+        return error_response(ApiError(error.status_code, str(error.detail), headers=error.headers))
+
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, error: Exception) -> JSONResponse:
+        return error_response(ApiError(500, f"internal error: {type(error).__name__}: {error}"))
+
+
+def authorized(header: str | None, api_key: str | None) -> bool:
+    """``Authorization: Bearer <api_key>``, compared in constant time."""
+    if not api_key:
+        return True
+    scheme, _, token = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and secrets.compare_digest(
+        token.strip().encode(), api_key.encode()
+    )
+
+
+def key_guard(api_key: str | None) -> list[DependsParam]:
+    """Route dependencies that demand the API key (a no-op without one)."""
+
+    async def require_key(request: Request) -> None:
+        if not authorized(request.headers.get("authorization"), api_key):
+            raise ApiError(
+                401,
+                "missing or wrong API key: send the header 'Authorization: Bearer <key>'.",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return [Depends(require_key)]
+
+
+# ---------------------------------------------------------------------- routers ------------
+
+
+def health_router(ctx: ServerContext, guarded: list[DependsParam]) -> APIRouter:
+    """/health (open, for load balancers) and /metrics (guarded: it reveals traffic)."""
+    router = APIRouter()
+
+    @router.get("/health")
+    async def health() -> JSONResponse:
+        """Open without a key, for load balancers: 503 once shutting down (or not started)."""
+        ready = ctx.batcher is not None and not ctx.batcher.closed
+        body = {"status": "ok" if ready else "unavailable", "model": ctx.model_name}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @router.get("/metrics", dependencies=guarded)
+    async def prometheus_metrics() -> Response:
+        return Response(ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def openai_router(ctx: ServerContext, guarded: list[DependsParam]) -> APIRouter:
+    """The OpenAI-compatible surface: /v1/models and /v1/completions (plain or SSE)."""
+    router = APIRouter(dependencies=guarded)
+
+    @router.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card(ctx.model, ctx.model_name, ctx.started)]}
+
+    @router.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        if not ctx.is_lm:
+            raise ApiError(400, f"{ctx.model_name!r} is a classifier: use POST /v1/classify.")
+        body = await read_json(request, ctx.max_body_bytes)
+        req = parse_completion(
+            body, model_name=ctx.model_name, max_tokens_limit=ctx.max_tokens_limit
+        )
+        lengths = prompt_lengths(ctx.model, req.prompts, ctx.max_prompt_tokens)
+        job = Job(
+            req.prompts,
+            req.params,
+            prompt_tokens=sum(lengths),
+            stream=req.stream,
+            longest_prompt=max(lengths),
+        )
+        timeout_s = ctx.request_timeout_s
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        batcher = ctx.running()
+        batcher.submit(job)
+        head = {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": ctx.model_name,
+        }
+        if req.stream:
+            return await start_stream(
+                batcher, job, head, request, deadline, timeout_s, req.include_usage
+            )
+        generations = await wait_result(batcher, job, timeout_s)
+        return completion_body(head, generations)
+
+    return router
+
+
+def classify_router(ctx: ServerContext, guarded: list[DependsParam]) -> APIRouter:
+    """/v1/classify: edgezoo's own endpoint for classifiers (OpenAI has none)."""
+    router = APIRouter(dependencies=guarded)
+
+    @router.post("/v1/classify")
+    async def classify(request: Request) -> dict[str, Any]:
+        if ctx.is_lm:
+            raise ApiError(
+                400, f"{ctx.model_name!r} is a language model: use POST /v1/completions."
+            )
+        body = await read_json(request, ctx.max_body_bytes)
+        texts = parse_classify(body, model_name=ctx.model_name)
+        job = Job(texts)
+        batcher = ctx.running()
+        batcher.submit(job)
+        probs = await wait_result(batcher, job, ctx.request_timeout_s)
+        return classify_body(ctx.model_name, ctx.model.labels, probs)
+
+    return router
+
+
+# ---------------------------------------------------------------------- streaming ----------
+
+
+async def start_stream(
+    batcher: Batcher,
+    job: Job,
+    head: dict[str, Any],
+    request: Request,
+    deadline: float,
+    timeout_s: float,
+    include_usage: bool,
+) -> Any:
+    """Wait for the first event before answering, so a timeout or a bad request still gets a
+    proper status code rather than an error inside a 200 stream."""
+    with cancelled_unless_answered(batcher, job, timeout_s):
+        first = await next_event(job, deadline)
+    if not isinstance(first, StreamEvent):
+        batcher.cancel(job)
+        raise first or ApiError(500, "the model produced no output.")
+
+    def chunk(event: StreamEvent) -> dict[str, Any]:
+        reason = finish_reason(event.finish_reason)
+        choice = {
+            "text": event.text,
+            "index": event.index,
+            "logprobs": None,
+            "finish_reason": reason,
+        }
+        return {**head, "choices": [choice]}
+
+    def usage_chunk(completion_tokens: int) -> dict[str, Any]:
+        return {**head, "choices": [], "usage": usage(job.prompt_tokens, completion_tokens)}
+
+    events = sse_stream(
+        batcher,
+        job,
+        first,
+        chunk=chunk,
+        usage_chunk=usage_chunk if include_usage else None,
+        is_disconnected=request.is_disconnected,
+        deadline=deadline,
+        timeout_s=timeout_s,
+    )
+    return StreamingResponse(
+        events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
+
+
+async def sse_stream(
+    batcher: Batcher,
+    job: Job,
+    first: StreamEvent,
+    *,
+    chunk: Callable[[StreamEvent], dict[str, Any]],
+    usage_chunk: Callable[[int], dict[str, Any]] | None,
+    is_disconnected: Callable[[], Any],
+    deadline: float,
+    timeout_s: float,
+) -> AsyncIterator[str]:
+    """SSE text for one streaming job: a chunk per event, then ``data: [DONE]``.
+
+    The job is cancelled as soon as the client leaves (checked between chunks, and on the
+    cancellation Starlette raises here when it sees the disconnect first): it gets no more
+    tokens, and its batch stops once no client in it is left.
+    """
+    completion_tokens = 0
+    event: StreamEvent | Exception | None = first
+    try:
+        while isinstance(event, StreamEvent):
+            completion_tokens += event.completion_tokens
+            yield sse(chunk(event))
+            if await is_disconnected():
+                return
+            event = await next_event(job, deadline)
+        if isinstance(event, Exception):  # headers are sent: the error travels as an event
+            status = 400 if isinstance(event, EdgeZooError) else 500
+            error = event if isinstance(event, ApiError) else ApiError(status, str(event))
+            yield sse(error.body())
+            return
+        if usage_chunk is not None:
+            yield sse(usage_chunk(completion_tokens))
+        yield sse("[DONE]")
+    except asyncio.TimeoutError:
+        yield sse(timed_out(timeout_s).body())
+    finally:
+        batcher.cancel(job)
