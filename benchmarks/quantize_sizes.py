@@ -57,7 +57,9 @@ def rows_for(size: str, variants: dict, pruned_of: str | None = None) -> list[di
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
-        "--work", default="runs/sweep", help="where `python -m benchmarks.sweep` left its trained models"
+        "--work",
+        default="runs/sweep",
+        help="where `python -m benchmarks.sweep` left its trained models",
     )
     p.add_argument("--sizes", default="nano,micro,mini,small,medium")
     p.add_argument(
@@ -70,7 +72,9 @@ def main() -> None:
     for size in [s for s in args.sizes.split(",") if s]:
         model_dir = Path(args.work) / f"sweep-{size}"
         if not (model_dir / "model.safetensors").is_file():
-            print(f"skip {size}: {model_dir} has no trained model (run python -m benchmarks.sweep first)")
+            print(
+                f"skip {size}: {model_dir} has no trained model (run python -m benchmarks.sweep first)"
+            )
             continue
         rows += rows_for(size, quantize_all(model_dir))
         if size in args.prune.split(","):
