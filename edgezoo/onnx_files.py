@@ -7,36 +7,94 @@ through this package and has no onnx.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgezoo import atomic
+import numpy as np
 
 if TYPE_CHECKING:
     import onnx
 
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf's hard limit is 2 GB
+INLINE_BYTES = 1024  # tensors smaller than this (shapes, scalars) stay in the graph file
+ALIGNMENT = 4096  # page-aligned weights: ONNX Runtime can map them instead of copying
 
 
 def data_file(path: Path) -> Path:
-    """Where a graph's external weights live: ``<name>.data`` beside it."""
+    """Where a graph's weights live: ``<name>.data`` beside it."""
     return path.with_name(path.name + ".data")
 
 
 def save_onnx(proto: onnx.ModelProto, path: Path) -> None:
-    """Save, with weights in ``<name>.data`` beside it when the graph is too big for protobuf."""
+    """Save with every weight in ``<name>.data`` beside the graph, whatever the size.
+
+    Never serialises the weights into one protobuf message (protobuf stops at 2 GB): onnx
+    writes each tensor to the data file and drops it from the message as it goes. This is
+    the layout ONNX Runtime GenAI's builder writes, and ORT loads it with less memory.
+    """
     import onnx
 
-    if proto.ByteSize() > EXTERNAL_DATA_THRESHOLD:
-        onnx.save_model(
-            proto,
-            str(path),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=data_file(path).name,
-        )
-    else:
-        onnx.save_model(proto, str(path))
+    data_file(path).unlink(missing_ok=True)  # onnx appends to an existing data file
+    onnx.save_model(
+        proto,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data_file(path).name,
+        size_threshold=INLINE_BYTES,
+    )
+
+
+class WeightWriter:
+    """Streams initializers into ``<graph>.data`` as a graph is built, one at a time.
+
+    Graph builders (the GQA decoder) call ``tensor(name, array)`` for each weight and get a
+    TensorProto that only points into the data file, so the model's weights are never held
+    twice (once as numpy, once inside a protobuf).
+    """
+
+    def __init__(self, graph_path: Path) -> None:
+        self.path = data_file(graph_path)
+        self._file = open(self.path, "wb")
+        self._offset = 0
+
+    def tensor(self, name: str, array: np.ndarray) -> onnx.TensorProto:
+        import onnx
+        from onnx import numpy_helper
+
+        array = np.ascontiguousarray(array)
+        if array.nbytes < INLINE_BYTES:
+            return numpy_helper.from_array(array, name)
+        pad = -self._offset % ALIGNMENT
+        self._file.write(b"\0" * pad)
+        self._offset += pad
+        self._file.write(memoryview(array).cast("B"))
+        proto = onnx_tensor_stub(name, array)
+        where = {"location": self.path.name, "offset": self._offset, "length": array.nbytes}
+        for key, value in where.items():
+            entry = proto.external_data.add()
+            entry.key, entry.value = key, str(value)
+        proto.data_location = onnx.TensorProto.EXTERNAL
+        self._offset += array.nbytes
+        return proto
+
+    def close(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+
+def onnx_tensor_stub(name: str, array: np.ndarray) -> onnx.TensorProto:
+    """A TensorProto with the name, type and shape of ``array`` but no data."""
+    import onnx
+    from onnx import helper
+
+    proto = onnx.TensorProto()
+    proto.name = name
+    proto.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+    proto.dims.extend(array.shape)
+    return proto
 
 
 def io_signature(path: Path) -> dict[str, list]:
@@ -63,6 +121,14 @@ def io_signature(path: Path) -> dict[str, list]:
 
 
 def file_facts(path: Path) -> dict:
-    """sha256 of the graph file and the bytes of graph + external weights."""
+    """sha256 and bytes of the graph file and its weights, as one artifact.
+
+    The hash covers the data file too: two exports with the same graph and different
+    weights must not share a TensorRT engine cache (keyed by this hash)."""
     files = [path, *([data_file(path)] if data_file(path).exists() else [])]
-    return {"sha256": atomic.sha256_file(path), "bytes": sum(f.stat().st_size for f in files)}
+    digest = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                digest.update(chunk)
+    return {"sha256": digest.hexdigest(), "bytes": sum(f.stat().st_size for f in files)}

@@ -28,13 +28,13 @@ from typing import NamedTuple
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 from tokenizers import Tokenizer
 
 from edgezoo import io_names
 from edgezoo.errors import ExportError
 from edgezoo.export import validate
-from edgezoo.onnx_files import save_onnx
+from edgezoo.onnx_files import WeightWriter
 from edgezoo.zoo.config import LlamaConfig
 
 MS = "com.microsoft"
@@ -44,15 +44,16 @@ GQA_SHAPES = [(1, 1, 0), (2, 7, 0), (1, 1, 9), (1, 4, 5), (2, 1, 33)]
 
 
 class GraphBuilder:
-    """Tiny helper: name nodes, keep initializers, emit a model."""
+    """Tiny helper: name nodes, stream initializers to the data file, emit a model."""
 
-    def __init__(self) -> None:
+    def __init__(self, weights: WeightWriter) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
+        self.weights = weights
         self._n = 0
 
     def const(self, name: str, array: np.ndarray) -> str:
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.inits.append(self.weights.tensor(name, array))
         return name
 
     def op(
@@ -105,7 +106,17 @@ def build_gqa_decoder(model: torch.nn.Module, path: Path, opset: int = 18) -> No
     """Write ``model`` (a zoo Llama) as the fused GroupQueryAttention graph at ``path``."""
     cfg: LlamaConfig = model.config
     sd = {k: v.detach().float() for k, v in model.state_dict().items()}
-    g = GraphBuilder()
+    weights = WeightWriter(path)
+    try:
+        proto = _build(GraphBuilder(weights), cfg, sd, model, opset)
+    finally:
+        weights.close()
+    onnx.save_model(proto, str(path))  # the graph only: every weight is in the data file
+
+
+def _build(
+    g: GraphBuilder, cfg: LlamaConfig, sd: dict, model: torch.nn.Module, opset: int
+) -> onnx.ModelProto:
     shared = _attention_inputs(g, cfg, model.model.rotary_emb.inv_freq.float().numpy())
     embed = g.const("model.embed_tokens.weight", sd["model.embed_tokens.weight"].numpy())
     hidden = g.op("Gather", [embed, io_names.INPUT_IDS], name="embed_tokens")[0]
@@ -149,7 +160,7 @@ def build_gqa_decoder(model: torch.nn.Module, path: Path, opset: int = 18) -> No
         producer_name="edgezoo",
     )
     proto.ir_version = 9
-    save_onnx(proto, path)
+    return proto
 
 
 def _attention_inputs(g: GraphBuilder, cfg: LlamaConfig, inv_freq: np.ndarray) -> _Attention:
@@ -257,51 +268,20 @@ def _graph_io(cfg: LlamaConfig) -> tuple[list, list]:
 
 
 def validate_gqa(
-    model: torch.nn.Module, path: Path, tolerance: float, greedy_steps: int, tokenizer: Tokenizer
+    path: Path, ref: validate.Reference, tolerance: float, tokenizer: Tokenizer
 ) -> dict:
-    """Same checks as the portable graph, plus greedy decoding through the runtime's shared
-    buffer cache (``SharedBufferCache``, as deployed)."""
+    """Same checks as the portable graph (``ref.gqa`` cases: no position ids), plus greedy
+    decoding through the runtime's shared buffer cache (``SharedBufferCache``, as deployed)."""
     validate.check_graph(path)
     sess = validate.session(path)
-    vocab = tokenizer.get_vocab_size()
-    result = _compare_gqa_logits(model, sess, tolerance, vocab)
-    if greedy_steps:
-        steps, mismatch = validate.compare_greedy(
-            model,
-            lambda p, n: validate.runtime_greedy(sess, "gqa", model, tokenizer, p, n),
-            greedy_steps,
-            vocab,
-        )
+    result = validate.compare_outputs(sess, ref.gqa, tolerance, what="GQA graph")
+    if ref.greedy_tokens:
+        mismatch = validate.first_greedy_mismatch(ref, sess, "gqa", tokenizer)
         if mismatch is not None:
             raise ExportError(
                 f"greedy decoding through the GQA graph's in-place cache diverged from PyTorch at step {mismatch}."
             )
-        result.greedy_steps = steps
+        result.greedy_steps = len(ref.greedy_tokens)
     entry = result.as_dict()
     entry["kv_cache"] = "shared past/present buffer of max length (bind present to past)"
     return entry
-
-
-@torch.no_grad()
-def _compare_gqa_logits(model, sess, tolerance: float, vocab: int) -> validate.Validation:
-    """Compare against PyTorch with concatenating (unshared) caches of several lengths."""
-    from edgezoo.export.wrappers import DecoderForExport, decoder_inputs
-
-    gen = torch.Generator().manual_seed(1)
-    wrapper = DecoderForExport(model).eval()
-    result = validate.Validation()
-    for shape in GQA_SHAPES:
-        inputs = decoder_inputs(model.config, *shape, generator=gen, vocab=vocab)
-        expected = wrapper(*inputs)
-        feeds = {"input_ids": inputs[0].numpy(), "attention_mask": inputs[1].numpy()}
-        names = [i.name for i in sess.get_inputs()][2:]
-        feeds.update({n: t.numpy() for n, t in zip(names, inputs[3:], strict=True)})
-        got = sess.run(None, feeds)
-        diff = max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected, strict=True))
-        result.max_abs_diff = max(result.max_abs_diff, diff)
-        result.shapes.append(list(shape))
-        if diff > tolerance:
-            raise ExportError(
-                f"GQA graph differs from PyTorch by {diff:.2e} > {tolerance:.0e} at (batch, seq, past)={shape}."
-            )
-    return result

@@ -16,6 +16,7 @@ by validating at batch 1, sequence 1 and past 0 (see ``export.validate``).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import shutil
@@ -25,14 +26,18 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnx
 import torch
 from tokenizers import Tokenizer
+
+if TYPE_CHECKING:
+    import onnx_ir
 
 from edgezoo import atomic, manifest
 from edgezoo.errors import ExportError
 from edgezoo.export import validate
+from edgezoo.export.gqa_graph import GQA_SHAPES
 from edgezoo.export.optimize import optimize_for_ort
 from edgezoo.export.provenance import source_commit, versions
 from edgezoo.export.wrappers import (
@@ -42,7 +47,8 @@ from edgezoo.export.wrappers import (
     encoder_inputs,
 )
 from edgezoo.io_names import decoder_io_names, encoder_io_names
-from edgezoo.onnx_files import file_facts, io_signature, save_onnx
+from edgezoo.memory import release_freed
+from edgezoo.onnx_files import data_file, file_facts, io_signature
 from edgezoo.zoo.config import BertConfig, LlamaConfig
 from edgezoo.zoo.modeldir import WEIGHTS_FILE, load_model
 from edgezoo.zoo.tokenizer import load_tokenizer
@@ -98,9 +104,31 @@ def export_portable(model: torch.nn.Module, path: Path, opset: int = OPSET) -> N
         raise ExportError(
             f"torch.onnx.export failed for {type(model).__name__}: {_exporter_summary(e)}"
         ) from e
-    proto = program.model_proto
-    _rename_dims(proto, rename)
-    save_onnx(proto, path)
+    _rename_dims(program.model, rename)
+    data_file(path).unlink(missing_ok=True)
+    # Straight from the exporter's IR to disk with the weights as external data: no
+    # protobuf holding every weight (which stops at 2 GB), no second copy of the weights.
+    program.save(str(path), external_data=True)
+    del program
+    _forget_rewriter_state()
+
+
+def _forget_rewriter_state() -> None:
+    """Drop the exported graph that onnxscript's rewriter keeps after ``optimize=True``.
+
+    Its pattern matchers are module-level objects that remember the last graph they
+    matched (``_graph``, ``_current_node``, ``_match``); that graph's initializers wrap the
+    model's parameters, so without this the whole model stays alive after the export and
+    the validation sessions stack on top of it (seen with onnxscript 0.7, onnx-ir 1.1)."""
+    try:
+        from onnxscript.rewriter._matcher import SimplePatternMatcher
+    except ImportError:  # a layout without this class has nothing to forget
+        return
+    for obj in gc.get_objects():
+        if isinstance(obj, SimplePatternMatcher):
+            for attr in ("_graph", "_current_node", "_match"):
+                if attr in vars(obj):
+                    setattr(obj, attr, None)
 
 
 def _exporter_summary(error: Exception) -> str:
@@ -114,11 +142,18 @@ def _exporter_summary(error: Exception) -> str:
     return " | ".join((keep or lines)[:4])[:600] or type(error).__name__
 
 
-def _rename_dims(proto: onnx.ModelProto, rename: dict[str, dict[int, str]]) -> None:
+def _rename_dims(model: onnx_ir.Model, rename: dict[str, dict[int, str]]) -> None:
     """Give the exporter's generated symbols (``s53``) the names Optimum uses."""
-    for value in [*proto.graph.input, *proto.graph.output]:
-        for axis, name in rename.get(value.name, {}).items():
-            value.type.tensor_type.shape.dim[axis].dim_param = name
+    import onnx_ir
+
+    for value in [*model.graph.inputs, *model.graph.outputs]:
+        axes = rename.get(value.name)
+        if not axes or value.shape is None:
+            continue
+        dims = list(value.shape.dims)
+        for axis, name in axes.items():
+            dims[axis] = onnx_ir.SymbolicDim(name)
+        value.shape = onnx_ir.Shape(dims)
 
 
 @contextlib.contextmanager
@@ -141,45 +176,63 @@ def _quiet_exporter():
 
 @dataclass
 class _ExportSettings:
+    config: LlamaConfig | BertConfig
     opset: int
     tolerance: float
-    greedy_steps: int
     tokenizer: Tokenizer
 
 
 @dataclass
 class GraphKind:
-    """One graph an export writes: how to build it, and what its manifest entry says."""
+    """One graph an export writes: how to build and check it, what its manifest entry says.
+
+    Graphs built from the PyTorch model (``needs_model``) are built first; the model is
+    then freed, and the rest are built from files and every graph validated against the
+    PyTorch reference computed beforehand, so model and ORT session are never both resident.
+    """
 
     variant: str  # manifest name
     file: str
     graph: str  # "portable" | "ort-optimized" | "gqa"
     exporter: str
     backends: list[str]
-    build: Callable[[torch.nn.Module, Path, _ExportSettings], dict]  # writes + validates
+    build: Callable[[torch.nn.Module | None, Path, _ExportSettings], dict]  # writes the file
+    validate: Callable[[Path, validate.Reference, _ExportSettings], dict]
+    needs_model: bool = True
     optional: bool = False  # a failure drops this graph with a note instead of the export
 
 
-def _build_portable(model: torch.nn.Module, tmp: Path, s: _ExportSettings) -> dict:
+def _build_portable(model: torch.nn.Module | None, tmp: Path, s: _ExportSettings) -> dict:
     t0 = time.perf_counter()
     export_portable(model, tmp / PORTABLE_FILE, s.opset)
-    entry = _validate_portable(model, tmp / PORTABLE_FILE, s.tolerance, s.greedy_steps, s.tokenizer)
-    return {**entry, "export_s": round(time.perf_counter() - t0, 2)}
+    return {"export_s": round(time.perf_counter() - t0, 2)}
 
 
-def _build_optimized(model: torch.nn.Module, tmp: Path, s: _ExportSettings) -> dict:
-    fusions = optimize_for_ort(tmp / PORTABLE_FILE, tmp / OPTIMIZED_FILE, model.config)
-    entry = _validate_portable(
-        model, tmp / OPTIMIZED_FILE, s.tolerance, s.greedy_steps, s.tokenizer, ort_only=True
-    )
-    return {**entry, "fusions": fusions}
+def _build_optimized(model: torch.nn.Module | None, tmp: Path, s: _ExportSettings) -> dict:
+    fusions = optimize_for_ort(tmp / PORTABLE_FILE, tmp / OPTIMIZED_FILE, s.config)
+    release_freed()  # the optimizer held the whole graph in Python protobufs
+    return {"fusions": fusions}
 
 
-def _build_gqa(model: torch.nn.Module, tmp: Path, s: _ExportSettings) -> dict:
-    from edgezoo.export.gqa_graph import build_gqa_decoder, validate_gqa
+def _build_gqa(model: torch.nn.Module | None, tmp: Path, s: _ExportSettings) -> dict:
+    from edgezoo.export.gqa_graph import build_gqa_decoder
 
     build_gqa_decoder(model, tmp / GQA_FILE)
-    return validate_gqa(model, tmp / GQA_FILE, s.tolerance, s.greedy_steps, s.tokenizer)
+    return {}
+
+
+def _check_portable(tmp: Path, ref: validate.Reference, s: _ExportSettings) -> dict:
+    return _validate_portable(tmp / PORTABLE_FILE, ref, s.tolerance, s.tokenizer)
+
+
+def _check_optimized(tmp: Path, ref: validate.Reference, s: _ExportSettings) -> dict:
+    return _validate_portable(tmp / OPTIMIZED_FILE, ref, s.tolerance, s.tokenizer, ort_only=True)
+
+
+def _check_gqa(tmp: Path, ref: validate.Reference, s: _ExportSettings) -> dict:
+    from edgezoo.export.gqa_graph import validate_gqa
+
+    return validate_gqa(tmp / GQA_FILE, ref, s.tolerance, s.tokenizer)
 
 
 def graph_kinds(
@@ -195,6 +248,7 @@ def graph_kinds(
             f"torch.onnx.export(dynamo=True) opset {opset}",
             ["ort-cpu", "ort-cuda", "ort-trt", "tensorrt"],
             _build_portable,
+            _check_portable,
         )
     ]
     if optimize:
@@ -206,6 +260,8 @@ def graph_kinds(
                 "onnxruntime.transformers.optimizer on the portable graph",
                 gpu_and_cpu,
                 _build_optimized,
+                _check_optimized,
+                needs_model=False,
                 optional=True,
             )
         )
@@ -222,6 +278,7 @@ def graph_kinds(
                     "edgezoo.export.gqa_graph (onnx.helper, ORT contrib ops)",
                     gpu_and_cpu,
                     _build_gqa,
+                    _check_gqa,
                 )
             )
     return kinds
@@ -242,21 +299,30 @@ def to_onnx(
     """
     model_dir = Path(model_dir)
     model = load_model(model_dir)
-    settings = _ExportSettings(opset, tolerance, greedy_steps, load_tokenizer(model_dir))
+    cfg = model.config
+    tokenizer = load_tokenizer(model_dir)
+    settings = _ExportSettings(cfg, opset, tolerance, tokenizer)
     out_dir = _writable_onnx_dir(model_dir)
-    atomic.ensure_free_disk(
-        out_dir,
-        sum(p.numel() * 4 for p in model.parameters()) * (3 if fast else 1),
-        "the ONNX export",
-    )
+    weight_bytes = sum(p.numel() * 4 for p in model.parameters())
+    atomic.ensure_free_disk(out_dir, weight_bytes * (3 if fast else 1), "the ONNX export")
     common = _provenance(model_dir)
     variants: dict[str, dict] = {}
     notes: list[str] = []
+    kinds = graph_kinds(cfg, opset, fast, optimize, notes)
+    with_gqa = any(k.graph == "gqa" for k in kinds)
+    ref = validate.reference(
+        model, tokenizer.get_vocab_size(), greedy_steps, GQA_SHAPES if with_gqa else None
+    )
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as tmp:
         tmp = Path(tmp)
-        for kind in graph_kinds(model.config, opset, fast, optimize, notes):
+        built = {k.variant: k.build(model, tmp, settings) for k in kinds if k.needs_model}
+        del model  # from here on only files: the graphs and the reference outputs
+        release_freed()
+        for kind in kinds:
             try:
-                entry = kind.build(model, tmp, settings)
+                facts = built[kind.variant] if kind.needs_model else kind.build(None, tmp, settings)
+                entry = {**kind.validate(tmp, ref, settings), **facts}
+                release_freed()  # the session is gone; do not let the next one stack on it
             except ExportError as e:
                 if not kind.optional:
                     raise
@@ -282,8 +348,8 @@ def to_onnx(
             model_dir,
             name,
             entry,
-            model_type=model.config.to_hf_dict()["model_type"],
-            family=model.config.family,
+            model_type=cfg.to_hf_dict()["model_type"],
+            family=cfg.family,
             export_notes=notes,
         )
     return ExportResult(model_dir, variants, notes)
@@ -321,27 +387,20 @@ def gqa_unsupported(cfg: LlamaConfig) -> str | None:
 
 
 def _validate_portable(
-    model,
     path: Path,
+    ref: validate.Reference,
     tolerance: float,
-    greedy_steps: int,
     tokenizer: Tokenizer,
     ort_only: bool = False,
 ) -> dict:
     validate.check_graph(path, ort_only)
     sess = validate.session(path)
-    vocab = tokenizer.get_vocab_size()
-    result = validate.compare_logits(model, sess, tolerance, vocab)
-    if model.config.family == "lm" and greedy_steps:
-        steps, mismatch = validate.compare_greedy(
-            model,
-            lambda p, n: validate.runtime_greedy(sess, "portable", model, tokenizer, p, n),
-            greedy_steps,
-            vocab,
-        )
+    result = validate.compare_outputs(sess, ref.portable, tolerance)
+    if ref.greedy_tokens:
+        mismatch = validate.first_greedy_mismatch(ref, sess, "portable", tokenizer)
         if mismatch is not None:
             raise ExportError(
                 f"greedy decoding through the ONNX KV cache diverged from PyTorch at step {mismatch}."
             )
-        result.greedy_steps = steps
+        result.greedy_steps = len(ref.greedy_tokens)
     return result.as_dict()

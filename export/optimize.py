@@ -31,7 +31,7 @@ def optimize_for_ort(src: Path, dst: Path, cfg) -> dict[str, int]:
                 model_type=model_type,
                 num_heads=cfg.num_attention_heads,
                 hidden_size=cfg.hidden_size,
-                opt_level=1,
+                opt_level=0,  # Python fusions only: the session that opens the graph optimises it anyway
                 use_gpu=False,
             )
             fusions = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}

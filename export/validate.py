@@ -84,7 +84,10 @@ def check_graph(path: Path, ort_only: bool = False) -> None:
 
 
 def session(path: Path, threads: int = 0) -> ort.InferenceSession:
+    """A CPU session for checking a graph. Weight prepacking is off: it would hold a second
+    copy of every MatMul weight, and validation runs each graph only a few times."""
     opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
         opts.intra_op_num_threads = threads
     try:
@@ -94,39 +97,87 @@ def session(path: Path, threads: int = 0) -> ort.InferenceSession:
 
 
 @torch.no_grad()
-def compare_logits(
-    model: nn.Module,
-    sess: ort.InferenceSession,
-    tolerance: float,
-    vocab: int | None = None,
-    seed: int = 0,
+@dataclass
+class Case:
+    """One validation input and what PyTorch computed for it."""
+
+    shape: tuple[int, ...]  # (batch, seq, past) for decoders, (batch, seq) for encoders
+    inputs: list[np.ndarray]  # in the graph's input order
+    expected: list[np.ndarray]  # in the graph's output order
+
+
+@dataclass
+class Reference:
+    """Everything validation compares against, computed once from the PyTorch model.
+
+    Kept as arrays so the model can be freed before ONNX Runtime loads a graph: at scale
+    the two are never resident together (an export's peak memory stays near twice the
+    weights). ``gqa`` has no position ids (that graph derives positions from the mask)."""
+
+    config: dict  # the model's config.json, for the runtime's decode loop
+    portable: list[Case]
+    gqa: list[Case] = field(default_factory=list)
+    greedy_prompt: list[int] = field(default_factory=list)
+    greedy_tokens: list[int] = field(default_factory=list)
+
+
+@torch.no_grad()
+def reference(
+    model: nn.Module, vocab: int, greedy_steps: int, gqa_shapes: list | None = None
+) -> Reference:
+    """Run PyTorch on the validation inputs (seeded) and on one greedy decode."""
+    cfg = model.config
+    if cfg.family == "lm":
+        wrapper = DecoderForExport(model).eval()
+        gen = torch.Generator().manual_seed(0)
+        inputs = [decoder_inputs(cfg, b, s, p, gen, vocab) for b, s, p in DECODER_SHAPES]
+        portable = [
+            _case(shape, x, wrapper(*x)) for shape, x in zip(DECODER_SHAPES, inputs, strict=True)
+        ]
+        gen = torch.Generator().manual_seed(1)
+        gqa = []
+        for shape in gqa_shapes or []:
+            x = decoder_inputs(cfg, *shape, generator=gen, vocab=vocab)
+            gqa.append(_case(shape, [x[0], x[1], *x[3:]], wrapper(*x)))
+        prompt, tokens = _greedy_reference(model, greedy_steps, vocab)
+        return Reference(cfg.to_hf_dict(), portable, gqa, prompt, tokens)
+    wrapper = classifier_wrapper(model).eval()
+    gen = torch.Generator().manual_seed(0)
+    inputs = [encoder_inputs(cfg, b, s, gen, vocab) for b, s in ENCODER_SHAPES]
+    portable = [
+        _case(shape, x, wrapper(*x)) for shape, x in zip(ENCODER_SHAPES, inputs, strict=True)
+    ]
+    return Reference(cfg.to_hf_dict(), portable)
+
+
+def _case(shape: tuple, inputs: list[torch.Tensor], outputs) -> Case:
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    return Case(tuple(shape), [t.numpy() for t in inputs], [t.numpy() for t in outputs])
+
+
+def _greedy_reference(model: nn.Module, steps: int, vocab: int) -> tuple[list[int], list[int]]:
+    if not steps:
+        return [], []
+    steps = min(steps, model.config.max_position_embeddings - 8)
+    gen = torch.Generator().manual_seed(0)
+    prompt = [1, *torch.randint(4, vocab, (7,), generator=gen).tolist()]
+    return prompt, generate_ids(model, prompt, steps)
+
+
+def compare_outputs(
+    sess: ort.InferenceSession, cases: list[Case], tolerance: float, what: str = "ONNX output"
 ) -> Validation:
-    """Run the same random inputs through PyTorch and ORT; fail if any output differs."""
-    gen = torch.Generator().manual_seed(seed)
+    """Run each case through ORT; fail if any output differs from PyTorch's by > tolerance."""
     result = Validation()
     names = [i.name for i in sess.get_inputs()]
-    if model.config.family == "lm":
-        wrapper, cases = (
-            DecoderForExport(model).eval(),
-            [decoder_inputs(model.config, b, s, p, gen, vocab) for b, s, p in DECODER_SHAPES],
-        )
-        shapes = DECODER_SHAPES
-    else:
-        wrapper, cases = (
-            classifier_wrapper(model).eval(),
-            [encoder_inputs(model.config, b, s, gen, vocab) for b, s in ENCODER_SHAPES],
-        )
-        shapes = ENCODER_SHAPES
-    for shape, inputs in zip(shapes, cases, strict=True):
-        expected = wrapper(*inputs)
-        expected = expected if isinstance(expected, tuple) else (expected,)
-        got = sess.run(None, {n: t.numpy() for n, t in zip(names, inputs, strict=True)})
-        diff = max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected, strict=True))
+    for case in cases:
+        got = sess.run(None, dict(zip(names, case.inputs, strict=True)))
+        diff = max(float(np.abs(g - e).max()) for g, e in zip(got, case.expected, strict=True))
         result.max_abs_diff = max(result.max_abs_diff, diff)
-        result.shapes.append(list(shape))
+        result.shapes.append(list(case.shape))
         if diff > tolerance:
             raise ExportError(
-                f"ONNX output differs from PyTorch by {diff:.2e} > {tolerance:.0e} at (batch, seq, past)={shape}."
+                f"{what} differs from PyTorch by {diff:.2e} > {tolerance:.0e} at (batch, seq, past)={case.shape}."
             )
     return result
 
@@ -134,29 +185,24 @@ def compare_logits(
 def runtime_greedy(
     sess: ort.InferenceSession,
     graph: str,
-    model: nn.Module,
+    config: dict,
     tokenizer: Tokenizer,
     prompt: list[int],
     steps: int,
 ) -> list[int]:
     """Greedy tokens from the runtime's own decode loop (``LanguageModel`` and its KV cache
     classes) over ``sess``: validation tests the code that ships, not a copy of it."""
-    lm = LanguageModel(sess, tokenizer, model.config.to_hf_dict(), graph=graph)
+    lm = LanguageModel(sess, tokenizer, config, graph=graph)
     params = SamplingParams(max_new_tokens=steps, ignore_eos=True)
     return lm.generate_ids([prompt], params)[0].token_ids
 
 
-def compare_greedy(
-    model: nn.Module, token_fn, steps: int, vocab: int, seed: int = 0
-) -> tuple[int, int | None]:
-    """Greedy tokens from PyTorch vs ``token_fn(prompt, steps)``; returns (steps, first mismatch)."""
-    cfg = model.config
-    steps = min(steps, cfg.max_position_embeddings - 8)
-    prompt = [
-        1,
-        *torch.randint(4, vocab, (7,), generator=torch.Generator().manual_seed(seed)).tolist(),
-    ]
-    expected = generate_ids(model, prompt, steps)
-    got = token_fn(prompt, steps)
-    mismatch = next((i for i, (a, b) in enumerate(zip(expected, got, strict=True)) if a != b), None)
-    return steps, mismatch
+def first_greedy_mismatch(
+    ref: Reference, sess: ort.InferenceSession, graph: str, tokenizer: Tokenizer
+) -> int | None:
+    """Where the runtime's greedy tokens first differ from PyTorch's (None: all equal)."""
+    steps = len(ref.greedy_tokens)
+    got = runtime_greedy(sess, graph, ref.config, tokenizer, ref.greedy_prompt, steps)
+    return next(
+        (i for i, (a, b) in enumerate(zip(ref.greedy_tokens, got, strict=True)) if a != b), None
+    )

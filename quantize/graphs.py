@@ -61,6 +61,7 @@ def int8_dynamic(src: Path, dst: Path, per_channel: bool = True) -> None:
             per_channel=per_channel,
             weight_type=QuantType.QInt8,
             extra_options={"MatMulConstBOnly": True},
+            use_external_data_format=True,  # weights in <name>.data, like every graph we write
         )
 
 
@@ -203,6 +204,7 @@ def int8_static(
             weight_type=QuantType.QInt8,
             calibrate_method=methods[method],
             extra_options=extra,
+            use_external_data_format=True,
         )
     return {"calibration": method, "per_channel": per_channel, "symmetric_activations": symmetric}
 

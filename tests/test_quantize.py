@@ -8,9 +8,10 @@ import pytest
 import torch
 from conftest import make_model_dir, tiny_llama
 
-from edgezoo import atomic, manifest, runtime
+from edgezoo import manifest, runtime
 from edgezoo.errors import CheckpointError, ConfigError, ExportError
 from edgezoo.export.onnx_export import to_onnx
+from edgezoo.onnx_files import file_facts
 from edgezoo.quantize import graphs
 from edgezoo.quantize.pipeline import QuantizeOptions, _gate, quantize_model
 from edgezoo.quantize.report import variants_table
@@ -39,7 +40,8 @@ def test_every_target_writes_a_measured_variant(lm_dir):
     assert {"int8", "gqa-int8", "gqa-int4", "fp16", "int8-static"} <= set(variants)
     for name in ("int8", "gqa-int8", "gqa-int4", "fp16", "int8-static"):
         e = variants[name]
-        assert e["sha256"] == atomic.sha256_file(lm_dir / "onnx" / e["file"])
+        assert e["sha256"] == file_facts(lm_dir / "onnx" / e["file"])["sha256"]
+        assert (lm_dir / "onnx" / (e["file"] + ".data")).is_file()  # weights kept apart
         assert e["quality"]["perplexity"] > 0 and e["latency"]["decode_ms_per_token_p50"] > 0
         assert e["greedy_agreement"]["of"] == 64
         assert set(e["gate"]["ort-cpu"]) >= {"speedup", "quality_change", "within_budget", "faster"}

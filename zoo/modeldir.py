@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from edgezoo import atomic
@@ -84,21 +84,28 @@ def load_config(folder: str | Path) -> ModelConfig:
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Copy the safetensors weights into ``model``, one tensor at a time.
+
+    Reading tensor by tensor from the memory-mapped file (instead of ``load_file`` and
+    ``load_state_dict``) keeps the peak near one copy of the weights, not two: what lets
+    an ``xl`` model be exported on a machine with a few times its size in memory."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file {path} is missing; the model dir is incomplete.")
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    targets = {k: v for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
     try:
-        state = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            stored = set(f.keys()) - ({"lm_head.weight"} if tied else set())
+            missing, unexpected = sorted(targets.keys() - stored), sorted(stored - targets.keys())
+            if not missing and not unexpected:
+                with torch.no_grad():
+                    for name, target in targets.items():
+                        target.copy_(f.get_tensor(name))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(
             f"{path} is corrupt or truncated ({e}); restore it from a checkpoint or retrain."
         ) from e
-    if getattr(model.config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [
-        k for k in missing if not (k == "lm_head.weight" and model.config.tie_word_embeddings)
-    ]
     if missing or unexpected:
         raise CheckpointError(
             f"{path} does not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}. "
