@@ -47,16 +47,20 @@ from edgezoo.export.wrappers import (
     encoder_inputs,
 )
 from edgezoo.io_names import decoder_io_names, encoder_io_names
-from edgezoo.memory import release_freed
+from edgezoo.memory import ensure_available, release_freed
 from edgezoo.onnx_files import data_file, file_facts, io_signature
 from edgezoo.zoo.config import BertConfig, LlamaConfig
-from edgezoo.zoo.modeldir import WEIGHTS_FILE, load_model
+from edgezoo.zoo.modeldir import WEIGHTS_FILE, fp32_weight_bytes, load_model
 from edgezoo.zoo.tokenizer import load_tokenizer
 
 OPSET = 18
 PORTABLE_FILE = "model.onnx"
 OPTIMIZED_FILE = "model.opt.onnx"
 GQA_FILE = "model.gqa.onnx"
+# Peak resident memory of an export, measured per preset (benchmarks/export_cost.py): the
+# model, then one graph at a time (the ORT optimizer holds one in Python protobufs).
+EXPORT_MEMORY_FACTOR = 3
+EXPORT_MEMORY_OVERHEAD = 1_000_000_000  # torch, the exporter and ORT themselves
 
 
 @dataclass
@@ -298,12 +302,16 @@ def to_onnx(
     validated, so a failed export leaves any earlier export untouched.
     """
     model_dir = Path(model_dir)
+    weight_bytes = fp32_weight_bytes(model_dir)
+    ensure_available(
+        EXPORT_MEMORY_FACTOR * weight_bytes + EXPORT_MEMORY_OVERHEAD,
+        f"exporting {model_dir.name} ({weight_bytes / 1e9:.2f} GB of fp32 weights)",
+    )
     model = load_model(model_dir)
     cfg = model.config
     tokenizer = load_tokenizer(model_dir)
     settings = _ExportSettings(cfg, opset, tolerance, tokenizer)
     out_dir = _writable_onnx_dir(model_dir)
-    weight_bytes = sum(p.numel() * 4 for p in model.parameters())
     atomic.ensure_free_disk(out_dir, weight_bytes * (3 if fast else 1), "the ONNX export")
     common = _provenance(model_dir)
     variants: dict[str, dict] = {}

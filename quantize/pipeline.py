@@ -20,6 +20,7 @@ import numpy as np
 
 from edgezoo import io_names, manifest
 from edgezoo.errors import CheckpointError, ConfigError, ExportError
+from edgezoo.memory import ensure_available, release_freed
 from edgezoo.onnx_files import file_facts, io_signature
 from edgezoo.quantize import graphs
 from edgezoo.quantize.evaluate import EvalData, eval_data, measure, quality_change, speed_of
@@ -69,6 +70,12 @@ def plan(variants: dict[str, dict], to: str, opts: QuantizeOptions) -> list[tupl
     return [(name, "fp32", "int8-static")]
 
 
+# Peak resident memory of quantizing, measured per preset (benchmarks/export_cost.py):
+# ORT's quantize_dynamic holds the fp32 graph, its quantized copy and its scratch, ~3x.
+QUANTIZE_MEMORY_FACTOR = 3
+QUANTIZE_MEMORY_OVERHEAD = 500_000_000
+
+
 def quantize_model(
     model_dir: str | Path, to: str, opts: QuantizeOptions | None = None, measure_all: bool = True
 ) -> dict[str, dict]:
@@ -80,6 +87,11 @@ def quantize_model(
     model_dir = Path(model_dir)
     info = manifest.read(model_dir)
     jobs = plan(info["variants"], to, opts)
+    fp32 = [e["bytes"] for e in info["variants"].values() if e.get("precision") == "fp32"]
+    fp32_bytes = max(fp32, default=0)
+    ensure_available(
+        QUANTIZE_MEMORY_FACTOR * fp32_bytes + QUANTIZE_MEMORY_OVERHEAD, f"quantizing to {to}"
+    )
     ev = eval_data(model_dir, opts.data) if measure_all or to == "int8-static" else EvalData()
     onnx_dir = manifest.onnx_dir(model_dir)
     for name, source, method in jobs:
@@ -113,6 +125,7 @@ def quantize_model(
                 if f.name.startswith(file):
                     shutil.move(str(f), str(onnx_dir / f.name))
         manifest.add_variant(model_dir, name, entry)
+        release_freed()  # the source graph and both sessions are gone: give the memory back
     if not measure_all:
         return manifest.read(model_dir)["variants"]
     return measure_and_gate(model_dir, ev, opts)
@@ -126,6 +139,7 @@ def measure_and_gate(model_dir: Path, ev: EvalData, opts: QuantizeOptions) -> di
     fp32 = [n for n in names if variants[n]["precision"] == "fp32"]
     for name in fp32:
         variants[name].update(measure(model_dir, name, ev))
+        release_freed()
     best = min(fp32, key=lambda n: speed_of(variants[n]))
     for name in names:
         entry = variants[name]
@@ -135,6 +149,7 @@ def measure_and_gate(model_dir: Path, ev: EvalData, opts: QuantizeOptions) -> di
         reference = variants[entry.get("source_variant", best)].get("greedy_tokens")
         entry.update(measure(model_dir, name, ev, reference))
         entry.update(_gate(entry, variants[best], best, opts))
+        release_freed()
     data = manifest.read(model_dir)
     data["variants"].update({n: variants[n] for n in names})
     data["quality_budget"] = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -111,6 +112,21 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             f"{path} does not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}. "
             "Was config.json edited or replaced?"
         )
+
+
+def fp32_weight_bytes(folder: str | Path) -> int:
+    """Bytes of the model's weights in fp32, read from the safetensors header only."""
+    path = Path(folder) / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} is missing; the model dir is incomplete.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = [f.get_slice(name).get_shape() for name in f.keys()]  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{path} is corrupt or truncated ({e}); restore it from a checkpoint or retrain."
+        ) from e
+    return 4 * sum(int(np.prod(shape)) for shape in shapes)
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
