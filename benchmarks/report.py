@@ -31,7 +31,11 @@ SECTIONS = [
         "prune_speed.md",
     ),
     ("serve", "HTTP server under load (loopback)", "serve_load.md"),
-    ("export", "Export cost per preset, and optimised vs portable graph speed", "export_cost.md"),
+    (
+        "export",
+        "Export and quantize cost per preset (time, peak memory), and the fp32 graphs' speed",
+        "export_cost.md",
+    ),
     ("train", "Training throughput and MFU", "train_throughput.md"),
     ("ddp", "Distributed training: 1 vs 2 processes (DDP, gloo, CPU)", "ddp_scaling.md"),
 ]

@@ -50,7 +50,7 @@ from edgezoo.io_names import decoder_io_names, encoder_io_names
 from edgezoo.memory import ensure_available, release_freed
 from edgezoo.onnx_files import data_file, file_facts, io_signature
 from edgezoo.zoo.config import BertConfig, LlamaConfig
-from edgezoo.zoo.modeldir import WEIGHTS_FILE, fp32_weight_bytes, load_model
+from edgezoo.zoo.modeldir import WEIGHTS_FILE, fp32_weight_bytes, load_config, load_model
 from edgezoo.zoo.tokenizer import load_tokenizer
 
 OPSET = 18
@@ -302,6 +302,7 @@ def to_onnx(
     validated, so a failed export leaves any earlier export untouched.
     """
     model_dir = Path(model_dir)
+    load_config(model_dir)  # a missing or broken config.json is the first thing to say
     weight_bytes = fp32_weight_bytes(model_dir)
     ensure_available(
         EXPORT_MEMORY_FACTOR * weight_bytes + EXPORT_MEMORY_OVERHEAD,

@@ -1,8 +1,10 @@
-"""runtime: load an exported model and run it with numpy + onnxruntime + tokenizers, no torch.
+"""edgezoo.runtime: load an exported model and run it with numpy + onnxruntime + tokenizers.
 
-from edgezoo import runtime
-lm = runtime.load("runs/demo", backend="auto", variant="fp32")
-print(lm.generate("def main():", max_new_tokens=32).text)
+No torch: this is what the edge install (no extras) ships.
+
+    from edgezoo import runtime
+    lm = runtime.load("runs/demo", backend="auto", variant="fp32")
+    print(lm.generate("def main():", max_new_tokens=32).text)
 """
 
 from edgezoo.runtime.api import load
