@@ -135,7 +135,11 @@ def markdown(rows: list[dict]) -> str:
         "\nRandom-init weights; every step in its own process (peak RSS of that process). Export "
         "= portable + ORT-optimised + GQA graphs, each validated (8 greedy steps); quantize = "
         "int8 (dynamic + weight-only) and int4, built and validated, no quality run. Decode: "
-        "batch 1, 32-token prompt, 32 new tokens, 2 threads, ort-cpu."
+        'batch 1, 32-token prompt, 32 new tokens, 2 threads, ort-cpu. "× weights" is peak RSS '
+        "over the fp32 weights, fixed overhead included (about 0.45 GB for export: torch, the "
+        "exporter and ORT; 0.1 GB for quantize), which is why it is large below `small`; the "
+        "plot shows the memory line the export and quantize check before they start "
+        "(3 × fp32 weights + 1 GB)."
     )
     return "\n".join(lines) + "\n"
 
