@@ -73,7 +73,7 @@ def plan(variants: dict[str, dict], to: str, opts: QuantizeOptions) -> list[tupl
 # Peak resident memory of quantizing, measured per preset (benchmarks/export_cost.py):
 # ORT's quantize_dynamic holds the fp32 graph, its quantized copy and its scratch, ~3x.
 QUANTIZE_MEMORY_FACTOR = 3
-QUANTIZE_MEMORY_OVERHEAD = 500_000_000
+QUANTIZE_MEMORY_OVERHEAD = 1_000_000_000  # onnxruntime, onnx and the scratch of one graph
 
 
 def quantize_model(
