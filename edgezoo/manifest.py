@@ -39,8 +39,31 @@ def read(model_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path} is corrupt ({e}); re-run `edgezoo export {model_dir}`."
         ) from e
-    data.setdefault("variants", {})
+    if not isinstance(data, dict) or not isinstance(data.setdefault("variants", {}), dict):
+        raise CheckpointError(
+            f"{path} is not an edgezoo manifest (a JSON object with a 'variants' object); "
+            f"re-run `edgezoo export {model_dir}`."
+        )
+    for name, entry in data["variants"].items():
+        _check_entry(path, name, entry)
     return data
+
+
+def _check_entry(path: Path, name: str, entry: Any) -> None:
+    """A variant names a plain file inside ``onnx/``: never a path that leaves the folder."""
+    file = entry.get("file") if isinstance(entry, dict) else None
+    if (
+        not isinstance(file, str)
+        or not file
+        or file in (".", "..")
+        or "/" in file
+        or "\\" in file
+        or Path(file).name != file
+    ):
+        raise CheckpointError(
+            f"{path}: variant {name!r} names {file!r}, not a file name inside onnx/; "
+            "fix or delete the entry, or re-run the export."
+        )
 
 
 def write(model_dir: str | Path, data: dict[str, Any]) -> None:

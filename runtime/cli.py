@@ -28,7 +28,10 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         "--variant", default="fp32", help="fp32 | fp16 | int8 | int4 | auto | a manifest name"
     )
     parser.add_argument(
-        "--threads", type=int, default=0, help="intra-op threads (0 = ONNX Runtime's default)"
+        "--threads",
+        type=_at_least(0),
+        default=0,
+        help="intra-op threads (0 = ONNX Runtime's default)",
     )
 
 
@@ -75,7 +78,7 @@ def _register_serve(subparsers: Any) -> None:
         default="127.0.0.1",
         help="address to bind (default 127.0.0.1: this machine only; any other address needs --api-key)",
     )
-    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument("--port", type=_port, default=8000, help="port, 1-65535 (default 8000)")
     s.add_argument(
         "--api-key",
         default=os.environ.get("EDGEZOO_API_KEY") or None,
@@ -86,27 +89,30 @@ def _register_serve(subparsers: Any) -> None:
         "--model-name", help="model id clients send and /v1/models lists (default: the dir's name)"
     )
     s.add_argument(
-        "--max-batch", type=int, default=8, help="most prompts per batched model call (default 8)"
+        "--max-batch",
+        type=_at_least(1),
+        default=8,
+        help="most prompts per batched model call (default 8)",
     )
     s.add_argument(
         "--max-queue",
-        type=int,
+        type=_at_least(1),
         default=64,
         help="requests that may wait; beyond this the server answers 503 + Retry-After (default 64)",
     )
     s.add_argument(
         "--max-tokens-limit",
-        type=int,
+        type=_at_least(1),
         help="largest max_tokens a request may ask for (default: no limit)",
     )
     s.add_argument(
         "--max-prompt-tokens",
-        type=int,
+        type=_at_least(1),
         help="longest prompt in tokens (default: the model's context)",
     )
     s.add_argument(
         "--timeout",
-        type=float,
+        type=_positive_seconds,
         default=60.0,
         help="seconds a request may take, queueing included, before a 504 (default 60)",
     )
@@ -170,3 +176,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from edgezoo.runtime.server import cmd_serve as serve_from_args
 
     return serve_from_args(args)
+
+
+# Flag types: a bad value stops at parsing, with argparse's one-line usage error, before
+# any model is loaded.
+
+
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        value = _integer(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is not allowed: use {low} or more")
+        return value
+
+    return parse
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _port(text: str) -> int:
+    value = _integer(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port: use 1-65535")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: use a number of seconds > 0")
+    return value

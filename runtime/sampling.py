@@ -15,10 +15,12 @@ import numpy as np
 
 from edgezoo.errors import ConfigError
 
+GREEDY_BELOW = 1e-5  # temperatures under this are greedy (see SamplingParams.greedy)
+
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick tokens. ``temperature == 0`` means greedy (top-k / top-p are then unused)."""
+    """How to pick tokens. ``temperature`` 0 (or under 1e-5) means greedy (top-k / top-p unused)."""
 
     temperature: float = 0.0
     top_k: int = 0  # 0 = off
@@ -31,7 +33,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        # Below this, dividing logits by the temperature overflows to inf/NaN scores: a
+        # temperature that small means "take the most likely token" anyway.
+        return self.temperature < GREEDY_BELOW
 
     def validate(self) -> SamplingParams:
         """Raise ``ConfigError`` naming the bad value and its valid range; return self."""

@@ -340,3 +340,21 @@ def test_a_graph_without_manifest_entry_is_recognised_without_onnx(lm_dir, sourc
         loose.unlink()
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [graph, "4"]
+
+
+@pytest.mark.parametrize(
+    "manifest_text",
+    [
+        "[1, 2]",
+        '{"variants": []}',
+        '{"variants": {"fp32": {"file": "../../../etc/passwd"}}}',
+        '{"variants": {"fp32": {"file": "/etc/passwd"}}}',
+        '{"variants": {"fp32": {"file": ".."}}}',
+        '{"variants": {"fp32": {}}}',
+    ],
+)
+def test_a_manifest_cannot_point_outside_the_onnx_folder(tmp_path, manifest_text):
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "onnx" / "manifest.json").write_text(manifest_text)
+    with pytest.raises(CheckpointError, match=r"manifest|not a file name inside onnx/"):
+        runtime.load(tmp_path, backend="ort-cpu")

@@ -43,6 +43,14 @@ def test_greedy_is_argmax():
     np.testing.assert_array_equal(tokens, logits.argmax(-1))
 
 
+@pytest.mark.parametrize("temperature", [1e-310, 1e-12, 9.9e-6])
+def test_a_vanishing_temperature_is_greedy_not_nan(temperature):
+    logits = _random_logits()
+    tokens = Sampler(SamplingParams(temperature=temperature, seed=0))(logits)
+    np.testing.assert_array_equal(tokens, logits.argmax(-1))
+    assert not SamplingParams(temperature=1e-4).greedy  # just above the cut: still sampling
+
+
 def test_greedy_ties_pick_lowest_index():
     logits = np.array([[0.0, 2.0, 2.0, 1.0], [5.0, 5.0, 5.0, 5.0]], dtype=np.float32)
     np.testing.assert_array_equal(Sampler(SamplingParams())(logits), [1, 0])

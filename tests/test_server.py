@@ -639,3 +639,22 @@ def test_server_runs_without_torch(lm_dir):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[0] == "200"
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--port", "70000", "not a TCP port"),
+        ("--port", "abc", "not a whole number"),
+        ("--max-batch", "0", "use 1 or more"),
+        ("--max-queue", "-3", "use 1 or more"),
+        ("--timeout", "-1", "seconds > 0"),
+        ("--threads", "-2", "use 0 or more"),
+    ],
+)
+def test_bad_serve_flags_are_refused_before_the_model_loads(capsys, flag, value, says):
+    parser = argparse.ArgumentParser()
+    register_runtime_commands(parser.add_subparsers())
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args(["serve", "runs/does-not-exist", flag, value])
+    assert stop.value.code == 2 and says in capsys.readouterr().err
