@@ -96,7 +96,6 @@ def session(path: Path, threads: int = 0) -> ort.InferenceSession:
         raise ExportError(f"ONNX Runtime cannot load {path.name}: {e}") from e
 
 
-@torch.no_grad()
 @dataclass
 class Case:
     """One validation input and what PyTorch computed for it."""

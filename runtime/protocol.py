@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 RETRY_AFTER_S = 1
+MAX_STOP_STRINGS = 4  # OpenAI's limits: scanning stop strings costs every decode step
+MAX_STOP_CHARS = 128
 # OpenAI fields we do not implement, with the value that means "off": anything else is a 400,
 # so a client never silently gets something other than what it asked for.
 UNSUPPORTED = {
@@ -73,7 +75,11 @@ class CompletionRequest:
 
 
 def parse_completion(
-    body: dict[str, Any], *, model_name: str, max_tokens_limit: int | None = None
+    body: dict[str, Any],
+    *,
+    model_name: str,
+    max_tokens_limit: int | None = None,
+    max_prompts: int | None = None,
 ) -> CompletionRequest:
     """Check an OpenAI completions body field by field; errors name the field and the fix."""
     check_model(body, model_name)
@@ -110,8 +116,16 @@ def parse_completion(
     if stream is not None and not isinstance(stream, bool):
         raise ApiError(400, f"stream must be true or false, got {stream!r:.80}.", param="stream")
     options = body.get("stream_options") or {}
+    prompts = _strings(body.get("prompt"), "prompt")
+    if max_prompts is not None and len(prompts) > max_prompts:
+        raise ApiError(
+            400,
+            f"{len(prompts)} prompts in one request; this server takes at most {max_prompts} "
+            "per request: split them over several requests.",
+            param="prompt",
+        )
     return CompletionRequest(
-        prompts=_strings(body.get("prompt"), "prompt"),
+        prompts=prompts,
         params=params,
         stream=bool(stream),
         include_usage=isinstance(options, dict) and bool(options.get("include_usage")),
@@ -143,9 +157,9 @@ def check_model(body: dict[str, Any], model_name: str) -> None:
 
 def _strings(value: Any, name: str) -> list[str]:
     if isinstance(value, str):
-        return [value]
+        return [_text(value, name)]
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        return list(value)
+        return [_text(v, name) for v in value]
     raise ApiError(
         400,
         f"{name} must be a string or a non-empty list of strings, got {value!r:.80}.",
@@ -153,16 +167,33 @@ def _strings(value: Any, name: str) -> list[str]:
     )
 
 
+def _text(value: str, name: str) -> str:
+    """JSON allows lone surrogates (``"\\ud800"``), which no tokenizer can encode: a 400."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(
+            400, f"{name} has an invalid character (a lone UTF-16 surrogate).", param=name
+        ) from None
+    return value
+
+
 def _stop_strings(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise ApiError(
-        400, f"stop must be a string or a list of strings, got {value!r:.80}.", param="stop"
-    )
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(v, str) for v in stops):
+        raise ApiError(
+            400, f"stop must be a string or a list of strings, got {value!r:.80}.", param="stop"
+        )
+    if len(stops) > MAX_STOP_STRINGS or any(len(v) > MAX_STOP_CHARS for v in stops):
+        raise ApiError(
+            400,
+            f"stop takes at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_CHARS} "
+            "characters each.",
+            param="stop",
+        )
+    return tuple(_text(v, "stop") for v in stops)
 
 
 def _number(body: dict[str, Any], name: str, default: float, *, integer: bool = False) -> Any:
@@ -170,10 +201,17 @@ def _number(body: dict[str, Any], name: str, default: float, *, integer: bool = 
     if value is None:
         return default
     kinds = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, kinds) or not _finite(value):
         kind = "an integer" if integer else "a finite number"  # JSON parsing allows NaN
         raise ApiError(400, f"{name} must be {kind}, got {value!r:.80}.", param=name)
     return value
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond float range (JSON allows any length)
+        return False
 
 
 async def read_json(request: "Request", max_bytes: int) -> dict[str, Any]:
@@ -193,6 +231,8 @@ async def read_json(request: "Request", max_bytes: int) -> dict[str, Any]:
         data = json.loads(body)
     except ValueError as e:
         raise ApiError(400, f"request body is not valid JSON ({e}).") from e
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply to be a request.") from None
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object.")
     return data

@@ -42,11 +42,14 @@ def create_app(
     request_timeout_s: float = 60,
     max_body_bytes: int = 1_000_000,
     shutdown_timeout_s: float = 30,
+    max_prompts: int | None = None,
 ) -> "FastAPI":
     """The FastAPI app serving ``model`` (a ``LanguageModel`` or a ``Classifier``).
 
     Run it with uvicorn (``serve`` does) or test it with ``fastapi.testclient.TestClient``
     used as a context manager: the worker starts and stops with the app's lifespan.
+    ``max_prompts`` (default ``max_batch``) caps the prompts of one request, so that one
+    request cannot hold the worker for many batches.
     The routes live in ``runtime.server_routes``, imported here so that importing this
     module never imports fastapi.
     """
@@ -66,6 +69,7 @@ def create_app(
         request_timeout_s=request_timeout_s,
         max_body_bytes=max_body_bytes,
         shutdown_timeout_s=shutdown_timeout_s,
+        max_prompts=max_prompts or max_batch,
     )
     app = routes.base_app(ctx)
     guarded = routes.key_guard(api_key)

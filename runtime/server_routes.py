@@ -8,6 +8,7 @@ it has no ``from __future__ import annotations``: FastAPI reads the endpoint ann
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 import uuid
@@ -47,6 +48,8 @@ from edgezoo.runtime.protocol import (
 )
 from edgezoo.runtime.server_metrics import Metrics, MetricsMiddleware
 
+log = logging.getLogger("edgezoo.serve")
+
 
 @dataclass
 class ServerContext:
@@ -64,6 +67,7 @@ class ServerContext:
     request_timeout_s: float
     max_body_bytes: int
     shutdown_timeout_s: float
+    max_prompts: int  # prompts one request may carry
     started: int = field(default_factory=lambda: int(time.time()))
     batcher: Batcher | None = None  # set by the lifespan; kept (closed) after shutdown
     is_lm: bool = field(init=False)
@@ -137,7 +141,17 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def on_bug(request: Request, error: Exception) -> JSONResponse:
-        return error_response(ApiError(500, f"internal error: {type(error).__name__}: {error}"))
+        # The details (paths, library internals) go to the server's log, never to the client;
+        # the request id ties the two together.
+        request_id = uuid.uuid4().hex[:16]
+        log.error("request %s failed", request_id, exc_info=error)
+        return error_response(
+            ApiError(
+                500,
+                f"internal error (request id {request_id}); the server log has the details.",
+                headers={"X-Request-Id": request_id},
+            )
+        )
 
 
 def authorized(header: str | None, api_key: str | None) -> bool:
@@ -200,7 +214,10 @@ def openai_router(ctx: ServerContext, guarded: list[DependsParam]) -> APIRouter:
             raise ApiError(400, f"{ctx.model_name!r} is a classifier: use POST /v1/classify.")
         body = await read_json(request, ctx.max_body_bytes)
         req = parse_completion(
-            body, model_name=ctx.model_name, max_tokens_limit=ctx.max_tokens_limit
+            body,
+            model_name=ctx.model_name,
+            max_tokens_limit=ctx.max_tokens_limit,
+            max_prompts=ctx.max_prompts,
         )
         lengths = prompt_lengths(ctx.model, req.prompts, ctx.max_prompt_tokens)
         job = Job(

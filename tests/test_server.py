@@ -203,7 +203,7 @@ def test_concurrent_streams_are_batched_and_each_gets_its_own_text(lm):
 
 
 def test_a_stream_with_more_prompts_than_max_batch_runs_in_chunks(lm):
-    with TestClient(create_app(lm, model_name="tiny", max_batch=2)) as c:
+    with TestClient(create_app(lm, model_name="tiny", max_batch=2, max_prompts=3)) as c:
         body = {"prompt": PROMPTS, "stream": True, **GREEDY}
         events = c.post("/v1/completions", json=body).text.split("\n\n")
         metrics = c.get("/metrics").text
@@ -276,6 +276,9 @@ def test_classify_returns_labels_and_scores(classifier):
         ({"prompt": "hi", "stop": [""]}, "stop="),
         ({"prompt": "hi", "stream": "yes"}, "stream must be true or false"),
         ({"prompt": "hi", "seed": -1}, "seed must be an integer >= 0"),
+        ({"prompt": ["a"] * 9}, "at most 8 per request"),
+        ({"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, "at most 4 strings"),
+        ({"prompt": "hi", "stop": "x" * 129}, "at most 128"),
     ],
 )
 def test_bad_completion_requests_are_400(client, body, says):
@@ -283,6 +286,22 @@ def test_bad_completion_requests_are_400(client, body, says):
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert says in error["message"] and error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        (b'{"prompt": "\\ud800 lone surrogate"}', "invalid character"),
+        (b'{"prompt": "hi", "stop": ["\\udfff"]}', "invalid character"),
+        (b'{"prompt": "hi", "max_tokens": 1' + b"0" * 400 + b"}", "max_tokens must be an integer"),
+        (b'{"prompt": "hi", "temperature": 1' + b"0" * 400 + b"}", "temperature must be a finite"),
+        (b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+    ],
+)
+def test_hostile_json_is_400_not_500(client, raw, says):
+    r = client.post("/v1/completions", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert says in r.json()["error"]["message"]
 
 
 def test_other_request_errors(client, lm):
@@ -658,3 +677,22 @@ def test_bad_serve_flags_are_refused_before_the_model_loads(capsys, flag, value,
     with pytest.raises(SystemExit) as stop:
         parser.parse_args(["serve", "runs/does-not-exist", flag, value])
     assert stop.value.code == 2 and says in capsys.readouterr().err
+
+
+class Broken(Gated):
+    """An LM whose generate fails the way a bug would, with internals in its message."""
+
+    def generate(self, prompts, params=None, **overrides):
+        raise RuntimeError("boom in /home/secret/model.onnx")
+
+
+def test_a_server_bug_is_a_generic_500_with_a_request_id(lm, caplog):
+    with TestClient(create_app(Broken(lm), model_name="tiny"), raise_server_exceptions=False) as c:
+        r = c.post("/v1/completions", json={"prompt": "hi", **GREEDY})
+    assert r.status_code == 500
+    message = r.json()["error"]["message"]
+    assert "secret" not in message and "RuntimeError" not in message
+    request_id = r.headers["x-request-id"]
+    assert request_id in message
+    logged = [rec for rec in caplog.records if request_id in rec.getMessage()]
+    assert logged and "boom in /home/secret" in str(logged[0].exc_info[1])
