@@ -219,6 +219,13 @@ async def read_json(request: "Request", max_bytes: int) -> dict[str, Any]:
     too_large = ApiError(
         413, f"request body is over {max_bytes} bytes; send fewer or shorter prompts per request."
     )
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        # A form or text/plain POST is what a browser page may send cross-site without a
+        # preflight; a JSON API has no reason to accept one.
+        raise ApiError(
+            415, "send the body as JSON with the header 'Content-Type: application/json'."
+        )
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise too_large

@@ -304,6 +304,19 @@ def test_hostile_json_is_400_not_500(client, raw, says):
     assert says in r.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_only_json_bodies_are_accepted(client, content_type):
+    headers = {"content-type": content_type} if content_type else {}
+    r = client.post("/v1/completions", content=b'{"prompt": "hi"}', headers=headers)
+    assert r.status_code == 415 and "application/json" in r.json()["error"]["message"]
+    ok = client.post(
+        "/v1/completions",
+        content=b'{"prompt": "hi", "max_tokens": 2}',
+        headers={"content-type": "application/json; charset=utf-8"},
+    )
+    assert ok.status_code == 200, ok.text
+
+
 def test_other_request_errors(client, lm):
     r = client.post(
         "/v1/completions", content=b"{not json", headers={"content-type": "application/json"}
