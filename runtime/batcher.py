@@ -109,14 +109,16 @@ class Batcher:
         self.arrived.set()
         if self.task is None:
             return
-        try:
-            await asyncio.wait_for(asyncio.shield(self.task), timeout_s)
-        except asyncio.TimeoutError:
-            self.task.cancel()  # a model call already running finishes in its thread, unheard
-            for job in [*self.running, *self.pending]:
-                _fail(job, overloaded("server shut down before this request finished."))
-                job.cancelled.set()  # a stream batch still decoding in its thread stops
-            self.pending.clear()
+        if not self.task.done():  # a worker that died has nothing left to finish
+            try:
+                await asyncio.wait_for(asyncio.shield(self.task), timeout_s)
+                return
+            except asyncio.TimeoutError:
+                self.task.cancel()  # a model call already running finishes in its thread
+        for job in [*self.running, *self.pending]:
+            _fail(job, overloaded("server shut down before this request finished."))
+            job.cancelled.set()  # a stream batch still decoding in its thread stops
+        self.pending.clear()
 
     # -- the worker --
 

@@ -188,9 +188,17 @@ def health_router(ctx: ServerContext, guarded: list[DependsParam]) -> APIRouter:
 
     @router.get("/health")
     async def health() -> JSONResponse:
-        """Open without a key, for load balancers: 503 once shutting down (or not started)."""
-        ready = ctx.batcher is not None and not ctx.batcher.closed
-        body = {"status": "ok" if ready else "unavailable", "model": ctx.model_name}
+        """Open without a key, for load balancers: 503 once shutting down, before the
+        worker started, or when the worker task has died (nothing would answer)."""
+        batcher = ctx.batcher
+        worker = batcher.task if batcher is not None else None
+        alive = worker is not None and not worker.done()
+        ready = alive and not batcher.closed
+        body = {
+            "status": "ok" if ready else "unavailable",
+            "model": ctx.model_name,
+            "worker": "running" if alive else "stopped",
+        }
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @router.get("/metrics", dependencies=guarded)

@@ -709,3 +709,16 @@ def test_a_server_bug_is_a_generic_500_with_a_request_id(lm, caplog):
     assert request_id in message
     logged = [rec for rec in caplog.records if request_id in rec.getMessage()]
     assert logged and "boom in /home/secret" in str(logged[0].exc_info[1])
+
+
+def test_health_reports_a_dead_worker(lm):
+    app = create_app(lm, model_name="tiny")
+    with TestClient(app) as c:
+        assert c.get("/health").json() == {"status": "ok", "model": "tiny", "worker": "running"}
+        worker = app.state.batcher.task
+        c.portal.call(lambda: worker.cancel())  # the worker dies (as if it had crashed)
+        deadline = time.time() + 5
+        while not worker.done() and time.time() < deadline:
+            time.sleep(0.01)
+        r = c.get("/health")
+        assert r.status_code == 503 and r.json()["worker"] == "stopped"
