@@ -12,6 +12,9 @@ import os
 import sys
 from typing import Any
 
+from edgezoo import argtypes
+from edgezoo.errors import ConfigError
+
 
 def register(subparsers: Any) -> None:
     _register_generate(subparsers)
@@ -29,7 +32,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threads",
-        type=_at_least(0),
+        type=argtypes.at_least(0),
         default=0,
         help="intra-op threads (0 = ONNX Runtime's default)",
     )
@@ -78,7 +81,7 @@ def _register_serve(subparsers: Any) -> None:
         default="127.0.0.1",
         help="address to bind (default 127.0.0.1: this machine only; any other address needs --api-key)",
     )
-    s.add_argument("--port", type=_port, default=8000, help="port, 1-65535 (default 8000)")
+    s.add_argument("--port", type=argtypes.port, default=8000, help="port, 1-65535 (default 8000)")
     s.add_argument(
         "--api-key",
         default=os.environ.get("EDGEZOO_API_KEY") or None,
@@ -90,29 +93,29 @@ def _register_serve(subparsers: Any) -> None:
     )
     s.add_argument(
         "--max-batch",
-        type=_at_least(1),
+        type=argtypes.at_least(1),
         default=8,
         help="most prompts per batched model call (default 8)",
     )
     s.add_argument(
         "--max-queue",
-        type=_at_least(1),
+        type=argtypes.at_least(1),
         default=64,
         help="requests that may wait; beyond this the server answers 503 + Retry-After (default 64)",
     )
     s.add_argument(
         "--max-tokens-limit",
-        type=_at_least(1),
+        type=argtypes.at_least(1),
         help="largest max_tokens a request may ask for (default: no limit)",
     )
     s.add_argument(
         "--max-prompt-tokens",
-        type=_at_least(1),
+        type=argtypes.at_least(1),
         help="longest prompt in tokens (default: the model's context)",
     )
     s.add_argument(
         "--timeout",
-        type=_positive_seconds,
+        type=argtypes.positive,
         default=60.0,
         help="seconds a request may take, queueing included, before a 504 (default 60)",
     )
@@ -143,6 +146,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     lm = runtime.load(
         args.model_dir, backend=args.backend, variant=args.variant, threads=args.threads
     )
+    if not hasattr(lm, "generate"):
+        raise ConfigError(f"{args.model_dir} is a classifier: use `edgezoo classify` on it.")
     print(f"[{lm.backend} · {lm.variant}] {lm.reason}", file=sys.stderr)
     if args.no_stream:
         print(args.prompt + lm.generate(args.prompt, **_sampling_args(args)).text)
@@ -165,6 +170,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     clf = runtime.load(
         args.model_dir, backend=args.backend, variant=args.variant, threads=args.threads
     )
+    if not hasattr(clf, "classify"):
+        raise ConfigError(f"{args.model_dir} is a language model: use `edgezoo generate` on it.")
     texts = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     results = clf.classify(texts)
     for text, r in zip(texts, results, strict=True):
@@ -176,41 +183,3 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from edgezoo.runtime.server import cmd_serve as serve_from_args
 
     return serve_from_args(args)
-
-
-# Flag types: a bad value stops at parsing, with argparse's one-line usage error, before
-# any model is loaded.
-
-
-def _at_least(low: int):
-    def parse(text: str) -> int:
-        value = _integer(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} is not allowed: use {low} or more")
-        return value
-
-    return parse
-
-
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-
-
-def _port(text: str) -> int:
-    value = _integer(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a TCP port: use 1-65535")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:  # NaN too
-        raise argparse.ArgumentTypeError(f"{text} is not allowed: use a number of seconds > 0")
-    return value

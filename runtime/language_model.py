@@ -168,6 +168,10 @@ class LanguageModel:
 
     def score(self, text: str) -> dict[str, float]:
         """Mean next-token loss and perplexity of ``text`` (windows of the context length)."""
+        if not isinstance(text, str):
+            raise InputError(
+                f"score takes one text (a str), got {type(text).__name__}: call it once per text."
+            )
         ids = self.tokenizer.encode(text).ids
         if self.eos_id is not None:
             ids = [*ids, self.eos_id]

@@ -358,3 +358,18 @@ def test_a_manifest_cannot_point_outside_the_onnx_folder(tmp_path, manifest_text
     (tmp_path / "onnx" / "manifest.json").write_text(manifest_text)
     with pytest.raises(CheckpointError, match=r"manifest|not a file name inside onnx/"):
         runtime.load(tmp_path, backend="ort-cpu")
+
+
+def test_generate_on_a_classifier_and_classify_on_an_lm_say_which_command(lm_dir, cls_dir, capsys):
+    from edgezoo.cli import main
+
+    assert main(["generate", str(cls_dir[0]), "def f("]) == 2
+    assert "is a classifier: use `edgezoo classify`" in capsys.readouterr().err
+    assert main(["classify", str(lm_dir[0]), "import os"]) == 2
+    assert "is a language model: use `edgezoo generate`" in capsys.readouterr().err
+
+
+def test_score_takes_one_text(lm_dir):
+    lm = runtime.load(lm_dir[0], backend="ort-cpu")
+    with pytest.raises(InputError, match="one text"):
+        lm.score(["a", "b"])

@@ -680,7 +680,7 @@ def test_server_runs_without_torch(lm_dir):
         ("--port", "abc", "not a whole number"),
         ("--max-batch", "0", "use 1 or more"),
         ("--max-queue", "-3", "use 1 or more"),
-        ("--timeout", "-1", "seconds > 0"),
+        ("--timeout", "-1", "use a number > 0"),
         ("--threads", "-2", "use 0 or more"),
     ],
 )

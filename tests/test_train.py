@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import namedtuple
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -265,3 +266,30 @@ def test_classifier_from_a_pretrained_lm(text_corpus, labelled_csv, tmp_path):
             0
         ].numpy()
     assert np.abs(clf.predict_proba(text)[0] - expected).max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--steps", "0"),
+        ("--steps", "-5"),
+        ("--grad-accum", "0"),
+        ("--log-every", "0"),
+        ("--eval-every", "0"),
+        ("--checkpoint-every", "0"),
+        ("--lr", "-1"),
+        ("--lr", "nan"),
+    ],
+)
+def test_nonsense_training_flags_are_refused_at_parse_time(capsys, flag, value):
+    from edgezoo.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--out", "runs/never-written", flag, value])
+    assert stop.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+    assert not Path("runs/never-written").exists()
+
+
+def test_zero_steps_through_the_api_is_refused(text_corpus, tmp_path):
+    with pytest.raises(ConfigError, match="steps=0 would train nothing"):
+        train(lm_train_config(text_corpus, tmp_path / "run", steps=0))

@@ -156,6 +156,12 @@ def _start(cfg: TrainConfig) -> tuple[TrainConfig, Dist, torch.device]:
     """Check what needs no data, join the process group and tell a fresh run from a resume."""
     from edgezoo.zoo import distributed
 
+    if cfg.steps is not None and cfg.steps < 1:
+        raise ConfigError(f"steps={cfg.steps} would train nothing; use steps >= 1.")
+    if cfg.grad_accum < 1 or cfg.batch_size < 1:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size}, grad_accum={cfg.grad_accum}: both must be >= 1."
+        )
     if cfg.family not in FAMILIES:
         raise ConfigError(f"unknown family {cfg.family!r}; valid families: {', '.join(FAMILIES)}")
     make_config(cfg.family, cfg.size)  # validates the size early, listing valid ones
@@ -192,8 +198,14 @@ def _build(
     model = build_model(model_cfg)
     if cfg.init_from and not cfg.resume:
         init_weights_from(model, cfg.init_from)
-    steps = cfg.steps or (
-        math.ceil(cfg.tokens / (cfg.batch_size * task.tokens_per_example)) if cfg.tokens else 1000
+    steps = (
+        cfg.steps
+        if cfg.steps is not None
+        else (
+            math.ceil(cfg.tokens / (cfg.batch_size * task.tokens_per_example))
+            if cfg.tokens
+            else 1000
+        )
     )
     start_step, state = resume_point(cfg, dist, Path(cfg.out), model_cfg)
     model.to(device)

@@ -9,6 +9,7 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgezoo.argtypes import at_least, positive
 from edgezoo.zoo import corpus
 from edgezoo.zoo.presets import FAMILIES
 
@@ -70,35 +71,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--out", required=True, help="model dir to write (checkpoints go in OUT/checkpoints)"
     )
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=int, help="optimizer steps to train (default 1000)")
-    budget.add_argument("--tokens", type=int, help="stop after this many training tokens instead")
+    budget.add_argument("--steps", type=at_least(1), help="optimizer steps to train (default 1000)")
+    budget.add_argument(
+        "--tokens", type=at_least(1), help="stop after this many training tokens instead"
+    )
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=at_least(1),
         default=d.batch_size,
         help="global batch in sequences, over accumulation and processes",
     )
     p.add_argument(
         "--grad-accum",
-        type=int,
+        type=at_least(1),
         default=d.grad_accum,
         help="micro-batches per step (same result, less memory)",
     )
     p.add_argument(
-        "--context", type=int, help="sequence length (default: preset context for lm, 128 for cls)"
+        "--context",
+        type=at_least(2),
+        help="sequence length (default: preset context for lm, 128 for cls)",
     )
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lr", type=positive, default=d.lr)
     p.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio)
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--warmup-steps", type=at_least(0), default=d.warmup_steps)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--grad-clip", type=float, default=d.grad_clip)
     p.add_argument("--vocab-size", type=int, help="tokenizer vocabulary (default: the preset's)")
     p.add_argument("--val-frac", type=float, default=d.val_frac)
-    p.add_argument("--eval-every", type=int, default=d.eval_every)
-    p.add_argument("--eval-batches", type=int, default=d.eval_batches)
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
-    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--eval-every", type=at_least(1), default=d.eval_every)
+    p.add_argument("--eval-batches", type=at_least(1), default=d.eval_batches)
+    p.add_argument("--checkpoint-every", type=at_least(1), default=d.checkpoint_every)
+    p.add_argument("--keep-checkpoints", type=at_least(1), default=d.keep_checkpoints)
+    p.add_argument("--log-every", type=at_least(1), default=d.log_every)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument(
         "--device",
