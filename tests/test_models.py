@@ -126,3 +126,15 @@ def test_llama_classifier_matches_transformers(tmp_path):
         )
     assert delta <= 1e-4
     assert load_model(tmp_path).config.id2label == {0: "neg", 1: "pos", 2: "mixed"}
+
+
+def test_a_saved_model_dir_has_the_usual_file_modes(tmp_path, tokenizer):
+    import os
+
+    from conftest import make_model_dir, tiny_llama
+
+    umask = os.umask(0)
+    os.umask(umask)
+    make_model_dir(tmp_path, tiny_llama(), tokenizer)
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
