@@ -246,6 +246,9 @@ def test_existing_output_dir_needs_force(tmp_path, tokenizer):
         prune_dir(src, tmp_path / "out", mlp=0.5)
     with pytest.raises(ConfigError, match="new dir"):
         prune_dir(src, src, mlp=0.5)
+    with pytest.raises(ConfigError, match="contains the model being pruned"):
+        prune_dir(src, tmp_path, mlp=0.5, force=True)  # would delete src and every sibling
+    assert (src / "model.safetensors").is_file()
     prune_dir(src, tmp_path / "out", mlp=0.5, force=True)
     assert not (tmp_path / "out" / "keep.txt").exists()
     assert load_model(tmp_path / "out").config.intermediate_size == 64

@@ -108,6 +108,11 @@ def _check_request(src: Path, out: Path, importance: str, finetune_steps: int, f
         raise ConfigError(f"--finetune-steps {finetune_steps} must be 0 (none) or more.")
     if out.resolve() == src.resolve():
         raise ConfigError(f"--out {out} is the model being pruned; write to a new dir.")
+    if out.resolve() in src.resolve().parents:
+        # --force replaces --out whole: that would delete the source and its siblings
+        raise ConfigError(
+            f"--out {out} contains the model being pruned ({src}); write to a new dir beside it."
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ConfigError(
             f"{out} already exists and is not empty; pick another --out or pass --force."
