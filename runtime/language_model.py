@@ -312,9 +312,10 @@ class LanguageModel:
             else:
                 row.ids.append(token)
                 if live:
+                    checked = len(row.text)
                     row.text += row.streamer.push(token)
                     if stops.stop:
-                        row.text, found = stops.truncate(row.text)
+                        row.text, found = stops.truncate(row.text, since=checked)
                         if found:
                             row.finish = "stop"
                             continue

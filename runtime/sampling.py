@@ -197,9 +197,12 @@ class StopChecker:
         hits = [i for i in (text.find(s, start) for s in self.stop) if i >= 0]
         return min(hits, default=-1)
 
-    def truncate(self, text: str) -> tuple[str, bool]:
-        """``(text before the first stop string, True)``, or ``(text, False)`` if none occurs."""
-        i = self.find(text)
+    def truncate(self, text: str, since: int = 0) -> tuple[str, bool]:
+        """``(text before the first stop string, True)``, or ``(text, False)`` if none occurs.
+
+        ``since``: the length of the text the last call already checked; only a stop string
+        ending after it can be new, so a decode loop scans each step's tail, not all text."""
+        i = self.find(text, since - self.max_len + 1 if since else 0)
         return (text, False) if i < 0 else (text[:i], True)
 
     def holdback(self, text: str) -> int:

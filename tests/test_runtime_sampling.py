@@ -259,3 +259,13 @@ def test_runtime_modules_do_not_import_torch():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_truncate_since_only_scans_the_new_tail_but_finds_stops_across_it():
+    stops = StopChecker(["</a>", "xyz"])
+    text = "hello </"
+    assert stops.truncate(text + "a> more", since=len(text)) == ("hello ", True)
+    assert stops.truncate("abc xy" + "z!", since=6) == ("abc ", True)
+    # a stop wholly inside text checked before is not searched again (it would have been cut)
+    assert stops.truncate("xyz and more", since=12) == ("xyz and more", False)
+    assert stops.truncate("xyz and more") == ("", True)
