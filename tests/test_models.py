@@ -138,3 +138,16 @@ def test_a_saved_model_dir_has_the_usual_file_modes(tmp_path, tokenizer):
     make_model_dir(tmp_path, tiny_llama(), tokenizer)
     for name in ("model.safetensors", "config.json", "tokenizer.json"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_transformers_tokenizes_and_generates_from_a_model_dir_as_is(tmp_path, tokenizer):
+    from conftest import make_model_dir, tiny_llama
+
+    model = make_model_dir(tmp_path, tiny_llama(), tokenizer)
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    inputs = tok("def main():", return_tensors="pt")
+    assert set(inputs) == {"input_ids", "attention_mask"}  # no token_type_ids for a Llama
+    assert hf.generation_config.eos_token_id == model.config.eos_token_id
+    out = hf.generate(**inputs, max_new_tokens=5, do_sample=False, min_new_tokens=5)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 5

@@ -21,6 +21,7 @@ from edgezoo.zoo.bert import BertForSequenceClassification
 from edgezoo.zoo.config import BertConfig, LlamaConfig, ModelConfig, config_from_hf_dict
 from edgezoo.zoo.llama import LlamaForCausalLM, LlamaForSequenceClassification
 
+GENERATION_CONFIG_FILE = "generation_config.json"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -58,7 +59,18 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
 
 
 def save_config(cfg: ModelConfig, folder: str | Path) -> None:
+    """config.json, and for a causal LM the generation_config.json transformers reads."""
     atomic.write_json(Path(folder) / CONFIG_FILE, cfg.to_hf_dict())
+    if isinstance(cfg, LlamaConfig) and not cfg.id2label:
+        atomic.write_json(
+            Path(folder) / GENERATION_CONFIG_FILE,
+            {
+                "bos_token_id": cfg.bos_token_id,
+                "eos_token_id": cfg.eos_token_id,
+                "pad_token_id": cfg.pad_token_id,
+                "max_length": cfg.max_position_embeddings,
+            },
+        )
 
 
 def save_model_dir(model: nn.Module, folder: str | Path) -> Path:

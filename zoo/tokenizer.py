@@ -69,6 +69,9 @@ def save_tokenizer(tok: Tokenizer, folder: str | Path, model_max_length: int) ->
             "model_max_length": model_max_length,
             "add_bos_token": True,
             "clean_up_tokenization_spaces": False,
+            # No token_type_ids: a Llama's forward has no such input (BERT's defaults to 0s),
+            # so `model(**tok(text, return_tensors="pt"))` works for every family.
+            "model_input_names": ["input_ids", "attention_mask"],
             **specials,
         },
     )
