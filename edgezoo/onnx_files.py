@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgezoo import atomic
+
 if TYPE_CHECKING:
     import onnx
 
@@ -95,6 +97,22 @@ def onnx_tensor_stub(name: str, array: np.ndarray) -> onnx.TensorProto:
     proto.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
     proto.dims.extend(array.shape)
     return proto
+
+
+def publish(staged: Path, folder: Path) -> None:
+    """Move a validated graph and its weights from staging into ``folder``, durably.
+
+    Both files are fsynced first; the weights are renamed in before the graph, so a crash
+    in between leaves at worst an unreferenced ``.data`` file, never a graph whose
+    weights are missing; then the folder is fsynced so the renames survive a power cut."""
+    weights = [f for f in staged.parent.iterdir() if f.name.startswith(staged.name + ".")]
+    files = [*sorted(weights), staged]  # <name>.data (whatever a writer called it), then graph
+    for f in files:
+        with open(f, "rb+") as fh:
+            os.fsync(fh.fileno())
+    for f in files:  # weights first
+        os.replace(f, folder / f.name)
+    atomic.fsync_dir(folder)
 
 
 def io_signature(path: Path) -> dict[str, list]:

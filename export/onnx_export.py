@@ -19,7 +19,6 @@ import contextlib
 import gc
 import logging
 import os
-import shutil
 import tempfile
 import time
 import warnings
@@ -48,7 +47,7 @@ from edgezoo.export.wrappers import (
 )
 from edgezoo.io_names import decoder_io_names, encoder_io_names
 from edgezoo.memory import ensure_available, release_freed
-from edgezoo.onnx_files import data_file, file_facts, io_signature
+from edgezoo.onnx_files import data_file, file_facts, io_signature, publish
 from edgezoo.zoo.config import BertConfig, LlamaConfig
 from edgezoo.zoo.modeldir import WEIGHTS_FILE, fp32_weight_bytes, load_config, load_model
 from edgezoo.zoo.tokenizer import load_tokenizer
@@ -348,10 +347,8 @@ def to_onnx(
                 **file_facts(tmp / kind.file),
             )
             variants[kind.variant] = entry
-        for entry in variants.values():  # all validated: move them in (a rename each)
-            for f in (entry["file"], entry["file"] + ".data"):
-                if (tmp / f).exists():
-                    shutil.move(str(tmp / f), str(out_dir / f))
+        for entry in variants.values():  # all validated: move them in (renames)
+            publish(tmp / entry["file"], out_dir)
     for name, entry in variants.items():
         manifest.add_variant(
             model_dir,

@@ -10,7 +10,6 @@ picks the fastest recommended variant.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import numpy as np
 from edgezoo import io_names, manifest
 from edgezoo.errors import CheckpointError, ConfigError, ExportError
 from edgezoo.memory import ensure_available, release_freed
-from edgezoo.onnx_files import file_facts, io_signature
+from edgezoo.onnx_files import file_facts, io_signature, publish
 from edgezoo.quantize import graphs
 from edgezoo.quantize.evaluate import EvalData, eval_data, measure, quality_change, speed_of
 
@@ -121,9 +120,7 @@ def quantize_model(
                 **file_facts(staged),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
-            for f in Path(tmp).iterdir():
-                if f.name.startswith(file):
-                    shutil.move(str(f), str(onnx_dir / f.name))
+            publish(staged, onnx_dir)
         manifest.add_variant(model_dir, name, entry)
         release_freed()  # the source graph and both sessions are gone: give the memory back
     if not measure_all:
