@@ -48,7 +48,7 @@ class MissingExtraError(EdgeZooError):
 # an edge install without torch answers with the pip command instead of an ImportError).
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "train": ("torch", "safetensors", "tqdm", "rich"),
-    "quantize": ("onnx",),
+    "quantize": ("onnx", "onnx_ir"),
     "export": ("torch", "safetensors", "onnx", "onnxscript", "optimum"),
     "serve": ("fastapi", "uvicorn", "prometheus_client"),
     "plots": ("matplotlib",),
