@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from edgezoo.quantize.prune.cli import register as register_prune
+from edgezoo.quantize.prune.cli import add_prune_parser
 
 
 def register(subparsers: Any) -> None:
@@ -79,7 +79,7 @@ def register(subparsers: Any) -> None:
         "--data", help="evaluation/calibration data (default: the data the model was trained on)"
     )
     s.set_defaults(fn=cmd_quantize, extras=("quantize",))
-    register_prune(subparsers)
+    add_prune_parser(subparsers)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:

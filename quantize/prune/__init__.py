@@ -11,7 +11,7 @@ Importing it does not import torch (every module imports torch inside its functi
 """
 
 from edgezoo.quantize.prune.blocks import block_linears, count_parameters
-from edgezoo.quantize.prune.cli import add_prune_parser, register
+from edgezoo.quantize.prune.cli import add_prune_parser
 from edgezoo.quantize.prune.importance import activation_importance
 from edgezoo.quantize.prune.low_rank import low_rank_factorize
 from edgezoo.quantize.prune.model_dir import prune_dir
@@ -29,6 +29,5 @@ __all__ = [
     "low_rank_factorize",
     "magnitude_prune",
     "prune_dir",
-    "register",
     "structured_prune",
 ]

@@ -11,14 +11,8 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
 from edgezoo.quantize.prune.importance import IMPORTANCE
-
-
-def register(subparsers: Any) -> None:
-    """Add ``edgezoo prune`` to the CLI's subparsers."""
-    add_prune_parser(subparsers)
 
 
 def add_prune_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
