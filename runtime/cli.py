@@ -101,17 +101,18 @@ def _register_serve(subparsers: Any) -> None:
         "--max-queue",
         type=argtypes.at_least(1),
         default=64,
-        help="requests that may wait; beyond this the server answers 503 + Retry-After (default 64)",
+        help="prompts that may wait; beyond this the server answers 503 + Retry-After (default 64)",
     )
     s.add_argument(
         "--max-tokens-limit",
         type=argtypes.at_least(1),
-        help="largest max_tokens a request may ask for (default: no limit)",
+        help="largest max_tokens a request may ask for (default: the model's context, at most 1024)",
     )
     s.add_argument(
         "--max-prompt-tokens",
         type=argtypes.at_least(1),
-        help="longest prompt in tokens (default: the model's context)",
+        help="longest prompt in tokens; longer ones are refused by their length in characters "
+        "before they are tokenized (default: the model's context - 1)",
     )
     s.add_argument(
         "--timeout",
