@@ -36,7 +36,7 @@ class Job:
     its batch stops once every job in it has gone.
     """
 
-    inputs: list[str]
+    inputs: list[Any]  # an LM's prompts as token ids (tokenized off the loop); texts to classify
     params: SamplingParams | None = None
     prompt_tokens: int = 0
     stream: bool = False
@@ -71,7 +71,7 @@ class Batcher:
     ) -> None:
         self.model, self.metrics = model, metrics
         self.max_batch, self.max_queue, self.batch_wait_s = max_batch, max_queue, batch_wait_s
-        self.is_lm = hasattr(model, "generate")
+        self.is_lm = hasattr(model, "generate_ids")
         self.context: int | None = getattr(model, "context", None)
         self.pending: deque[Job] = deque()
         self.running: list[Job] = []
@@ -84,12 +84,18 @@ class Batcher:
     def submit(self, job: Job) -> None:
         if self.closed:
             raise overloaded("server is shutting down; retry shortly.")
-        if len(self.pending) >= self.max_queue:
+        if self.queued_rows + len(job.inputs) > self.max_queue:
             raise overloaded(
-                f"server is busy ({len(self.pending)} requests queued); retry after {RETRY_AFTER_S} s."
+                f"server is busy ({self.queued_rows} prompts queued); retry after {RETRY_AFTER_S} s."
             )
         self.pending.append(job)
         self._queue_changed()
+
+    @property
+    def queued_rows(self) -> int:
+        """Prompts waiting: the queue is bounded in rows (each at most one context of
+        tokens), so a request with many prompts takes as much of it as it will cost."""
+        return sum(len(job.inputs) for job in self.pending)
 
     def cancel(self, job: Job) -> None:
         """Forget a job whose request gave up: drop it if queued, stop it if streaming."""
@@ -195,14 +201,14 @@ class Batcher:
                 job.future.set_result(outputs[start : start + len(job.inputs)])
             start += len(job.inputs)
 
-    def _call_model(self, inputs: list[str], params: SamplingParams | None) -> list[Any]:
+    def _call_model(self, inputs: list[Any], params: SamplingParams | None) -> list[Any]:
         """Runs in the worker thread. A request with more texts than ``max_batch`` is split."""
         outputs: list[Any] = []
         for start in range(0, len(inputs), self.max_batch):
             chunk = inputs[start : start + self.max_batch]
             self.metrics.batch_size.observe(len(chunk))
             if self.is_lm:
-                generations = self.model.generate(chunk, params)
+                generations = self.model.generate_ids(chunk, params)
                 self.metrics.generated_tokens.inc(sum(len(g.token_ids) for g in generations))
                 outputs.extend(generations)
             else:
@@ -223,14 +229,14 @@ class Batcher:
                 loop.call_soon_threadsafe(job.events.put_nowait, item)
 
         rows = [(job, index) for job in batch for index in range(len(job.inputs))]
-        prompts = [text for job in batch for text in job.inputs]
+        prompts = [ids for job in batch for ids in job.inputs]
         unfinished = {id(job): len(job.inputs) for job in batch}
         self.metrics.prompt_tokens.inc(sum(job.prompt_tokens for job in batch))
         try:
             for start in range(0, len(prompts), self.max_batch):
                 chunk = prompts[start : start + self.max_batch]
                 self.metrics.batch_size.observe(len(chunk))
-                deltas = self.model.stream_batch(chunk, batch[0].params)
+                deltas = self.model.stream_batch_ids(chunk, batch[0].params)
                 with contextlib.closing(deltas):
                     for delta in deltas:
                         if all(job.cancelled.is_set() for job in batch):
@@ -256,7 +262,7 @@ class Batcher:
 
     def _queue_changed(self) -> None:
         self.arrived.set()
-        self.metrics.queue_depth.set(len(self.pending))
+        self.metrics.queue_depth.set(self.queued_rows)
 
 
 def _fail(job: Job, error: Exception) -> None:

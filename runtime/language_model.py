@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -149,11 +150,21 @@ class LanguageModel:
         reason and full ``Generation``. Rows that finish early stop producing deltas."""
         if isinstance(prompts, str):
             prompts = [prompts]  # one prompt, not one per character
+        yield from self.stream_batch_ids(self.encode(list(prompts)), params, **overrides)
+
+    def stream_batch_ids(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        params: SamplingParams | None = None,
+        **overrides: Any,
+    ) -> Iterator[StreamDelta]:
+        """``stream_batch`` for prompts that are already token ids (one list per row)."""
+        encoded = self.check_ids(prompt_ids)
         params = self._params(params, overrides)
         stops = StopChecker(params.stop)
-        emitted = [0] * len(prompts)
-        finished = [False] * len(prompts)
-        for rows in self._run(self.encode(list(prompts)), params, live_text=True):
+        emitted = [0] * len(encoded)
+        finished = [False] * len(encoded)
+        for rows in self._run(encoded, params, live_text=True):
             for i, row in enumerate(rows):
                 if finished[i]:
                     continue
@@ -205,6 +216,13 @@ class LanguageModel:
                 overrides["stop"] = (overrides["stop"],)
             params = SamplingParams(**{**params.__dict__, **overrides})
         return params.validate()
+
+    @cached_property
+    def max_token_chars(self) -> int:
+        """The most characters one token can stand for (the longest vocabulary entry, in
+        bytes for byte-level BPE): a text of n characters is at least n / this many tokens,
+        so a server can refuse an over-long prompt before tokenizing it."""
+        return max(len(token) for token in self.tokenizer.get_vocab())
 
     def encode(self, prompts: list[str]) -> list[list[int]]:
         """Token ids of each prompt, checked to fit the context."""

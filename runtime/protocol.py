@@ -245,10 +245,27 @@ async def read_json(request: "Request", max_bytes: int) -> dict[str, Any]:
     return data
 
 
-def prompt_lengths(model: Any, prompts: list[str], max_prompt_tokens: int | None) -> list[int]:
-    """Token count per prompt. Checked before queueing, so one bad prompt never fails a batch."""
-    lengths = [len(ids) for ids in model.encode(prompts)]  # InputError: empty / over context
-    longest = max(lengths)
+def encode_prompts(
+    model: Any, prompts: list[str], max_prompt_tokens: int | None
+) -> list[list[int]]:
+    """Each prompt's token ids, checked before queueing so one bad prompt never fails a batch.
+
+    A prompt is measured in characters first: no prompt longer than ``max_prompt_tokens``
+    times the longest token's length can fit, so a megabyte prompt is refused without the
+    tokenizer ever reading it. Slow for long prompts: call it off the event loop.
+    """
+    limit = min(max_prompt_tokens or model.context, model.context - 1)
+    max_chars = limit * model.max_token_chars
+    longest_chars = max(len(p) for p in prompts)
+    if longest_chars > max_chars:
+        raise ApiError(
+            400,
+            f"prompt is {longest_chars} characters; this server accepts at most {limit} tokens "
+            f"(at most {max_chars} characters) per prompt: shorten the prompt.",
+            param="prompt",
+        )
+    encoded = model.encode(prompts)  # InputError: empty / over context
+    longest = max(len(ids) for ids in encoded)
     if max_prompt_tokens is not None and longest > max_prompt_tokens:
         raise ApiError(
             400,
@@ -256,7 +273,7 @@ def prompt_lengths(model: Any, prompts: list[str], max_prompt_tokens: int | None
             "shorten the prompt.",
             param="prompt",
         )
-    return lengths
+    return encoded
 
 
 # ---------------------------------------------------------------------- responses ----------

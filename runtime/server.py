@@ -15,16 +15,18 @@ annotations, and ``create_app``'s return annotation names ``FastAPI`` only as a 
 """
 
 import argparse
-import ipaddress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgezoo.errors import ConfigError
+from edgezoo.runtime.host_guard import LoopbackHostMiddleware, is_loopback
 from edgezoo.runtime.server_metrics import Metrics
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+
+DEFAULT_MAX_TOKENS_LIMIT = 1024  # max_tokens a request may ask for, unless the context is less
 
 # ---------------------------------------------------------------------- the app ------------
 
@@ -72,6 +74,9 @@ def create_app(
         max_prompts=max_prompts or max_batch,
     )
     app = routes.base_app(ctx)
+    app.state.context = ctx  # its limits, for whoever holds the app (tests, embedders)
+    if not api_key:
+        app.add_middleware(LoopbackHostMiddleware)  # outermost: DNS rebinding gets nothing
     guarded = routes.key_guard(api_key)
     app.include_router(routes.health_router(ctx, guarded))
     app.include_router(routes.openai_router(ctx, guarded))
@@ -80,17 +85,6 @@ def create_app(
 
 
 # ---------------------------------------------------------------------- serve + CLI --------
-
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 and localhost: addresses no other machine can reach."""
-    host = host.strip().strip("[]").rstrip(".").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # another hostname: it may resolve to a public address
 
 
 def check_bind(host: str, api_key: str | None) -> None:
@@ -135,6 +129,9 @@ def serve(
     model = load(model_dir, backend=backend, variant=variant, threads=threads, max_batch=max_batch)
     name = model_name or Path(model_dir).resolve().name
     print(f"edgezoo serve: {name} [{model.backend} · {model.variant}] on http://{host}:{port}")
+    if hasattr(model, "context"):  # a language model: no request may cost more than this
+        max_prompt_tokens = max_prompt_tokens or model.context - 1
+        max_tokens_limit = max_tokens_limit or min(model.context, DEFAULT_MAX_TOKENS_LIMIT)
     app = create_app(
         model,
         model_name=name,
@@ -152,7 +149,15 @@ def serve(
         port=port,
         log_level=log_level,
         timeout_graceful_shutdown=int(request_timeout_s),
+        limit_concurrency=connection_limit(max_queue, max_batch),
     )
+
+
+def connection_limit(max_queue: int, max_batch: int) -> int:
+    """Open connections uvicorn serves before answering 503 at once: every request the queue
+    and the running batch can hold, plus room for /health and /metrics. A flood of idle or
+    slow connections then costs a refusal, not the server's memory."""
+    return max_queue + max_batch + 32
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

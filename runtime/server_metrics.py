@@ -37,7 +37,7 @@ class Metrics:
             "edgezoo_prompt_tokens", "Prompt tokens processed.", registry=registry
         )
         self.queue_depth = Gauge(
-            "edgezoo_queue_depth", "Requests waiting for the model.", registry=registry
+            "edgezoo_queue_depth", "Prompts waiting for the model.", registry=registry
         )
         self.batch_size = Histogram(
             "edgezoo_batch_size",

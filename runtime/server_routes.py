@@ -35,12 +35,12 @@ from edgezoo.runtime.protocol import (
     ApiError,
     classify_body,
     completion_body,
+    encode_prompts,
     finish_reason,
     model_card,
     overloaded,
     parse_classify,
     parse_completion,
-    prompt_lengths,
     read_json,
     sse,
     timed_out,
@@ -73,7 +73,7 @@ class ServerContext:
     is_lm: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        self.is_lm = hasattr(self.model, "generate")
+        self.is_lm = hasattr(self.model, "generate_ids")
 
     def running(self) -> Batcher:
         """The batcher, or a 503 for requests that race the lifespan's start."""
@@ -227,13 +227,16 @@ def openai_router(ctx: ServerContext, guarded: list[DependsParam]) -> APIRouter:
             max_tokens_limit=ctx.max_tokens_limit,
             max_prompts=ctx.max_prompts,
         )
-        lengths = prompt_lengths(ctx.model, req.prompts, ctx.max_prompt_tokens)
+        # Off the event loop: tokenizing a long prompt would stall every stream and /health.
+        prompt_ids = await asyncio.to_thread(
+            encode_prompts, ctx.model, req.prompts, ctx.max_prompt_tokens
+        )
         job = Job(
-            req.prompts,
+            prompt_ids,
             req.params,
-            prompt_tokens=sum(lengths),
+            prompt_tokens=sum(map(len, prompt_ids)),
             stream=req.stream,
-            longest_prompt=max(lengths),
+            longest_prompt=max(map(len, prompt_ids)),
         )
         timeout_s = ctx.request_timeout_s
         deadline = asyncio.get_running_loop().time() + timeout_s

@@ -37,6 +37,12 @@ GREEDY = {"temperature": 0, "max_tokens": 12}
 PROMPTS = ["def main(args):\n    return", "import os", 'class Config(object):\n    """Hold']
 
 
+def local_client(app, **kwargs) -> TestClient:
+    """A TestClient that addresses the app as ``localhost``: a keyless server answers only
+    loopback Host names (TestClient's default is ``testserver``)."""
+    return TestClient(app, base_url="http://localhost", **kwargs)
+
+
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory, tokenizer):
     path = tmp_path_factory.mktemp("srv-lm")
@@ -68,7 +74,7 @@ def classifier(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="module")
 def client(lm):
-    with TestClient(create_app(lm, model_name="tiny", max_tokens_limit=64)) as c:
+    with local_client(create_app(lm, model_name="tiny", max_tokens_limit=64)) as c:
         yield c
 
 
@@ -88,11 +94,11 @@ class Gated:
     def __getattr__(self, name):
         return getattr(self.lm, name)
 
-    def generate(self, prompts, params=None, **overrides):
+    def generate_ids(self, prompts, params=None, **overrides):
         self.batches.append(len(prompts))
         self.started.set()
         assert self.release.wait(10)
-        return self.lm.generate(prompts, params, **overrides)
+        return self.lm.generate_ids(prompts, params, **overrides)
 
 
 # ---------------------------------------------------------------------- completions ----------
@@ -167,11 +173,11 @@ def test_streaming_a_list_of_prompts_indexes_the_chunks(client, lm):
 
 def test_concurrent_streams_are_batched_and_each_gets_its_own_text(lm):
     class HeldStreams(Gated):
-        def stream_batch(self, prompts, params=None, **overrides):
+        def stream_batch_ids(self, prompts, params=None, **overrides):
             self.batches.append(len(prompts))
             self.started.set()
             assert self.release.wait(10)
-            yield from self.lm.stream_batch(prompts, params, **overrides)
+            yield from self.lm.stream_batch_ids(prompts, params, **overrides)
 
     model = HeldStreams(lm, held=True)
     texts: dict[int, str] = {}
@@ -183,7 +189,7 @@ def test_concurrent_streams_are_batched_and_each_gets_its_own_text(lm):
         texts[i] = "".join(ch["choices"][0]["text"] for ch in chunks)
         assert chunks[-1]["choices"][0]["finish_reason"] == "length"
 
-    with TestClient(create_app(model, model_name="tiny", batch_wait_ms=50)) as c:
+    with local_client(create_app(model, model_name="tiny", batch_wait_ms=50)) as c:
         first = threading.Thread(target=stream, args=(0, c))
         first.start()
         assert model.started.wait(10)  # the first stream holds the worker ...
@@ -203,7 +209,7 @@ def test_concurrent_streams_are_batched_and_each_gets_its_own_text(lm):
 
 
 def test_a_stream_with_more_prompts_than_max_batch_runs_in_chunks(lm):
-    with TestClient(create_app(lm, model_name="tiny", max_batch=2, max_prompts=3)) as c:
+    with local_client(create_app(lm, model_name="tiny", max_batch=2, max_prompts=3)) as c:
         body = {"prompt": PROMPTS, "stream": True, **GREEDY}
         events = c.post("/v1/completions", json=body).text.split("\n\n")
         metrics = c.get("/metrics").text
@@ -218,7 +224,7 @@ def test_a_stream_with_more_prompts_than_max_batch_runs_in_chunks(lm):
 def test_seeded_sampling_is_repeatable_and_never_batched(lm):
     model = Gated(lm)
     body = {"prompt": PROMPTS[0], "temperature": 1.5, "seed": 7, "max_tokens": 12}
-    with TestClient(create_app(model, model_name="tiny", batch_wait_ms=500)) as c:
+    with local_client(create_app(model, model_name="tiny", batch_wait_ms=500)) as c:
         texts = []
         threads = [
             threading.Thread(
@@ -246,7 +252,7 @@ def test_models_lists_the_served_model(client):
 
 def test_classify_returns_labels_and_scores(classifier):
     texts = ["import os\nos.getcwd()", "def f(x):\n    return x"]
-    with TestClient(create_app(classifier, model_name="cls")) as c:
+    with local_client(create_app(classifier, model_name="cls")) as c:
         r = c.post("/v1/classify", json={"input": texts})
         assert r.status_code == 200, r.text
         want = classifier.classify(texts)
@@ -330,13 +336,13 @@ def test_other_request_errors(client, lm):
 
 
 def test_prompt_over_the_server_limit_is_400(lm):
-    with TestClient(create_app(lm, model_name="tiny", max_prompt_tokens=4)) as c:
+    with local_client(create_app(lm, model_name="tiny", max_prompt_tokens=4)) as c:
         r = c.post("/v1/completions", json={"prompt": PROMPTS[0]})
     assert r.status_code == 400 and "at most 4" in r.json()["error"]["message"]
 
 
 def test_body_over_the_limit_is_413(lm):
-    with TestClient(create_app(lm, model_name="tiny", max_body_bytes=1000)) as c:
+    with local_client(create_app(lm, model_name="tiny", max_body_bytes=1000)) as c:
         r = c.post("/v1/completions", json={"prompt": "x" * 2000})
         assert r.status_code == 413 and "1000 bytes" in r.json()["error"]["message"]
         assert c.post("/v1/completions", json={"prompt": "x", "max_tokens": 1}).status_code == 200
@@ -346,7 +352,7 @@ def test_body_over_the_limit_is_413(lm):
 
 
 def test_api_key_is_required_except_for_health(lm):
-    with TestClient(create_app(lm, model_name="tiny", api_key="s3cret")) as c:
+    with local_client(create_app(lm, model_name="tiny", api_key="s3cret")) as c:
         body = {"prompt": "hi", "max_tokens": 2}
         assert c.get("/health").status_code == 200
         r = c.post("/v1/completions", json=body)
@@ -385,7 +391,7 @@ def test_concurrent_requests_are_batched(lm):
     model = Gated(lm)
     app = create_app(model, model_name="tiny", max_batch=4, batch_wait_ms=2000)
     results: dict[int, dict] = {}
-    with TestClient(app) as c:
+    with local_client(app) as c:
 
         def ask(i: int) -> None:
             prompt = PROMPTS[i % len(PROMPTS)]
@@ -412,7 +418,7 @@ def test_a_long_prompt_never_shortens_its_batch_mates_answers(lm):
     max_tokens = CONTEXT - n_long + 8  # fits the short prompt, not the long one
     assert 0 < CONTEXT - n_long < max_tokens < CONTEXT - 20
     results: dict[str, dict] = {}
-    with TestClient(create_app(model, model_name="tiny", batch_wait_ms=300)) as c:
+    with local_client(create_app(model, model_name="tiny", batch_wait_ms=300)) as c:
 
         def ask(name: str, prompt: str) -> None:
             body = {"prompt": prompt, "temperature": 0, "max_tokens": max_tokens}
@@ -439,7 +445,7 @@ def test_full_queue_answers_503_with_retry_after(lm):
     model = Gated(lm, held=True)
     app = create_app(model, model_name="tiny", max_queue=1, batch_wait_ms=0)
     statuses = []
-    with TestClient(app) as c:
+    with local_client(app) as c:
 
         def ask() -> None:
             statuses.append(
@@ -465,7 +471,7 @@ def test_full_queue_answers_503_with_retry_after(lm):
 
 def test_slow_request_times_out_with_504(lm):
     model = Gated(lm, held=True)
-    with TestClient(create_app(model, model_name="tiny", request_timeout_s=0.2)) as c:
+    with local_client(create_app(model, model_name="tiny", request_timeout_s=0.2)) as c:
         r = c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2})
         s = c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2, "stream": True})
         model.release.set()
@@ -474,7 +480,7 @@ def test_slow_request_times_out_with_504(lm):
 
 
 def test_metrics_count_requests_and_tokens(lm):
-    with TestClient(create_app(lm, model_name="tiny")) as c:
+    with local_client(create_app(lm, model_name="tiny")) as c:
         c.post("/v1/completions", json={"prompt": PROMPTS[1], **GREEDY})
         c.post("/v1/completions", json={"prompt": ""})
         r = c.get("/metrics")
@@ -497,6 +503,7 @@ class Endless:
     """A fake LM whose stream never ends on its own: shows whether a disconnect stops it."""
 
     context = CONTEXT
+    max_token_chars = 16
 
     def __init__(self) -> None:
         self.pulled = 0
@@ -504,10 +511,10 @@ class Endless:
     def encode(self, prompts):
         return [[1, 2]] * len(prompts)
 
-    def generate(self, prompts, params=None):
+    def generate_ids(self, prompts, params=None):
         raise AssertionError("not used")
 
-    def stream_batch(self, prompts, params=None):
+    def stream_batch_ids(self, prompts, params=None):
         for _ in range(10_000):
             self.pulled += 1
             time.sleep(0.002)
@@ -531,7 +538,7 @@ def test_stream_stops_generating_when_the_client_leaves(spec):
         "raw_path": b"/v1/completions",
         "root_path": "",
         "query_string": b"",
-        "headers": [(b"content-type", b"application/json")],
+        "headers": [(b"content-type", b"application/json"), (b"host", b"127.0.0.1:8000")],
         "server": ("test", 80),
         "client": ("test", 1),
     }
@@ -577,7 +584,7 @@ class SixSteps:
     def __init__(self) -> None:
         self.steps = 0
 
-    def stream_batch(self, prompts, params=None):
+    def stream_batch_ids(self, prompts, params=None):
         for i in range(6):
             self.steps += 1
             for row in range(len(prompts)):
@@ -620,7 +627,7 @@ def test_a_stream_batch_stops_when_every_client_has_left():
 
 def test_shutdown_finishes_queued_work_then_refuses():
     class Slow:
-        def generate(self, prompts, params=None):
+        def generate_ids(self, prompts, params=None):
             time.sleep(0.05)
             return [SimpleNamespace(text=p.upper(), token_ids=[1]) for p in prompts]
 
@@ -663,7 +670,8 @@ def test_server_runs_without_torch(lm_dir):
         from edgezoo import runtime
         from fastapi.testclient import TestClient
         lm = runtime.load({str(lm_dir)!r}, backend="ort-cpu")
-        with TestClient(server.create_app(lm, model_name="t")) as c:
+        app = server.create_app(lm, model_name="t")
+        with TestClient(app, base_url="http://localhost") as c:
             r = c.post("/v1/completions", json={{"prompt": "def f():", "max_tokens": 3}})
         print(r.status_code, r.json()["usage"]["completion_tokens"])
         assert not [m for m in sys.modules if m.startswith("torch") and sys.modules[m] is not None]
@@ -695,12 +703,14 @@ def test_bad_serve_flags_are_refused_before_the_model_loads(capsys, flag, value,
 class Broken(Gated):
     """An LM whose generate fails the way a bug would, with internals in its message."""
 
-    def generate(self, prompts, params=None, **overrides):
+    def generate_ids(self, prompts, params=None, **overrides):
         raise RuntimeError("boom in /home/secret/model.onnx")
 
 
 def test_a_server_bug_is_a_generic_500_with_a_request_id(lm, caplog):
-    with TestClient(create_app(Broken(lm), model_name="tiny"), raise_server_exceptions=False) as c:
+    with local_client(
+        create_app(Broken(lm), model_name="tiny"), raise_server_exceptions=False
+    ) as c:
         r = c.post("/v1/completions", json={"prompt": "hi", **GREEDY})
     assert r.status_code == 500
     message = r.json()["error"]["message"]
@@ -713,7 +723,7 @@ def test_a_server_bug_is_a_generic_500_with_a_request_id(lm, caplog):
 
 def test_health_reports_a_dead_worker(lm):
     app = create_app(lm, model_name="tiny")
-    with TestClient(app) as c:
+    with local_client(app) as c:
         assert c.get("/health").json() == {"status": "ok", "model": "tiny", "worker": "running"}
         worker = app.state.batcher.task
         c.portal.call(lambda: worker.cancel())  # the worker dies (as if it had crashed)
@@ -722,3 +732,124 @@ def test_health_reports_a_dead_worker(lm):
             time.sleep(0.01)
         r = c.get("/health")
         assert r.status_code == 503 and r.json()["worker"] == "stopped"
+
+
+# ---------------------------------------------------------------------- hostile traffic ------
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("localhost", True),
+        ("localhost:8000", True),
+        ("127.0.0.1:8000", True),
+        ("127.1.2.3", True),
+        ("[::1]:8000", True),
+        ("testserver", False),
+        ("evil.example", False),
+        ("localhost.evil.example", False),
+        ("127.0.0.1.evil.example:8000", False),
+        ("", False),
+    ],
+)
+def test_a_keyless_server_answers_only_loopback_host_names(lm, host, allowed):
+    """DNS rebinding: a web page re-points its own name at 127.0.0.1, but its requests keep
+    that name in the Host header — a keyless server must not answer them."""
+    with local_client(create_app(lm, model_name="tiny")) as c:
+        r = c.post("/v1/completions", json={"prompt": "hi", **GREEDY}, headers={"host": host})
+        health = c.get("/health", headers={"host": host})
+    if allowed:
+        assert r.status_code == 200 and health.status_code == 200
+    else:
+        assert r.status_code == 403 and health.status_code == 403
+        error = r.json()["error"]
+        assert error["code"] == "host_not_allowed" and "--api-key" in error["message"]
+
+
+def test_a_server_with_a_key_answers_any_host(lm):
+    with TestClient(create_app(lm, model_name="tiny", api_key="k")) as c:  # Host: testserver
+        r = c.post(
+            "/v1/completions",
+            json={"prompt": "hi", **GREEDY},
+            headers={"Authorization": "Bearer k", "host": "models.example.com"},
+        )
+    assert r.status_code == 200
+
+
+class Tokenizing(Gated):
+    """The real LM, recording where and how often prompts are tokenized and what the worker
+    is handed."""
+
+    def __init__(self, lm) -> None:
+        super().__init__(lm)
+        self.encoded_on_loop: list[bool] = []
+        self.handed: list = []
+
+    def encode(self, prompts):
+        try:
+            asyncio.get_running_loop()
+            self.encoded_on_loop.append(True)
+        except RuntimeError:
+            self.encoded_on_loop.append(False)
+        return self.lm.encode(prompts)
+
+    def generate_ids(self, prompts, params=None, **overrides):
+        self.handed.append(prompts)
+        return self.lm.generate_ids(prompts, params, **overrides)
+
+
+def test_prompts_are_tokenized_once_off_the_event_loop_and_the_worker_gets_ids(lm):
+    model = Tokenizing(lm)
+    with local_client(create_app(model, model_name="tiny")) as c:
+        r = c.post("/v1/completions", json={"prompt": PROMPTS[:2], **GREEDY})
+    assert r.status_code == 200
+    assert model.encoded_on_loop == [False]  # once, in a worker thread
+    assert model.handed == [lm.encode(PROMPTS[:2])]  # ids, not text to encode again
+    assert [c["text"] for c in r.json()["choices"]] == [expected(lm, p).text for p in PROMPTS[:2]]
+
+
+def test_a_huge_prompt_is_refused_by_its_length_before_tokenizing(lm):
+    model = Tokenizing(lm)
+    huge = "x" * 1_000_000
+    app = create_app(model, model_name="tiny", max_body_bytes=2_000_000, max_prompt_tokens=32)
+    with local_client(app) as c:
+        r = c.post("/v1/completions", json={"prompt": huge, **GREEDY})
+        fits = c.post("/v1/completions", json={"prompt": "x" * 20, **GREEDY})
+    assert r.status_code == 400
+    assert "1000000 characters" in r.json()["error"]["message"]
+    assert model.encoded_on_loop == [False]  # only the prompt that fits was tokenized
+    assert fits.status_code == 200
+
+
+def test_the_character_cap_never_refuses_a_prompt_that_fits(lm):
+    """The cap is the token limit times the longest token: a prompt made of the longest
+    token, repeated up to the limit, is still accepted."""
+    longest = max(lm.tokenizer.get_vocab(), key=len)
+    text = lm.tokenizer.decode([lm.tokenizer.token_to_id(longest)])
+    limit = len(lm.encode([text * 8])[0])
+    with local_client(create_app(lm, model_name="tiny", max_prompt_tokens=limit)) as c:
+        r = c.post("/v1/completions", json={"prompt": text * 8, **GREEDY})
+    assert r.status_code == 200, r.text
+
+
+def test_the_queue_is_bounded_in_prompts_not_requests():
+    async def scenario():
+        batcher = Batcher(object(), Metrics(), max_batch=4, max_queue=4, batch_wait_s=0)
+        batcher.submit(Job(["a", "b", "c"]))
+        with pytest.raises(Exception, match="3 prompts queued"):
+            batcher.submit(Job(["d", "e"]))  # 5 rows would wait: refused
+        batcher.submit(Job(["d"]))  # 4 rows: fits
+        return batcher.queued_rows
+
+    assert asyncio.run(scenario()) == 4
+
+
+def test_serve_sets_token_limits_and_a_connection_limit(lm_dir, monkeypatch):
+    import uvicorn
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(app=app, **kwargs))
+    serve(lm_dir, backend="ort-cpu", max_batch=4, max_queue=16)
+    limits = seen["app"].state.context
+    assert (limits.max_prompt_tokens, limits.max_tokens_limit) == (CONTEXT - 1, CONTEXT)
+    assert seen["limit_concurrency"] == 16 + 4 + 32
