@@ -14,8 +14,11 @@ import argparse
 import contextlib
 import json
 import math
+import signal
 import sys
+import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,6 +125,7 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     steps: int
     start_step: int
+    completed: int = 0  # optimizer steps the weights hold: what an interrupt must save
     log: Any = None  # training.jsonl, open on rank 0 only
 
     @property
@@ -236,6 +240,7 @@ def _build(
         scheduler=scheduler,
         steps=steps,
         start_step=start_step,
+        completed=start_step,
     )
 
 
@@ -286,7 +291,9 @@ def _run_steps(run: _Run) -> tuple[dict[str, float], float]:
     """Every step with its log, eval and checkpoint; the last eval's metrics and seconds taken.
 
     Out of memory gets advice on what to change; Ctrl-C in a single process saves a
-    checkpoint first, so ``--resume`` continues from there.
+    checkpoint of the last *completed* step first (``run.completed``, not the loop index:
+    an interrupt during an evaluation or a checkpoint save comes after its step's update),
+    so ``--resume`` continues from exactly there.
     """
     cfg, start, steps = run.cfg, run.start_step, run.steps
     progress = _progress(cfg.progress and run.dist.is_main, start, steps)
@@ -317,10 +324,10 @@ def _run_steps(run: _Run) -> tuple[dict[str, float], float]:
             "--grad-accum (same global batch, less memory), shorten --context or pick a smaller --size."
         ) from e
     except KeyboardInterrupt:
-        if step > start and not run.dist.active:
-            _save(run, step)
+        if run.completed > start and not run.dist.active:
+            _save(run, run.completed)
             print(
-                f"\ninterrupted: checkpoint at step {step} saved; continue with --resume",
+                f"\ninterrupted: checkpoint at step {run.completed} saved; continue with --resume",
                 file=sys.stderr,
             )
         raise
@@ -346,8 +353,10 @@ def _step(run: _Run, step: int) -> tuple[float, torch.Tensor]:
         loss.backward()
         loss_sum += loss.detach()
     grad_norm = nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
-    run.optimizer.step()
-    run.scheduler.step()
+    with _interrupts_deferred():  # weights, schedule and step count move together
+        run.optimizer.step()
+        run.scheduler.step()
+        run.completed = step + 1
     run.optimizer.zero_grad(set_to_none=True)
     loss_value = dist.mean(loss_sum).item()
     if not math.isfinite(loss_value):
@@ -355,6 +364,26 @@ def _step(run: _Run, step: int) -> tuple[float, torch.Tensor]:
             f"loss became {loss_value} at step {step + 1}; lower --lr or raise --warmup-steps."
         )
     return loss_value, grad_norm
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Hold a Ctrl-C until the block is done, then raise it.
+
+    Between ``optimizer.step()`` and recording the step, an interrupt would leave weights
+    one update ahead of the step a checkpoint says they hold. Signals only reach the main
+    thread, so elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _log_step(
@@ -432,14 +461,32 @@ def _log(f, record: dict[str, Any]) -> None:
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """On resume, drop log lines after the checkpoint so the log reads as one run."""
+    """On resume, drop log lines after the checkpoint so the log reads as one run.
+
+    A run killed mid-write leaves a torn last line (no newline, not JSON): it is dropped
+    with a warning and the file rewritten whole, so new lines start on a line of their own.
+    """
     if not path.is_file():
         return
-    kept = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line).get("step", 0) <= step
-    ]
+    kept, torn = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            torn += 1
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line)
+    if torn:
+        warnings.warn(
+            f"{path}: dropped {torn} unreadable line(s) (a run killed mid-write); "
+            "the log continues from the checkpoint",
+            stacklevel=2,
+        )
     atomic.write_text(path, "".join(line + "\n" for line in kept))
 
 
