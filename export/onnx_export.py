@@ -47,7 +47,9 @@ from edgezoo.export.wrappers import (
 )
 from edgezoo.io_names import decoder_io_names, encoder_io_names
 from edgezoo.memory import ensure_available, release_freed
+from edgezoo.model_card import write_card
 from edgezoo.onnx_files import data_file, file_facts, io_signature, publish
+from edgezoo.progress import stage
 from edgezoo.zoo.config import BertConfig, LlamaConfig
 from edgezoo.zoo.modeldir import WEIGHTS_FILE, fp32_weight_bytes, load_config, load_model
 from edgezoo.zoo.tokenizer import load_tokenizer
@@ -323,13 +325,20 @@ def to_onnx(
     )
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as tmp:
         tmp = Path(tmp)
-        built = {k.variant: k.build(model, tmp, settings) for k in kinds if k.needs_model}
+        built = {}
+        for k in kinds:
+            if k.needs_model:
+                with stage(f"export {model_dir.name}: build the {k.graph} graph"):
+                    built[k.variant] = k.build(model, tmp, settings)
         del model  # from here on only files: the graphs and the reference outputs
         release_freed()
         for kind in kinds:
             try:
-                facts = built[kind.variant] if kind.needs_model else kind.build(None, tmp, settings)
-                entry = {**kind.validate(tmp, ref, settings), **facts}
+                with stage(f"export {model_dir.name}: check the {kind.graph} graph"):
+                    facts = (
+                        built[kind.variant] if kind.needs_model else kind.build(None, tmp, settings)
+                    )
+                    entry = {**kind.validate(tmp, ref, settings), **facts}
                 release_freed()  # the session is gone; do not let the next one stack on it
             except ExportError as e:
                 if not kind.optional:
@@ -358,6 +367,7 @@ def to_onnx(
             family=cfg.family,
             export_notes=notes,
         )
+    write_card(model_dir)  # the card's variants table now lists the new graphs
     return ExportResult(model_dir, variants, notes)
 
 

@@ -87,14 +87,19 @@ def _mb(n: int) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from edgezoo.model_card import write_card
+
     if args.nproc > 1:
         from edgezoo.zoo.launch import launch
 
-        return launch(args.nproc, sys.argv[1:], args.max_restarts)
+        code = launch(args.nproc, sys.argv[1:], args.max_restarts)
+        write_card(args.out)
+        return code
     from edgezoo.zoo.train import train
     from edgezoo.zoo.train_config import config_from_args
 
     result = train(config_from_args(args))
+    write_card(result.out)  # again, now that eval.json and the last log lines are written
     print(json.dumps({"out": str(result.out), "steps": result.steps, **result.metrics}))
     return 0
 

@@ -26,6 +26,7 @@ from tokenizers import Tokenizer
 
 from edgezoo import atomic
 from edgezoo.errors import DataError
+from edgezoo.progress import stage
 from edgezoo.zoo import corpus
 from edgezoo.zoo.config import EOS_ID, PAD_ID
 from edgezoo.zoo.tokenizer import tokenizer_fingerprint
@@ -183,7 +184,7 @@ def token_cache(
     folder = cache_root() / "tokens" / hashlib.sha256(key.encode()).hexdigest()[:20]
     dtype = np.uint16 if tok.get_vocab_size() <= 65535 else np.uint32
     if not (folder / "meta.json").is_file():
-        with atomic.atomic_dir(folder) as tmp:
+        with stage(f"tokenizing {source}"), atomic.atomic_dir(folder) as tmp:
             counts = _tokenize_to_files(source, tok, val_frac, text_field, tmp, dtype)
             (tmp / "meta.json").write_text(
                 json.dumps({"source": source, "key": key, "dtype": np.dtype(dtype).name, **counts})

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgezoo.progress import stage
 from edgezoo.zoo import corpus, data
 from edgezoo.zoo.config import LlamaConfig
 from edgezoo.zoo.metrics import classification_report, perplexity
@@ -24,6 +25,13 @@ def evaluate_dir(
     batch: int = 8,
 ) -> dict[str, float]:
     """Metrics of ``model_dir`` on ``split`` ("val", "train" or "all") of ``source``."""
+    with stage(f"evaluating {Path(model_dir).name} on the {split} split"):
+        return _evaluate(model_dir, source, split, max_tokens, batch)
+
+
+def _evaluate(
+    model_dir: str | Path, source: str | None, split: str, max_tokens: int, batch: int
+) -> dict[str, float]:
     model = load_model(model_dir)
     tok = load_tokenizer(model_dir)
     cfg = model.config

@@ -17,6 +17,7 @@ from torch import nn
 
 from edgezoo import atomic
 from edgezoo.errors import CheckpointError, ConfigError
+from edgezoo.model_card import write_card
 from edgezoo.zoo.bert import BertForSequenceClassification
 from edgezoo.zoo.config import BertConfig, LlamaConfig, ModelConfig, config_from_hf_dict
 from edgezoo.zoo.llama import LlamaForCausalLM, LlamaForSequenceClassification
@@ -74,11 +75,13 @@ def save_config(cfg: ModelConfig, folder: str | Path) -> None:
 
 
 def save_model_dir(model: nn.Module, folder: str | Path) -> Path:
-    """Write config.json and model.safetensors (tokenizer files are written by zoo.tokenizer)."""
+    """Write config.json, model.safetensors and the README.md model card (tokenizer files
+    are written by zoo.tokenizer; later stages refresh the card as they add to the dir)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_config(model.config, folder)
     save_weights(model, folder / WEIGHTS_FILE)
+    write_card(folder)
     return folder
 
 

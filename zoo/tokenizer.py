@@ -14,6 +14,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 
 from edgezoo import atomic
 from edgezoo.errors import CheckpointError, DataError
+from edgezoo.progress import stage
 from edgezoo.zoo.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0..3, see zoo.config
@@ -39,7 +40,8 @@ def train_tokenizer(
         show_progress=False,
     )
     seen = [0]
-    tok.train_from_iterator(_capped(texts, max_chars, seen), trainer=trainer)
+    with stage(f"training a {vocab_size}-token BPE tokenizer"):
+        tok.train_from_iterator(_capped(texts, max_chars, seen), trainer=trainer)
     if seen[0] == 0:
         raise DataError("cannot train a tokenizer on an empty corpus; check the --data path.")
     tok.post_processor = processors.TemplateProcessing(
