@@ -45,3 +45,20 @@ def positive(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text} is not allowed: use a number > 0")
     return value
+
+
+def choices_list(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
+    """Comma-separated values, each one of ``choices``: ``--to int8,int4`` (use with
+    ``action="extend"`` so the flag may also be repeated)."""
+
+    def parse(text: str) -> list[str]:
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        bad = [v for v in values if v not in choices]
+        if bad or not values:
+            raise argparse.ArgumentTypeError(
+                f"{', '.join(bad) or repr(text)}: choose from {', '.join(choices)} "
+                "(comma-separated, or repeat the flag)"
+            )
+        return values
+
+    return parse

@@ -32,7 +32,27 @@ def build_parser() -> argparse.ArgumentParser:
     quantize_cli.register(sub)
     runtime_cli.register(sub)
     _register_demo(sub)
+    for subparser in sub.choices.values():  # stages build them; defaults show in every --help
+        subparser.formatter_class = DefaultsHelpFormatter
     return p
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """argparse's ArgumentDefaultsHelpFormatter, minus the noise: no "(default: None)",
+    nothing for on/off switches, nothing where the help already says its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+            or (not action.option_strings and action.nargs not in ("?", "*"))
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _register_demo(subparsers: Any) -> None:

@@ -42,16 +42,30 @@ def _register_generate(subparsers: Any) -> None:
     s = subparsers.add_parser(
         "generate", help="generate text from an exported LM (streams to stdout)"
     )
-    s.add_argument("model_dir")
-    s.add_argument("prompt")
+    s.add_argument("model_dir", help="exported model dir (after `edgezoo export`)")
+    s.add_argument("prompt", help="text to continue")
     add_runtime_arguments(s)
-    s.add_argument("--max-new-tokens", type=int, default=64)
+    s.add_argument(
+        "--max-new-tokens", type=int, default=64, help="most tokens to generate after the prompt"
+    )
     s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    s.add_argument("--top-k", type=int, default=0)
-    s.add_argument("--top-p", type=float, default=1.0)
-    s.add_argument("--repetition-penalty", type=float, default=1.0)
+    s.add_argument(
+        "--top-k", type=int, default=0, help="sample from the K most likely tokens (0 = all)"
+    )
+    s.add_argument(
+        "--top-p",
+        type=float,
+        default=1.0,
+        help="sample from the smallest set of tokens with this much probability (1 = all)",
+    )
+    s.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        help="divide the scores of tokens already in the text by this (1 = off)",
+    )
     s.add_argument("--stop", action="append", help="stop string (repeatable)")
-    s.add_argument("--seed", type=int)
+    s.add_argument("--seed", type=int, help="sampling seed (default: a fresh one each run)")
     s.add_argument("--no-stream", action="store_true", help="print the whole text at the end")
     s.set_defaults(fn=cmd_generate, extras=())
 
@@ -60,7 +74,7 @@ def _register_classify(subparsers: Any) -> None:
     s = subparsers.add_parser(
         "classify", help="classify texts with an exported classifier (args or stdin lines)"
     )
-    s.add_argument("model_dir")
+    s.add_argument("model_dir", help="exported classifier dir (after `edgezoo export`)")
     s.add_argument("text", nargs="*", help="texts; read lines from stdin when none")
     add_runtime_arguments(s)
     s.set_defaults(fn=cmd_classify, extras=())

@@ -42,9 +42,14 @@ def register(subparsers: Any) -> None:
     s = subparsers.add_parser(
         "eval", help="evaluate a model dir (LM: loss/perplexity; cls: accuracy, macro-F1)"
     )
-    s.add_argument("model_dir")
+    s.add_argument("model_dir", help="model dir to evaluate (PyTorch weights)")
     s.add_argument("--data", help="corpus (default: the built-in one for the family)")
-    s.add_argument("--split", choices=("val", "train", "all"), default="val")
+    s.add_argument(
+        "--split",
+        choices=("val", "train", "all"),
+        default="val",
+        help="which part of the data: the held-out split, the training split or all of it",
+    )
     s.set_defaults(fn=cmd_eval, extras=("train",))
 
 

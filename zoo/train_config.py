@@ -92,19 +92,66 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=at_least(2),
         help="sequence length (default: preset context for lm, 128 for cls)",
     )
-    p.add_argument("--lr", type=positive, default=d.lr)
-    p.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio)
-    p.add_argument("--warmup-steps", type=at_least(0), default=d.warmup_steps)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    p.add_argument("--lr", type=positive, default=d.lr, help="peak learning rate (AdamW)")
+    p.add_argument(
+        "--min-lr-ratio",
+        type=float,
+        default=d.min_lr_ratio,
+        help="cosine decay ends at this fraction of --lr",
+    )
+    p.add_argument(
+        "--warmup-steps",
+        type=at_least(0),
+        default=d.warmup_steps,
+        help="steps of linear warmup to --lr",
+    )
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    p.add_argument(
+        "--grad-clip", type=float, default=d.grad_clip, help="clip the gradient norm to this"
+    )
     p.add_argument("--vocab-size", type=int, help="tokenizer vocabulary (default: the preset's)")
-    p.add_argument("--val-frac", type=float, default=d.val_frac)
-    p.add_argument("--eval-every", type=at_least(1), default=d.eval_every)
-    p.add_argument("--eval-batches", type=at_least(1), default=d.eval_batches)
-    p.add_argument("--checkpoint-every", type=at_least(1), default=d.checkpoint_every)
-    p.add_argument("--keep-checkpoints", type=at_least(1), default=d.keep_checkpoints)
-    p.add_argument("--log-every", type=at_least(1), default=d.log_every)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--val-frac",
+        type=float,
+        default=d.val_frac,
+        help="fraction of the documents held out for evaluation",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=at_least(1),
+        default=d.eval_every,
+        help="evaluate on the held-out split every N steps",
+    )
+    p.add_argument(
+        "--eval-batches",
+        type=at_least(1),
+        default=d.eval_batches,
+        help="held-out batches per evaluation",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=at_least(1),
+        default=d.checkpoint_every,
+        help="save a resumable checkpoint in OUT/checkpoints every N steps",
+    )
+    p.add_argument(
+        "--keep-checkpoints",
+        type=at_least(1),
+        default=d.keep_checkpoints,
+        help="newest checkpoints to keep (older ones are deleted)",
+    )
+    p.add_argument(
+        "--log-every",
+        type=at_least(1),
+        default=d.log_every,
+        help="write a training.jsonl line every N steps",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help="seed for weights and data order (reproducible runs)",
+    )
     p.add_argument(
         "--device",
         default=d.device,
@@ -122,8 +169,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--init-from", help="start from this model dir's weights and tokenizer (fine-tuning)"
     )
-    p.add_argument("--text-field", default=d.text_field)
-    p.add_argument("--label-field", default=d.label_field)
+    p.add_argument(
+        "--text-field", default=d.text_field, help="JSONL/CSV/Parquet column holding the text"
+    )
+    p.add_argument("--label-field", default=d.label_field, help="column holding the label (cls)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 

@@ -55,7 +55,9 @@ def add_prune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     s.add_argument(
         "--finetune-steps", type=int, default=0, help="recovery fine-tune steps after pruning"
     )
-    s.add_argument("--finetune-lr", type=float, default=1e-3)
+    s.add_argument(
+        "--finetune-lr", type=float, default=1e-3, help="learning rate of the recovery fine-tune"
+    )
     s.add_argument("--batch-size", type=int, default=16, help="fine-tune batch (sequences)")
     s.add_argument(
         "--data",
@@ -75,7 +77,9 @@ def add_prune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "and cost (in memory only; writes nothing)",
     )
     s.add_argument("--json", action="store_true", help="print the report as JSON")
-    s.add_argument("--no-progress", dest="progress", action="store_false")
+    s.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no fine-tune progress bar"
+    )
     s.set_defaults(fn=cmd_prune, extras=("train",))
     return s
 
