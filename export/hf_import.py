@@ -13,7 +13,6 @@ Nothing is downloaded: the source must be a folder (``local_files_only=True``).
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -26,6 +25,7 @@ from edgezoo import atomic, io_names, manifest
 from edgezoo.errors import CheckpointError, ConfigError, ExportError
 from edgezoo.export.onnx_export import ExportResult, to_onnx
 from edgezoo.export.provenance import source_commit, versions
+from edgezoo.jsonfile import read_object
 from edgezoo.onnx_files import file_facts, io_signature
 from edgezoo.zoo.config import config_from_hf_dict
 from edgezoo.zoo.modeldir import build_model, save_model_dir
@@ -43,7 +43,7 @@ def import_hf(source: str | Path, out: str | Path, **export_kwargs) -> ExportRes
         raise CheckpointError(
             f"{source} has no tokenizer.json (a fast tokenizer); the runtime needs it to encode text."
         )
-    hf_config = json.loads((source / "config.json").read_text())
+    hf_config = _read_hf_config(source)
     try:
         cfg = config_from_hf_dict(hf_config)
     except (ConfigError, KeyError):
@@ -60,6 +60,32 @@ def import_hf(source: str | Path, out: str | Path, **export_kwargs) -> ExportRes
     save_model_dir(model.eval(), out)
     _copy_tokenizer(source, out)
     return to_onnx(out, **export_kwargs)
+
+
+# What the zoo's own Llama and BERT classes cannot be built without.
+ZOO_REQUIRED = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "max_position_embeddings",
+)
+
+
+def _read_hf_config(source: Path) -> dict:
+    """The checkpoint's config.json: an object with a ``model_type`` and, for the zoo
+    families, every size field (checked here so a broken file is not handed to optimum)."""
+    fix = "restore config.json from the original checkpoint (save_pretrained writes it)."
+    path = source / "config.json"
+    hf_config = read_object(path, fix, required=("model_type",))
+    kind = hf_config["model_type"]
+    missing = [k for k in ZOO_REQUIRED if k not in hf_config] if kind in ("llama", "bert") else []
+    if missing:
+        raise CheckpointError(
+            f"{path} (model_type {kind!r}) lacks {', '.join(map(repr, missing))}; {fix}"
+        )
+    return hf_config
 
 
 def _load_hf_state(source: Path) -> dict[str, torch.Tensor]:

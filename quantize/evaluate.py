@@ -7,7 +7,6 @@ within a few tokens whatever the method (PERF-NOTES §7).
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgezoo import manifest
+from edgezoo.jsonfile import read_object
 from edgezoo.zoo import corpus, data
 from edgezoo.zoo.metrics import classification_report
 from edgezoo.zoo.tokenizer import load_tokenizer
@@ -38,7 +38,8 @@ def eval_data(
 ) -> EvalData:
     """The model's own validation split: from ``run.json`` if it was trained here."""
     run = model_dir / "run.json"
-    settings = json.loads(run.read_text()) if run.is_file() else {}
+    fix = "restore it, or delete it and pass --data to choose the evaluation data."
+    settings = read_object(run, fix) if run.is_file() else {}
     family = manifest.read(model_dir).get("family", "lm")
     source = (
         source

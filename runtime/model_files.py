@@ -7,13 +7,13 @@ without a manifest is described by inspecting its inputs.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgezoo import io_names, manifest
 from edgezoo.errors import CheckpointError, ConfigError
+from edgezoo.jsonfile import read_object
 from edgezoo.runtime.backends import GRAPH_PREFERENCE
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
@@ -111,7 +111,12 @@ def _config(model_dir: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{model_dir} has no config.json; the runtime needs it next to the ONNX files."
         )
-    return json.loads(path.read_text())
+    return read_object(
+        path,
+        "restore it from the model it was exported from (every Hugging Face config names its "
+        "model_type); the runtime reads the context length and labels from it.",
+        required=("model_type",),
+    )
 
 
 def _from_file(path: Path) -> ModelFiles:
@@ -158,15 +163,33 @@ def _graph_kind(path: Path) -> tuple[str, list[str]]:
     try:
         import onnx
     except ImportError:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        inputs = [i.name for i in sess.get_inputs()]
-        gqa = any(io_names.is_past(n) for n in inputs) and io_names.POSITION_IDS not in inputs
-        return ("gqa" if gqa else "portable"), inputs
-    proto = onnx.load(str(path), load_external_data=False)
+        onnx = None
+    try:
+        if onnx is None:
+            return _graph_kind_from_session(path)
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError, ORT's Fail/InvalidProtobuf: one message
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path} is not a readable ONNX graph ({first}): truncated or corrupt. Copy it "
+            "again, or re-run `edgezoo export` (and `edgezoo quantize`) to rebuild it."
+        ) from e
     ops = {n.op_type for n in proto.graph.node}
     inputs = [i.name for i in proto.graph.input]
+    if not inputs:
+        raise CheckpointError(
+            f"{path} holds no graph inputs: truncated or not an exported model; re-run `edgezoo export`."
+        )
     return ("gqa" if "GroupQueryAttention" in ops else "portable"), inputs
+
+
+def _graph_kind_from_session(path: Path) -> tuple[str, list[str]]:
+    """The edge install's way (no onnx): ask ONNX Runtime for the inputs."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    inputs = [i.name for i in sess.get_inputs()]
+    gqa = any(io_names.is_past(n) for n in inputs) and io_names.POSITION_IDS not in inputs
+    return ("gqa" if gqa else "portable"), inputs

@@ -261,12 +261,33 @@ ModelConfig = LlamaConfig | BertConfig
 
 
 def config_from_hf_dict(d: dict[str, Any]) -> ModelConfig:
-    """Pick the family from ``model_type``."""
+    """Pick the family from ``model_type``; a config lacking a size field says which."""
+    if not isinstance(d, dict):
+        raise ConfigError(
+            "config.json must be a JSON object of settings; restore it from the source model."
+        )
     kind = d.get("model_type")
-    if kind == "llama":
-        return LlamaConfig.from_hf_dict(d)
-    if kind == "bert":
-        return BertConfig.from_hf_dict(d)
+    if kind is None:
+        raise ConfigError(
+            "config.json names no model_type (llama or bert for zoo models); restore the file "
+            "from the source model or re-create the model dir."
+        )
+    family = {"llama": LlamaConfig, "bert": BertConfig}.get(kind)
+    if family is not None:
+        try:
+            return family.from_hf_dict(d)
+        except KeyError as e:
+            raise ConfigError(
+                f"config.json (model_type {kind!r}) lacks {e.args[0]!r}; restore the file from "
+                "the source model or re-create the model dir."
+            ) from None
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(
+                f"config.json (model_type {kind!r}) has a value of the wrong type ({e}); restore "
+                "the file from the source model or re-create the model dir."
+            ) from None
     raise ConfigError(
         f"model_type {kind!r} is not a zoo family (llama, bert). For other Hugging Face "
         f"models use `edgezoo export --from-hf DIR`, which goes through optimum."

@@ -8,7 +8,6 @@ part of a run (model init, sampling, optimizer steps) stays, in order, in ``trai
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from edgezoo.errors import CheckpointError, ConfigError, DataError
+from edgezoo.jsonfile import read_object
 from edgezoo.zoo import checkpoint as ckpt
 from edgezoo.zoo import data
 from edgezoo.zoo.config import LlamaConfig, ModelConfig
@@ -63,7 +63,11 @@ def check_resumable(out: Path, cfg: TrainConfig) -> dict[str, Any] | None:
         raise CheckpointError(
             f"--resume: {out} has no checkpoint to resume from; drop --resume to start fresh."
         )
-    previous = json.loads(run_file.read_text())
+    previous = read_object(
+        run_file,
+        "it records the settings a resume must keep: restore it, or start a new run with a "
+        "new --out (the checkpoints' trainer.json hold the same settings).",
+    )
     now = asdict(cfg)
     diffs = [
         f"{k}: {previous.get(k)!r} -> {now.get(k)!r}"

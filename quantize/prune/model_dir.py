@@ -10,7 +10,6 @@ is written atomically with ``prune.json`` (``PruneReport``) saying what was remo
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgezoo.errors import ConfigError
+from edgezoo.jsonfile import read_object
 from edgezoo.quantize.prune.blocks import count_parameters, format_count
 from edgezoo.quantize.prune.importance import (
     IMPORTANCE,
@@ -237,7 +237,8 @@ def _finetune(
     context = None
     run_file = src / RUN_FILE
     if run_file.is_file():  # the source run's context, when it was trained here
-        context = json.loads(run_file.read_text()).get("context")
+        fix = "restore it or delete it (the fine-tune then uses the model's full context)."
+        context = read_object(run_file, fix).get("context")
     if cfg.family == "lm":
         context = min(context or cfg.max_position_embeddings, cfg.max_position_embeddings)
     with tempfile.TemporaryDirectory(prefix=".prune-stage-", dir=out.parent) as stage:
