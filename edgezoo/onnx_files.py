@@ -143,7 +143,8 @@ def file_facts(path: Path) -> dict:
 
     The hash covers the data file too: two exports with the same graph and different
     weights must not share a TensorRT engine cache (keyed by this hash)."""
-    files = [path, *([data_file(path)] if data_file(path).exists() else [])]
+    weights = (data_file(path), path.with_name(path.name + "_data"))  # ours, optimum's
+    files = [path, *(f for f in weights if f.exists())]
     digest = hashlib.sha256()
     for f in files:
         with open(f, "rb") as fh:

@@ -122,7 +122,15 @@ def encoder_profile(inputs: list[dict], context: int, max_batch: int = 32) -> Pr
 
 
 def trt_cache_dir(model_sha256: str, trt_version: str | None) -> Path:
-    """Engines are only valid for one model and one TensorRT version: key by both."""
+    """Engines are only valid for one model and one TensorRT version: key by both.
+
+    An empty hash would put every graph's engines in one folder (and TensorRT would load
+    another model's engine), so it is refused."""
+    if len(model_sha256) < 16:
+        raise ConfigError(
+            f"TensorRT engine cache needs the graph's sha256, got {model_sha256!r}; "
+            "re-run `edgezoo export` so the manifest records it."
+        )
     return cache_root() / "tensorrt" / f"{model_sha256[:16]}-trt{trt_version or 'unknown'}"
 
 

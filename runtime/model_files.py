@@ -14,6 +14,7 @@ from typing import Any
 from edgezoo import io_names, manifest
 from edgezoo.errors import CheckpointError, ConfigError
 from edgezoo.jsonfile import read_object
+from edgezoo.onnx_files import file_facts
 from edgezoo.runtime.backends import GRAPH_PREFERENCE
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
@@ -39,7 +40,7 @@ def locate(
             f"{path} does not exist; pass a model dir (with onnx/) or an .onnx file."
         )
     if path.is_file():
-        return _from_file(path)
+        return _from_file(path, backend)
     info = manifest.read(path)
     if not info["variants"]:
         raise CheckpointError(
@@ -51,6 +52,7 @@ def locate(
         raise CheckpointError(
             f"{onnx_path} is listed in the manifest but missing; re-run `edgezoo export {path}`."
         )
+    entry = _with_cache_key(entry, onnx_path, backend)
     return ModelFiles(path, onnx_path, name, entry, _config(path), info.get("family", "lm"), reason)
 
 
@@ -119,7 +121,26 @@ def _config(model_dir: Path) -> dict[str, Any]:
     )
 
 
-def _from_file(path: Path) -> ModelFiles:
+TENSORRT_BACKENDS = ("ort-trt", "tensorrt")
+
+
+def engine_cache_key(onnx_path: Path, entry: dict[str, Any]) -> str:
+    """The sha256 that keys a graph's TensorRT engine cache: graph file and weights together.
+
+    The manifest's when the graph has an entry; a bare ``.onnx`` is hashed here (plain
+    hashlib, no onnx needed), so two different graphs never share one engine cache."""
+    return entry.get("sha256") or file_facts(onnx_path)["sha256"]
+
+
+def _with_cache_key(entry: dict[str, Any], onnx_path: Path, backend: str) -> dict[str, Any]:
+    """The entry with its ``sha256`` filled in where a TensorRT backend keys a cache by it
+    (hashing reads the whole graph, so not for the other backends)."""
+    if backend not in TENSORRT_BACKENDS or entry.get("sha256"):
+        return entry
+    return {**entry, "sha256": engine_cache_key(onnx_path, entry)}
+
+
+def _from_file(path: Path, backend: str = "ort-cpu") -> ModelFiles:
     if path.suffix not in (".onnx", ".ort"):
         raise CheckpointError(f"{path} is not an .onnx/.ort file or a model dir.")
     model_dir = path.parent.parent if path.parent.name == manifest.ONNX_DIR else path.parent
@@ -130,7 +151,7 @@ def _from_file(path: Path) -> ModelFiles:
                 model_dir,
                 path,
                 name,
-                entry,
+                _with_cache_key(entry, path, backend),
                 _config(model_dir),
                 info.get("family", "lm"),
                 f"file {path.name}",
@@ -147,7 +168,7 @@ def _from_file(path: Path) -> ModelFiles:
         model_dir,
         path,
         path.stem,
-        entry,
+        _with_cache_key(entry, path, backend),
         _config(model_dir),
         family,
         f"file {path.name} (no manifest entry)",

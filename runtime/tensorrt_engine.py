@@ -22,6 +22,7 @@ import numpy as np
 
 from edgezoo.errors import ConfigError
 from edgezoo.runtime import backends
+from edgezoo.runtime.model_files import engine_cache_key
 
 
 @dataclass
@@ -73,7 +74,7 @@ class TensorRTSession:
             raise ConfigError(
                 "backend 'tensorrt' needs tensorrt and polygraphy: pip install 'edgezoo[tensorrt]'."
             ) from e
-        path = engine_path(entry.get("sha256", "unknown"), fp16, max_batch)
+        path = engine_path(engine_cache_key(onnx_path, entry), fp16, max_batch)
         path.parent.mkdir(parents=True, exist_ok=True)
         timing_cache = path.parent / "timing.cache"
         if path.is_file():
