@@ -20,22 +20,30 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from edgezoo import atomic
 
 RESULTS = Path(__file__).parent / "results"
 
 
+class Server(NamedTuple):
+    url: str
+    pid: int
+
+
 @contextlib.contextmanager
-def server_process(model_dir: str, max_batch: int, threads: int) -> Iterator[str]:
-    """``edgezoo serve`` on a free loopback port; yields its URL once /health answers."""
+def server_process(
+    model_dir: str, max_batch: int, threads: int, max_queue: int = 256
+) -> Iterator[Server]:
+    """``edgezoo serve`` on a free loopback port; yields its URL and pid once /health answers."""
     import httpx
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "edgezoo.cli", "serve", model_dir, "--port", str(port)]
-    cmd += ["--max-batch", str(max_batch), "--max-queue", "256", "--threads", str(threads)]
+    cmd += ["--max-batch", str(max_batch), "--max-queue", str(max_queue), "--threads", str(threads)]
     cmd += ["--backend", "ort-cpu", "--log-level", "warning"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -50,7 +58,7 @@ def server_process(model_dir: str, max_batch: int, threads: int) -> Iterator[str
             if time.time() > deadline:
                 raise RuntimeError("the server did not come up within 120 s")
             time.sleep(0.2)
-        yield url
+        yield Server(url, proc.pid)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -89,7 +97,8 @@ def main() -> None:
         # Every setting's server is up at once (idle ones cost nothing), so the speed-up can
         # be measured in interleaved rounds: this machine's timing drifts by ±20 % over minutes.
         urls = {
-            b: stack.enter_context(server_process(args.model_dir, b, args.threads)) for b in rounds
+            b: stack.enter_context(server_process(args.model_dir, b, args.threads)).url
+            for b in rounds
         }
         for url in urls.values():
             hammer(url, 4, 1.0, body)  # warm-up: sessions, thread pools, connections

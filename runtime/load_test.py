@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import socket
 import statistics
 import threading
@@ -15,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -52,6 +54,7 @@ class LoadResult:
     incomplete: int = 0  # 200 answers without a finished choice
     errors: list[str] = field(default_factory=list)  # transport errors (crash, reset)
     completion_tokens: int = 0
+    abusive_statuses: Counter = field(default_factory=Counter)  # of the abusive mix, if any
 
     @property
     def ok(self) -> int:
@@ -70,6 +73,7 @@ class LoadResult:
             "latency_p95_ms": lat[int(0.95 * (len(lat) - 1))] * 1000 if lat else None,
             "incomplete": self.incomplete,
             "transport_errors": len(self.errors),
+            "abusive_statuses": dict(self.abusive_statuses),
         }
 
 
@@ -90,9 +94,21 @@ def _stream_as_body(text: str) -> dict:
 
 
 def hammer(
-    url: str, clients: int, seconds: float, body: dict, api_key: str | None = None
+    url: str,
+    clients: int,
+    seconds: float,
+    body: dict,
+    api_key: str | None = None,
+    *,
+    abusive: list[dict] | None = None,
+    abuse_share: float = 0.0,
 ) -> LoadResult:
-    """``clients`` threads each sending requests back to back for ``seconds``."""
+    """``clients`` threads each sending requests back to back for ``seconds``.
+
+    With ``abusive`` (httpx request arguments: ``json=`` or ``content=`` + ``headers=``),
+    that share of the requests is drawn from it instead; their statuses are counted in
+    ``abusive_statuses`` and everything else in the result is about well-formed requests.
+    """
     import httpx
 
     result = LoadResult(clients, seconds)
@@ -100,35 +116,45 @@ def hammer(
     stop = time.time() + seconds
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
-    def client() -> None:
+    def client(seed: int) -> None:
+        draw = random.Random(seed)
         with httpx.Client(base_url=url, timeout=120, headers=headers) as http:
             while time.time() < stop:
+                bad = bool(abusive) and draw.random() < abuse_share
                 t0 = time.perf_counter()
                 try:
-                    r = http.post("/v1/completions", json=body)
+                    if bad:
+                        r = http.post("/v1/completions", **draw.choice(abusive))
+                    else:
+                        r = http.post("/v1/completions", json=body)
                 except httpx.HTTPError as e:
                     with lock:
                         result.errors.append(f"{type(e).__name__}: {e}")
                     continue
                 elapsed = time.perf_counter() - t0
                 with lock:
-                    result.statuses[r.status_code] += 1
-                    if r.status_code == 200:
-                        data = _stream_as_body(r.text) if body.get("stream") else r.json()
-                        if not data.get("choices") or any(
-                            c.get("finish_reason") is None for c in data["choices"]
-                        ):
-                            result.incomplete += 1
-                        result.latencies.append(elapsed)
-                        result.completion_tokens += data.get("usage", {}).get(
-                            "completion_tokens", 0
-                        )
+                    if bad:
+                        result.abusive_statuses[r.status_code] += 1
+                    else:
+                        _record(result, r, elapsed, stream=bool(body.get("stream")))
                 if r.status_code in (429, 503):
                     time.sleep(float(r.headers.get("Retry-After", "0.05")) / 20)
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     return result
+
+
+def _record(result: LoadResult, r: Any, elapsed: float, *, stream: bool) -> None:
+    """Count one well-formed request's answer (the caller holds the lock)."""
+    result.statuses[r.status_code] += 1
+    if r.status_code != 200:
+        return
+    data = _stream_as_body(r.text) if stream else r.json()
+    if not data.get("choices") or any(c.get("finish_reason") is None for c in data["choices"]):
+        result.incomplete += 1
+    result.latencies.append(elapsed)
+    result.completion_tokens += data.get("usage", {}).get("completion_tokens", 0)

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from edgezoo.errors import ConfigError
 from edgezoo.runtime.sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -111,7 +112,11 @@ def parse_completion(
         max_new_tokens=max_tokens,
         stop=_stop_strings(body.get("stop")),
         seed=seed,
-    ).validate()  # ConfigError -> 400 with the runtime's message
+    )
+    try:
+        params.validate()
+    except ConfigError as e:  # the runtime's message names the field and its range
+        raise ApiError(400, str(e)) from None
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise ApiError(400, f"stream must be true or false, got {stream!r:.80}.", param="stream")

@@ -16,6 +16,7 @@ import numpy as np
 from edgezoo.errors import ConfigError
 
 GREEDY_BELOW = 1e-5  # temperatures under this are greedy (see SamplingParams.greedy)
+MIN_PENALTY, MAX_PENALTY = 1e-3, 1e3  # repetition penalties that keep logits finite
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,11 @@ class SamplingParams:
             raise ConfigError(f"top_k={self.top_k!r} is invalid; use top_k >= 0 (0 = off).")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p={self.top_p!r} is invalid; use 0 < top_p <= 1 (1 = off).")
-        if not self.repetition_penalty > 0:
+        if not MIN_PENALTY <= self.repetition_penalty <= MAX_PENALTY:
+            # Beyond these, penalised float32 logits overflow to inf and sampling gets NaNs.
             raise ConfigError(
-                f"repetition_penalty={self.repetition_penalty!r} is invalid; "
-                "use repetition_penalty > 0 (1 = off)."
+                f"repetition_penalty={self.repetition_penalty!r} is invalid; use "
+                f"{MIN_PENALTY:g} <= repetition_penalty <= {MAX_PENALTY:g} (1 = off)."
             )
         if not self.max_new_tokens >= 1:
             raise ConfigError(

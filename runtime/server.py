@@ -45,13 +45,15 @@ def create_app(
     max_body_bytes: int = 1_000_000,
     shutdown_timeout_s: float = 30,
     max_prompts: int | None = None,
+    openapi_url: str | None = None,
 ) -> "FastAPI":
     """The FastAPI app serving ``model`` (a ``LanguageModel`` or a ``Classifier``).
 
     Run it with uvicorn (``serve`` does) or test it with ``fastapi.testclient.TestClient``
     used as a context manager: the worker starts and stops with the app's lifespan.
     ``max_prompts`` (default ``max_batch``) caps the prompts of one request, so that one
-    request cannot hold the worker for many batches.
+    request cannot hold the worker for many batches. ``openapi_url`` publishes the OpenAPI
+    document there (off by default: tests fuzz the API from it).
     The routes live in ``runtime.server_routes``, imported here so that importing this
     module never imports fastapi.
     """
@@ -73,7 +75,7 @@ def create_app(
         shutdown_timeout_s=shutdown_timeout_s,
         max_prompts=max_prompts or max_batch,
     )
-    app = routes.base_app(ctx)
+    app = routes.base_app(ctx, openapi_url)
     app.state.context = ctx  # its limits, for whoever holds the app (tests, embedders)
     if not api_key:
         app.add_middleware(LoopbackHostMiddleware)  # outermost: DNS rebinding gets nothing

@@ -31,6 +31,7 @@ from edgezoo.runtime.batcher import (
     next_event,
     wait_result,
 )
+from edgezoo.runtime.openapi_schema import CLASSIFY_REQUEST, COMPLETION_REQUEST, json_body
 from edgezoo.runtime.protocol import (
     ApiError,
     classify_body,
@@ -104,15 +105,16 @@ def make_lifespan(ctx: ServerContext) -> Callable[[FastAPI], Any]:
     return lifespan
 
 
-def base_app(ctx: ServerContext) -> FastAPI:
-    """The app without routes: lifespan, metrics middleware and error handlers. No docs or
-    OpenAPI pages: they would be unauthenticated and describe nothing a client needs."""
+def base_app(ctx: ServerContext, openapi_url: str | None = None) -> FastAPI:
+    """The app without routes: lifespan, metrics middleware and error handlers. No docs
+    pages, and no OpenAPI document unless asked for (tests fuzz the API from it): they would
+    be unauthenticated and describe nothing an OpenAI client needs."""
     app = FastAPI(
         title="edgezoo",
         lifespan=make_lifespan(ctx),
         docs_url=None,
         redoc_url=None,
-        openapi_url=None,
+        openapi_url=openapi_url,
     )
     app.state.metrics = ctx.metrics
     app.add_middleware(MetricsMiddleware, metrics=ctx.metrics)
@@ -216,7 +218,7 @@ def openai_router(ctx: ServerContext, guarded: list[DependsParam]) -> APIRouter:
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [model_card(ctx.model, ctx.model_name, ctx.started)]}
 
-    @router.post("/v1/completions")
+    @router.post("/v1/completions", openapi_extra=json_body(COMPLETION_REQUEST))
     async def completions(request: Request) -> Any:
         if not ctx.is_lm:
             raise ApiError(400, f"{ctx.model_name!r} is a classifier: use POST /v1/classify.")
@@ -262,7 +264,7 @@ def classify_router(ctx: ServerContext, guarded: list[DependsParam]) -> APIRoute
     """/v1/classify: edgezoo's own endpoint for classifiers (OpenAI has none)."""
     router = APIRouter(dependencies=guarded)
 
-    @router.post("/v1/classify")
+    @router.post("/v1/classify", openapi_extra=json_body(CLASSIFY_REQUEST))
     async def classify(request: Request) -> dict[str, Any]:
         if ctx.is_lm:
             raise ApiError(
