@@ -101,8 +101,6 @@ def _front_matter(f: _Facts) -> str:
     variants = f.manifest["variants"]
     if variants:
         tags.append("onnx")
-    if any(e.get("aliases") for e in variants.values()):
-        tags.append("transformers.js")
     lines = ["---", "library_name: transformers"]
     if f.license:
         lines.append(f"license: {f.license}")
@@ -247,7 +245,8 @@ def _variants(f: _Facts) -> str:
             "",
             "From `onnx/manifest.json` (sizes include the weights file; quality on the held-out "
             "split; speed measured on CPU, batch 1). `model_quantized.onnx`, `model_q4.onnx`, "
-            "`model_fp16.onnx` … are the names Optimum and transformers.js look for.",
+            "`model_fp16.onnx` … are second names (hard links) of Optimum-layout variants, the "
+            "file names Optimum and transformers.js look for.",
             "",
             _table(head, rows),
             "",

@@ -9,20 +9,26 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from edgezoo import argtypes
 from edgezoo.quantize.prune.cli import add_prune_parser
+from edgezoo.quantize.speed import SPEED_MARGIN, SPEED_ROUNDS
+
+TARGETS = ("int8", "int8-static", "fp16", "int4")  # the pipeline's, without importing it
 
 
 def register(subparsers: Any) -> None:
     s = subparsers.add_parser(
         "quantize", help="make fp16 / int8 / int4 variants, measured and gated against fp32"
     )
-    s.add_argument("model_dir")
+    s.add_argument("model_dir", help="exported model dir (after `edgezoo export`)")
     s.add_argument(
         "--to",
-        action="append",
+        action="extend",
         required=True,
-        choices=("int8", "int8-static", "fp16", "int4"),
-        help="target (repeatable): int8 = dynamic int8 + weight-only int8; int4 = MatMulNBits; "
+        type=argtypes.choices_list(TARGETS),
+        metavar="TARGET[,TARGET...]",
+        help="targets, comma-separated or repeated (--to int8,int4 = --to int8 --to int4): "
+        "int8 = dynamic int8 + weight-only int8; int4 = MatMulNBits; "
         "int8-static = calibrated QDQ; fp16 = half precision with fp32 I/O",
     )
     s.add_argument(
@@ -64,8 +70,31 @@ def register(subparsers: Any) -> None:
     s.add_argument(
         "--per-tensor", action="store_true", help="per-tensor instead of per-channel int8 weights"
     )
-    s.add_argument("--calibration", choices=("minmax", "entropy", "percentile"), default="minmax")
-    s.add_argument("--calibration-samples", type=int, default=32)
+    s.add_argument(
+        "--calibration",
+        choices=("minmax", "entropy", "percentile"),
+        default="minmax",
+        help="int8-static: how activation ranges are set from the calibration data",
+    )
+    s.add_argument(
+        "--calibration-samples",
+        type=argtypes.at_least(1),
+        default=32,
+        help="int8-static: validation windows to calibrate on",
+    )
+    s.add_argument(
+        "--speed-rounds",
+        type=argtypes.at_least(1),
+        default=SPEED_ROUNDS,
+        help="gate: timing rounds of fp32 and each variant, interleaved; the medians are compared",
+    )
+    s.add_argument(
+        "--speed-margin",
+        type=float,
+        default=SPEED_MARGIN,
+        help="gate: a variant is faster only if fp32's median time is at least this many "
+        "times its own (below: same speed, not recommended for speed)",
+    )
     s.add_argument(
         "--max-ppl-rise", type=float, default=2.0, help="quality budget for LMs, %% perplexity"
     )
@@ -99,8 +128,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         ppl_budget_pct=args.max_ppl_rise,
         acc_budget_points=args.max_acc_drop,
         data=args.data,
+        speed_rounds=args.speed_rounds,
+        speed_margin=args.speed_margin,
     )
-    for target in args.to:
+    for target in dict.fromkeys(args.to):  # in order, each once
         variants = quantize_model(args.model_dir, target, opts)
     print(variants_table(variants))
     return 0

@@ -4,8 +4,10 @@ Every new graph is built in a temporary file beside the others and renamed into 
 after ONNX Runtime loads it and its logits stay close to the fp32 graph's; then it is
 measured (quality on the validation split, greedy agreement with fp32 over 64 steps, size,
 CPU batch-1 latency) and the **gate** marks it ``recommended`` for a backend only if it is
-faster than fp32 there *and* within the quality budget. ``runtime.load(variant="auto")``
-picks the fastest recommended variant.
+clearly faster than fp32 there (medians of interleaved rounds, by a margin: see
+``quantize.speed``) *and* within the quality budget. ``runtime.load()`` (``variant="auto"``)
+picks the fastest recommended variant. Last, the Optimum / transformers.js file names are
+refreshed (``quantize.aliases``) and the model card's variants table rewritten.
 """
 
 from __future__ import annotations
@@ -20,9 +22,26 @@ import numpy as np
 from edgezoo import io_names, manifest
 from edgezoo.errors import CheckpointError, ConfigError, ExportError
 from edgezoo.memory import ensure_available, release_freed
+from edgezoo.model_card import write_card
 from edgezoo.onnx_files import file_facts, io_signature, publish
+from edgezoo.progress import stage
 from edgezoo.quantize import graphs
-from edgezoo.quantize.evaluate import EvalData, eval_data, measure, quality_change, speed_of
+from edgezoo.quantize.aliases import refresh_aliases
+from edgezoo.quantize.evaluate import (
+    BENCH_THREADS,
+    EvalData,
+    eval_data,
+    measure,
+    quality_change,
+    speed_of,
+)
+from edgezoo.quantize.speed import (
+    SPEED_MARGIN,
+    SPEED_ROUNDS,
+    interleaved,
+    round_timer,
+    speed_verdict,
+)
 
 TARGETS = ("int8", "int8-static", "fp16", "int4")
 DEFAULT_BUDGET = {"perplexity_pct": 2.0, "accuracy_points": 1.0}
@@ -43,6 +62,8 @@ class QuantizeOptions:
     acc_budget_points: float = DEFAULT_BUDGET["accuracy_points"]
     data: str | None = None
     logit_tolerance: float = 5.0  # sanity bound on |Δ logits| vs fp32; quality is judged on data
+    speed_rounds: int = SPEED_ROUNDS  # interleaved fp32/variant timing rounds for the gate
+    speed_margin: float = SPEED_MARGIN  # how much faster (by median) counts as faster
 
 
 def plan(variants: dict[str, dict], to: str, opts: QuantizeOptions) -> list[tuple[str, str, str]]:
@@ -58,11 +79,10 @@ def plan(variants: dict[str, dict], to: str, opts: QuantizeOptions) -> list[tupl
             jobs.append(("gqa-int8", "gqa", "weight-only-8"))
         return jobs
     if to == "int4":
-        return (
-            [("gqa-int4", "gqa", "weight-only-4")]
-            if has_gqa
-            else [("int4", "opt" if "opt" in variants else "fp32", "weight-only-4")]
-        )
+        # The Optimum-layout int4 graph is what Optimum and transformers.js can run
+        # (``model_q4.onnx``); the GQA one is our runtime's fast path.
+        portable = ("int4", "opt" if "opt" in variants else "fp32", "weight-only-4")
+        return [("gqa-int4", "gqa", "weight-only-4"), portable] if has_gqa else [portable]
     if to == "fp16":
         return [("fp16", "fp32", "fp16")]
     name = "int8-static-trt" if opts.for_tensorrt else "int8-static"
@@ -96,7 +116,10 @@ def quantize_model(
     for name, source, method in jobs:
         src_entry = manifest.read(model_dir)["variants"][source]
         file = f"model.{name}.onnx"
-        with tempfile.TemporaryDirectory(prefix=".quantize-", dir=onnx_dir) as tmp:
+        with (
+            stage(f"quantize {model_dir.name}: {name} from {source} ({method})"),
+            tempfile.TemporaryDirectory(prefix=".quantize-", dir=onnx_dir) as tmp,
+        ):
             staged = Path(tmp) / file
             t0 = time.perf_counter()
             details = _make(onnx_dir / src_entry["file"], staged, method, opts, model_dir, ev)
@@ -123,9 +146,11 @@ def quantize_model(
             publish(staged, onnx_dir)
         manifest.add_variant(model_dir, name, entry)
         release_freed()  # the source graph and both sessions are gone: give the memory back
-    if not measure_all:
-        return manifest.read(model_dir)["variants"]
-    return measure_and_gate(model_dir, ev, opts)
+    if measure_all:
+        measure_and_gate(model_dir, ev, opts)
+    refresh_aliases(model_dir)  # model_quantized.onnx & co. follow the variants just written
+    write_card(model_dir)  # the card's variants table, with the gate's verdicts
+    return manifest.read(model_dir)["variants"]
 
 
 def measure_and_gate(model_dir: Path, ev: EvalData, opts: QuantizeOptions) -> dict[str, dict]:
@@ -135,7 +160,8 @@ def measure_and_gate(model_dir: Path, ev: EvalData, opts: QuantizeOptions) -> di
     names = [n for n, e in variants.items() if e.get("format") != "ort"]
     fp32 = [n for n in names if variants[n]["precision"] == "fp32"]
     for name in fp32:
-        variants[name].update(measure(model_dir, name, ev))
+        with stage(f"measure {name}"):
+            variants[name].update(measure(model_dir, name, ev))
         release_freed()
     best = min(fp32, key=lambda n: speed_of(variants[n]))
     for name in names:
@@ -144,8 +170,11 @@ def measure_and_gate(model_dir: Path, ev: EvalData, opts: QuantizeOptions) -> di
             entry.pop("gate", None), entry.pop("recommended", None)
             continue
         reference = variants[entry.get("source_variant", best)].get("greedy_tokens")
-        entry.update(measure(model_dir, name, ev, reference))
-        entry.update(_gate(entry, variants[best], best, opts))
+        with stage(f"measure {name}"):
+            entry.update(measure(model_dir, name, ev, reference))
+        with stage(f"time {name} against {best} ({opts.speed_rounds} interleaved rounds)"):
+            speed = _timed_rounds(model_dir, best, name, ev, opts)
+        entry.update(_gate(entry, variants[best], best, opts, speed))
         release_freed()
     data = manifest.read(model_dir)
     data["variants"].update({n: variants[n] for n in names})
@@ -270,17 +299,39 @@ def _backends(src_entry: dict, method: str, opts: QuantizeOptions) -> list[str]:
     return [b for b in src_entry["backends"] if b in ("ort-cpu", "ort-cuda")]
 
 
-def _gate(entry: dict, base: dict, base_name: str, opts: QuantizeOptions) -> dict:
-    """Recommended for ort-cpu only if faster than fp32 *and* within the quality budget.
-    (GPU backends can only be gated where a GPU measured them.)"""
-    speedup = speed_of(base) / speed_of(entry)
+def _timed_rounds(
+    model_dir: Path, base_name: str, name: str, ev: EvalData, opts: QuantizeOptions
+) -> dict:
+    """fp32 and ``name`` timed in alternating rounds in this process (see quantize.speed)."""
+    from edgezoo.runtime.api import load_variant
+
+    text = ev.rows[0][0] if ev.rows else None
+    timers = [
+        round_timer(load_variant(model_dir, n, "ort-cpu", BENCH_THREADS), ev.prompt, text)
+        for n in (base_name, name)
+    ]
+    base_ms, variant_ms = interleaved(*timers, rounds=opts.speed_rounds)
+    return speed_verdict(base_ms, variant_ms, opts.speed_margin)
+
+
+def _gate(
+    entry: dict, base: dict, base_name: str, opts: QuantizeOptions, speed: dict | None = None
+) -> dict:
+    """Recommended for ort-cpu only if *clearly* faster than fp32 (by ``speed_margin``, on
+    the medians of interleaved rounds) *and* within the quality budget. Without rounds
+    (``speed`` None) the two p50 latencies are the only round. (GPU backends can only be
+    gated where a GPU measured them.)"""
+    if speed is None:
+        speed = speed_verdict([speed_of(base)], [speed_of(entry)], opts.speed_margin)
     change, text = quality_change(entry, base)
     budget = opts.ppl_budget_pct if "perplexity" in entry["quality"] else opts.acc_budget_points
     verdict = {
-        "speedup": speedup,
+        "speedup": speed["speedup"],
+        "speed_verdict": speed["verdict"],
+        "speed": speed,
         "quality_change": text,
         "within_budget": change <= budget,
-        "faster": speedup > 1.0,
+        "faster": speed["verdict"] == "faster",
         "baseline": base_name,
     }
     recommended = {"ort-cpu": verdict} if verdict["faster"] and verdict["within_budget"] else {}

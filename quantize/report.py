@@ -35,10 +35,19 @@ def variants_table(variants: dict[str, dict]) -> str:
             if gate is None
             else (
                 f"{'**recommended**' if e.get('recommended') else 'not recommended'}: "
-                f"{gate['speedup']:.2f}× speed, {gate['quality_change']}"
+                f"{gate['speedup']:.2f}× speed ({_speed(gate)}), {gate['quality_change']}"
             )
         )
         lines.append(
             f"| {name} | {e['graph']} | {e['precision']} | {e['bytes'] / 1e6:.2f} | {lat:.3f} | {quality} | {third} | {verdict} |"
         )
     return "\n".join(lines)
+
+
+def _speed(gate: dict) -> str:
+    """The speed verdict and how noisy its rounds were (older manifests: faster or not)."""
+    speed = gate.get("speed")
+    if not speed:
+        return "faster" if gate.get("faster") else "not faster"
+    spread = max(speed["spread_pct"].values())
+    return f"{speed['verdict']}, median of {speed['rounds']} rounds, spread ≤ {spread:.0f}%"
