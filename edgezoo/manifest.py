@@ -15,6 +15,7 @@ fused GroupQueryAttention with one preallocated cache buffer updated in place (O
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +74,86 @@ def write(model_dir: str | Path, data: dict[str, Any]) -> None:
 def add_variant(
     model_dir: str | Path, name: str, entry: dict[str, Any], **top: Any
 ) -> dict[str, Any]:
-    """Record (or replace) one variant, keeping the others; returns the new manifest."""
+    """Record (or replace) one variant, keeping the others; returns the new manifest.
+
+    A derived variant (``source_variant``: quantized, .ort) is stamped with the hash of the
+    source it was made from. Replacing a source with one made from other weights drops the
+    variants derived from the old one, entries and files: ``variant="auto"`` must never
+    pick an int8 graph of weights the model dir no longer holds."""
     data = read(model_dir)
     data.update(top)
-    data["variants"][name] = entry
+    variants = data["variants"]
+    source = variants.get(entry.get("source_variant", ""))
+    if source is not None:
+        entry = {**entry, "source_sha256": source.get("sha256")}
+        if source.get("source_weights_sha256"):
+            entry["source_weights_sha256"] = source["source_weights_sha256"]
+    old = variants.get(name)
+    variants[name] = entry
+    dropped = _drop_stale(variants, name, old, entry)
     write(model_dir, data)
+    in_use = {v["file"] for v in variants.values()}
+    for gone in dropped.values():  # after the manifest stopped naming them
+        # An export publishes all its graphs before recording them one by one, so a
+        # graph it wrote (no source_variant) may be on disk under a dropped entry's name.
+        if gone.get("source_variant") and gone["file"] not in in_use:
+            for f in (gone["file"], gone["file"] + ".data", gone["file"] + "_data"):
+                (onnx_dir(model_dir) / f).unlink(missing_ok=True)
+    if dropped:
+        print(
+            f"edgezoo: removed {', '.join(dropped)} from {model_dir}: made from the previous "
+            f"{name} graph's weights; re-run `edgezoo quantize` to rebuild them.",
+            file=sys.stderr,
+        )
     return data
+
+
+def is_stale(derived: dict[str, Any], source: dict[str, Any], old: dict[str, Any] | None) -> bool:
+    """Was ``derived`` made from other weights than ``source`` (which replaced ``old``)?
+
+    Compared by the model weights' sha256 where both record it (a re-export of the same
+    weights keeps its quantized variants), else by the source graph's sha256; an entry
+    from before either was recorded is stale when the source graph changed."""
+    if derived.get("source_weights_sha256") and source.get("source_weights_sha256"):
+        return derived["source_weights_sha256"] != source["source_weights_sha256"]
+    if derived.get("source_sha256") and source.get("sha256"):
+        return derived["source_sha256"] != source["sha256"]
+    return old is not None and old.get("sha256") != source.get("sha256")
+
+
+def _drop_stale(
+    variants: dict[str, Any], name: str, old: dict[str, Any] | None, entry: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Remove (in place) the variants derived from the replaced ``name``, other exported
+    graphs of other weights (an export that no longer writes, say, the GQA graph) and
+    whatever was made from those."""
+    weights = entry.get("source_weights_sha256")
+    dropped = {
+        k: v
+        for k, v in variants.items()
+        if k != name
+        and (
+            (v.get("source_variant") == name and is_stale(v, entry, old))
+            or (
+                weights
+                and not entry.get("source_variant")
+                and not v.get("source_variant")
+                and v.get("source_weights_sha256") not in (None, weights)
+            )
+        )
+    }
+    while True:  # what was made from a dropped variant goes with it
+        orphans = {
+            k: v
+            for k, v in variants.items()
+            if k not in dropped and v.get("source_variant") in dropped
+        }
+        if not orphans:
+            break
+        dropped.update(orphans)
+    for k in dropped:
+        del variants[k]
+    return dropped
 
 
 def variant_file(model_dir: str | Path, name: str) -> Path:
