@@ -17,7 +17,7 @@ from edgezoo.runtime.session import make_session
 def load(
     path: str | Path,
     backend: str = "auto",
-    variant: str = "fp32",
+    variant: str = "auto",
     threads: int = 0,
     *,
     graph: str = "auto",
@@ -27,9 +27,10 @@ def load(
 ) -> LanguageModel | Classifier:
     """Load a model dir (or an .onnx file beside its tokenizer) for inference.
 
-    ``backend``: auto | ort-cpu | ort-cuda | ort-trt | tensorrt. ``variant``: a precision
-    (fp32, fp16, int8, int4), ``auto`` (the fastest variant the quantize gate recommended
-    for this backend) or an exact manifest name; ``graph`` restricts the kind of graph
+    ``backend``: auto | ort-cpu | ort-cuda | ort-trt | tensorrt. ``variant``: ``auto``
+    (default: the fastest variant the quantize gate recommended for this backend, else
+    the best fp32 graph — so a quantized dir is used at its best without knowing a flag),
+    a precision (fp32, fp16, int8, int4) or an exact manifest name; ``graph`` restricts the kind of graph
     (portable | ort-optimized | gqa; default: the best for the backend). ``threads``: intra-op threads (0 = ORT's
     default). The returned object's ``backend``, ``variant`` and ``reason`` say what was
     chosen and why.

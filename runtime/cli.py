@@ -12,8 +12,8 @@ import os
 import sys
 from typing import Any
 
-from edgezoo import argtypes
-from edgezoo.errors import ConfigError
+from edgezoo import argtypes, manifest
+from edgezoo.errors import ConfigError, EdgeZooError
 
 
 def register(subparsers: Any) -> None:
@@ -28,7 +28,10 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         "--backend", default="auto", help="auto | ort-cpu | ort-cuda | ort-trt | tensorrt"
     )
     parser.add_argument(
-        "--variant", default="fp32", help="fp32 | fp16 | int8 | int4 | auto | a manifest name"
+        "--variant",
+        default="auto",
+        help="auto (the variant the quantize quality gate recommends for the backend, else "
+        "fp32) | fp32 | fp16 | int8 | int4 | a manifest name",
     )
     parser.add_argument(
         "--threads",
@@ -163,7 +166,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     if not hasattr(lm, "generate"):
         raise ConfigError(f"{args.model_dir} is a classifier: use `edgezoo classify` on it.")
-    print(f"[{lm.backend} · {lm.variant}] {lm.reason}", file=sys.stderr)
+    print(variant_note(args.model_dir, lm.backend, lm.variant, args.variant), file=sys.stderr)
     if args.no_stream:
         print(args.prompt + lm.generate(args.prompt, **_sampling_args(args)).text)
         return 0
@@ -187,6 +190,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     )
     if not hasattr(clf, "classify"):
         raise ConfigError(f"{args.model_dir} is a language model: use `edgezoo generate` on it.")
+    print(variant_note(args.model_dir, clf.backend, clf.variant, args.variant), file=sys.stderr)
     texts = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     results = clf.classify(texts)
     for text, r in zip(texts, results, strict=True):
@@ -197,4 +201,41 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from edgezoo.runtime.server import cmd_serve as serve_from_args
 
+    _announce_variant(args)
     return serve_from_args(args)
+
+
+def _announce_variant(args: argparse.Namespace) -> None:
+    """Say which variant `serve` will load before it loads it (the same deterministic
+    choice its own ``load`` makes from the manifest)."""
+    from edgezoo.runtime.backends import resolve_backend
+    from edgezoo.runtime.model_files import locate
+
+    try:
+        backend, _ = resolve_backend(args.backend)
+        files = locate(args.model_dir, backend, args.variant)
+    except EdgeZooError:
+        return  # the server's own load reports it, after its bind checks
+    print(variant_note(args.model_dir, backend, files.variant, args.variant), file=sys.stderr)
+
+
+def variant_note(model_dir: str, backend: str, chosen: str, asked: str) -> str:
+    """One line for stderr: which variant runs, and whether the quality gate chose it."""
+    try:
+        entry = (
+            manifest.read(model_dir)["variants"].get(chosen, {}) if os.path.isdir(model_dir) else {}
+        )
+    except EdgeZooError:
+        entry = {}
+    why = entry.get("recommended", {}).get(backend)
+    if why:
+        return (
+            f"using variant {chosen} on {backend} (recommended by the quality gate: "
+            f"{why['speedup']:.2f}× fp32 speed, {why['quality_change']})"
+        )
+    if asked == "auto":
+        return (
+            f"using variant {chosen} on {backend} (auto: no quantized variant passed the quality "
+            f"gate for {backend}; `edgezoo quantize` makes and measures some)"
+        )
+    return f"using variant {chosen} on {backend} (--variant {asked})"
