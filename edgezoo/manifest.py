@@ -97,7 +97,8 @@ def add_variant(
         # An export publishes all its graphs before recording them one by one, so a
         # graph it wrote (no source_variant) may be on disk under a dropped entry's name.
         if gone.get("source_variant") and gone["file"] not in in_use:
-            for f in (gone["file"], gone["file"] + ".data", gone["file"] + "_data"):
+            aliases = [a for a in gone.get("aliases") or [] if Path(str(a)).name == a]
+            for f in (gone["file"], gone["file"] + ".data", gone["file"] + "_data", *aliases):
                 (onnx_dir(model_dir) / f).unlink(missing_ok=True)
     if dropped:
         print(

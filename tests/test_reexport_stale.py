@@ -30,6 +30,8 @@ def test_reexport_with_new_weights_drops_quantized_variants(tmp_path, tokenizer)
     fp32 = manifest.read(model_dir)["variants"]["fp32"]
     assert int8["source_sha256"] == fp32["sha256"]
     assert int8["source_weights_sha256"] == fp32["source_weights_sha256"]
+    aliases = int8.get("aliases", [])  # Optimum / transformers.js names of the same graph
+    assert aliases and all((model_dir / "onnx" / a).exists() for a in aliases)
     _recommend(model_dir, "int8")
     assert runtime.load(model_dir, backend="ort-cpu", variant="auto").variant == "int8"
 
@@ -42,6 +44,7 @@ def test_reexport_with_new_weights_drops_quantized_variants(tmp_path, tokenizer)
     assert "int8" not in variants
     assert not (model_dir / "onnx" / int8["file"]).exists()
     assert not (model_dir / "onnx" / (int8["file"] + ".data")).exists()
+    assert not any((model_dir / "onnx" / a).exists() for a in aliases)
     lm = runtime.load(model_dir, backend="ort-cpu", variant="auto")
     assert lm.variant == "fp32"
     on_disk = json.loads((model_dir / "onnx" / "manifest.json").read_text())
