@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import onnx_ir
 
 from edgezoo import atomic, manifest
+from edgezoo.dirlock import locks_model_dir
 from edgezoo.errors import ExportError
 from edgezoo.export import validate
 from edgezoo.export.gqa_graph import GQA_SHAPES
@@ -289,6 +290,7 @@ def graph_kinds(
     return kinds
 
 
+@locks_model_dir("export")
 def to_onnx(
     model_dir: str | Path,
     opset: int = OPSET,
@@ -325,11 +327,7 @@ def to_onnx(
     )
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as tmp:
         tmp = Path(tmp)
-        built = {}
-        for k in kinds:
-            if k.needs_model:
-                with stage(f"export {model_dir.name}: build the {k.graph} graph"):
-                    built[k.variant] = k.build(model, tmp, settings)
+        built = _build_from_model(kinds, model, tmp, settings, model_dir.name)
         del model  # from here on only files: the graphs and the reference outputs
         release_freed()
         for kind in kinds:
@@ -369,6 +367,18 @@ def to_onnx(
         )
     write_card(model_dir)  # the card's variants table now lists the new graphs
     return ExportResult(model_dir, variants, notes)
+
+
+def _build_from_model(
+    kinds: list[GraphKind], model: torch.nn.Module, tmp: Path, s: _ExportSettings, name: str
+) -> dict[str, dict]:
+    """Build the graphs that need the PyTorch model (one progress stage each)."""
+    built = {}
+    for k in kinds:
+        if k.needs_model:
+            with stage(f"export {name}: build the {k.graph} graph"):
+                built[k.variant] = k.build(model, tmp, s)
+    return built
 
 
 def _writable_onnx_dir(model_dir: Path) -> Path:

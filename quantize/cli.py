@@ -82,6 +82,16 @@ def register(subparsers: Any) -> None:
         default=32,
         help="int8-static: validation windows to calibrate on",
     )
+    _add_gate_arguments(s)
+    s.add_argument(
+        "--data", help="evaluation/calibration data (default: the data the model was trained on)"
+    )
+    s.set_defaults(fn=cmd_quantize, extras=("quantize",))
+    add_prune_parser(subparsers)
+
+
+def _add_gate_arguments(s: argparse.ArgumentParser) -> None:
+    """What the quality gate asks of a variant: speed beyond noise, quality within budget."""
     s.add_argument(
         "--speed-rounds",
         type=argtypes.at_least(1),
@@ -90,7 +100,7 @@ def register(subparsers: Any) -> None:
     )
     s.add_argument(
         "--speed-margin",
-        type=float,
+        type=_margin,
         default=SPEED_MARGIN,
         help="gate: a variant is faster only if fp32's median time is at least this many "
         "times its own (below: same speed, not recommended for speed)",
@@ -104,11 +114,13 @@ def register(subparsers: Any) -> None:
         default=1.0,
         help="quality budget for classifiers, accuracy points",
     )
-    s.add_argument(
-        "--data", help="evaluation/calibration data (default: the data the model was trained on)"
-    )
-    s.set_defaults(fn=cmd_quantize, extras=("quantize",))
-    add_prune_parser(subparsers)
+
+
+def _margin(text: str) -> float:
+    value = argtypes.positive(text)
+    if value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not a margin: use 1.0 or more (1.05 = 5 %)")
+    return value
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:

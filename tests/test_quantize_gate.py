@@ -145,3 +145,6 @@ def test_quantize_takes_a_comma_list_as_well_as_repeated_targets():
     assert parse(["quantize", "--to", "int4", "d"]).to == ["int4"]
     with pytest.raises(SystemExit):
         parse(["quantize", "d", "--to", "int8,int3"])
+    assert parse(["quantize", "d", "--to", "int8", "--speed-margin", "1.1"]).speed_margin == 1.1
+    with pytest.raises(SystemExit):
+        parse(["quantize", "d", "--to", "int8", "--speed-margin", "0.9"])
