@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from edgezoo import atomic, io_names, manifest
+from edgezoo.dirlock import model_dir_lock
 from edgezoo.errors import CheckpointError, ConfigError, ExportError
 from edgezoo.export.onnx_export import ExportResult, to_onnx
 from edgezoo.export.provenance import source_commit, versions
@@ -34,7 +35,16 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def import_hf(source: str | Path, out: str | Path, **export_kwargs) -> ExportResult:
+    """Import ``source`` into the model dir ``out`` and export it, holding ``out``'s lock
+    (taken after the source checked out, so a bad source leaves no ``out`` behind)."""
     source, out = Path(source), Path(out)
+    hf_config = _checked_source(source)
+    out.mkdir(parents=True, exist_ok=True)
+    with model_dir_lock(out, "export --from-hf"):
+        return _import_hf(source, out, hf_config, **export_kwargs)
+
+
+def _checked_source(source: Path) -> dict:
     if not (source / "config.json").is_file():
         raise CheckpointError(
             f"{source} is not a Hugging Face model folder (no config.json). Pass a local checkpoint dir."
@@ -43,7 +53,10 @@ def import_hf(source: str | Path, out: str | Path, **export_kwargs) -> ExportRes
         raise CheckpointError(
             f"{source} has no tokenizer.json (a fast tokenizer); the runtime needs it to encode text."
         )
-    hf_config = _read_hf_config(source)
+    return _read_hf_config(source)
+
+
+def _import_hf(source: Path, out: Path, hf_config: dict, **export_kwargs) -> ExportResult:
     try:
         cfg = config_from_hf_dict(hf_config)
     except (ConfigError, KeyError):

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import onnx_ir
 
 from edgezoo import atomic, manifest
+from edgezoo.dirlock import locks_model_dir
 from edgezoo.errors import ExportError
 from edgezoo.export import validate
 from edgezoo.export.gqa_graph import GQA_SHAPES
@@ -289,6 +290,7 @@ def graph_kinds(
     return kinds
 
 
+@locks_model_dir("export")
 def to_onnx(
     model_dir: str | Path,
     opset: int = OPSET,

@@ -13,10 +13,12 @@ import tempfile
 from pathlib import Path
 
 from edgezoo import manifest
+from edgezoo.dirlock import locks_model_dir
 from edgezoo.errors import ExportError
 from edgezoo.onnx_files import file_facts
 
 
+@locks_model_dir("export --ort-format")
 def to_ort_format(model_dir: str | Path, variant: str = "fp32") -> dict:
     from onnxruntime.tools.convert_onnx_models_to_ort import (
         OptimizationStyle,

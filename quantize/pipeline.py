@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgezoo import io_names, manifest
+from edgezoo.dirlock import locks_model_dir
 from edgezoo.errors import CheckpointError, ConfigError, ExportError
 from edgezoo.memory import ensure_available, release_freed
 from edgezoo.model_card import write_card
@@ -95,6 +96,7 @@ QUANTIZE_MEMORY_FACTOR = 3
 QUANTIZE_MEMORY_OVERHEAD = 1_000_000_000  # onnxruntime, onnx and the scratch of one graph
 
 
+@locks_model_dir("quantize")
 def quantize_model(
     model_dir: str | Path, to: str, opts: QuantizeOptions | None = None, measure_all: bool = True
 ) -> dict[str, dict]:
