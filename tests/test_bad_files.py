@@ -109,3 +109,13 @@ def test_corrupt_run_json_on_resume_is_one_error(text_corpus, tmp_path):
     (run / "run.json").write_text('{"family": "lm", "si')
     with pytest.raises(EdgeZooError, match=r"run\.json is not valid JSON"):
         train(lm_train_config(text_corpus, run, steps=8, resume=True))
+
+
+@pytest.mark.parametrize("value", ["-3", "0", "many"])
+def test_calibration_samples_are_checked_while_parsing(capsys, value):
+    from edgezoo.cli import build_parser
+
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["quantize", "m", "--to", "int8", "--calibration-samples", value])
+    assert stop.value.code == 2
+    assert "--calibration-samples" in capsys.readouterr().err
