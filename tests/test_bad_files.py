@@ -119,3 +119,24 @@ def test_calibration_samples_are_checked_while_parsing(capsys, value):
         build_parser().parse_args(["quantize", "m", "--to", "int8", "--calibration-samples", value])
     assert stop.value.code == 2
     assert "--calibration-samples" in capsys.readouterr().err
+
+
+def test_external_weights_outside_the_model_dir_are_refused(exported, tmp_path):
+    """A graph whose weights point at ``../../<file>`` must not read that file: onnxruntime
+    >= 1.24 confines external data to the graph's folder (the pyproject minimum)."""
+    import onnx
+
+    model = _copy(exported, tmp_path / "lm")
+    graph = model / "onnx" / "model.onnx"
+    proto = onnx.load(graph, load_external_data=False)
+    tensor = next(t for t in proto.graph.initializer if t.external_data)
+    info = {e.key: e.value for e in tensor.external_data}
+    secret = tmp_path / "secret.bin"
+    data = (model / "onnx" / info["location"]).read_bytes()
+    secret.write_bytes(data)  # the same bytes: only the path is wrong
+    for entry in tensor.external_data:
+        if entry.key == "location":
+            entry.value = "../../secret.bin"
+    graph.write_bytes(proto.SerializeToString())
+    with pytest.raises(EdgeZooError, match="escapes"):
+        runtime.load(model, backend="ort-cpu")
