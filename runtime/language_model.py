@@ -19,7 +19,13 @@ from tokenizers import Tokenizer
 
 from edgezoo.errors import InputError
 from edgezoo.runtime.kv_cache import ConcatCache, HostConcatCache, SharedBufferCache
-from edgezoo.runtime.sampling import Sampler, SamplingParams, StopChecker
+from edgezoo.runtime.sampling import (
+    Sampler,
+    SamplingParams,
+    StopChecker,
+    TokenLogprob,
+    logprob_entries,
+)
 from edgezoo.runtime.streaming import TextStreamer
 
 
@@ -34,6 +40,8 @@ class Generation:
     # Each decode step (sampling + graph) of the call: a batch steps together, so a row
     # that finished early still lists the steps its batch ran after it.
     step_s: list[float] = field(default_factory=list)
+    # One entry per token of ``token_ids`` when ``SamplingParams.logprobs`` is set, else None.
+    logprobs: list[TokenLogprob] | None = None
 
 
 class StreamDelta(NamedTuple):
@@ -62,10 +70,15 @@ class _Row:
     ids: list[int] = field(default_factory=list)
     text: str = ""
     finish: str | None = None
+    logprobs: list[TokenLogprob] | None = None
 
 
 class LanguageModel:
     """Generate with ``generate`` / ``stream``; measure with ``score`` (perplexity)."""
+
+    # A Jinja chat template (``tokenizer_config.json``'s ``chat_template``), set by
+    # ``runtime.load``; None when the model dir has none (the server then refuses chat).
+    chat_template: str | None = None
 
     def __init__(
         self,
@@ -261,6 +274,9 @@ class LanguageModel:
         lengths = np.array([len(e) for e in encoded], np.int64)
         timing = _Timing()
         rows = [_Row(len(e), TextStreamer(self.tokenizer, prompt_ids=e), timing) for e in encoded]
+        if params.logprobs is not None:
+            for row in rows:
+                row.logprobs = []
         sampler, stops = Sampler(params), StopChecker(params.stop)
         live = live_text or bool(stops.stop)  # detokenize every step only when someone reads it
         seen = None
@@ -285,12 +301,23 @@ class LanguageModel:
             full_mask = np.concatenate([prompt_mask, np.ones((batch, max_new), np.int64)], axis=1)
         last = logits[np.arange(batch), lengths - 1]
         timing.first_token_s = time.perf_counter() - t0
+        counts = None  # generated-token counts, for presence / frequency penalties
+        if params.presence_penalty or params.frequency_penalty:
+            counts = np.zeros((batch, last.shape[-1]), np.int32)
         for step in range(max_new):
             t_step = time.perf_counter()
-            tokens = sampler(last, seen)
+            scores = sampler.penalise(last, seen, counts)
+            tokens = sampler.pick(scores)
+            entries = None
+            if params.logprobs is not None:
+                entries = logprob_entries(scores, tokens, params.logprobs)
             if seen is not None:
                 seen[np.arange(batch), tokens] = True
-            self._advance(rows, tokens, stops, step + 1 == max_new, live, params.ignore_eos)
+            if counts is not None:
+                counts[np.arange(batch), tokens] += 1
+            self._advance(
+                rows, tokens, stops, step + 1 == max_new, live, params.ignore_eos, entries
+            )
             yield rows
             if all(r.finish for r in rows):
                 break
@@ -321,14 +348,17 @@ class LanguageModel:
         out_of_budget: bool,
         live: bool,
         ignore_eos: bool,
+        entries: list[TokenLogprob] | None = None,
     ) -> None:
-        for row, token in zip(rows, tokens.tolist(), strict=True):
+        for i, (row, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
             if row.finish:
                 continue
             if token == self.eos_id and not ignore_eos:
                 row.finish = "eos"
             else:
                 row.ids.append(token)
+                if entries is not None and row.logprobs is not None:
+                    row.logprobs.append(entries[i])
                 if live:
                     checked = len(row.text)
                     row.text += row.streamer.push(token)
@@ -356,6 +386,7 @@ class LanguageModel:
             row.timing.first_token_s,
             row.timing.decode_s,
             list(row.timing.step_s),
+            None if row.logprobs is None else list(row.logprobs),
         )
 
     def _prefill_logits(self, ids: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -17,6 +18,8 @@ from edgezoo.errors import ConfigError
 
 GREEDY_BELOW = 1e-5  # temperatures under this are greedy (see SamplingParams.greedy)
 MIN_PENALTY, MAX_PENALTY = 1e-3, 1e3  # repetition penalties that keep logits finite
+MAX_OPENAI_PENALTY = 2.0  # presence / frequency penalties: OpenAI's range is [-2, 2]
+MAX_LOGPROBS = 20  # alternatives per token a caller may ask for (OpenAI chat's limit)
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,13 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # keep going past </s>: every run has max_new_tokens (benchmarks)
+    # OpenAI's penalties on tokens already *generated* (not the prompt): a logit drops by
+    # presence_penalty once a token has appeared and by frequency_penalty per appearance.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # Record each generated token's log-probability and this many top alternatives
+    # (0 = the chosen token only); None records nothing. See ``token_logprobs``.
+    logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -58,6 +68,17 @@ class SamplingParams:
         if not self.max_new_tokens >= 1:
             raise ConfigError(
                 f"max_new_tokens={self.max_new_tokens!r} is invalid; use max_new_tokens >= 1."
+            )
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not -MAX_OPENAI_PENALTY <= value <= MAX_OPENAI_PENALTY:
+                raise ConfigError(f"{name}={value!r} is invalid; use -2 <= {name} <= 2 (0 = off).")
+        if self.logprobs is not None and not (
+            isinstance(self.logprobs, int) and 0 <= self.logprobs <= MAX_LOGPROBS
+        ):
+            raise ConfigError(
+                f"logprobs={self.logprobs!r} is invalid; use an integer from 0 to "
+                f"{MAX_LOGPROBS} (alternatives per token) or None."
             )
         if not isinstance(self.ignore_eos, bool):
             raise ConfigError(f"ignore_eos={self.ignore_eos!r} is invalid; use True or False.")
@@ -87,6 +108,79 @@ def apply_repetition_penalty(
     penalised = np.where(logits < 0, logits * penalty, logits / penalty)
     np.copyto(out, penalised, where=seen, casting="same_kind")
     return out
+
+
+def apply_openai_penalties(
+    logits: np.ndarray, counts: np.ndarray, presence: float, frequency: float
+) -> np.ndarray:
+    """OpenAI's rule: ``logit - frequency * count - presence * (count > 0)``, per row.
+
+    ``counts [batch, vocab]`` holds how often each row has *generated* each token (the
+    prompt does not count, as in OpenAI and vLLM). Negative penalties encourage repeats.
+    Returns a new float32 (or wider) array; ``logits`` is left as it was.
+    """
+    if logits.shape != counts.shape:
+        raise ValueError(
+            f"logits {logits.shape} and counts {counts.shape} must have the same shape"
+        )
+    dtype = np.result_type(logits.dtype, np.float32)
+    out = logits.astype(dtype, copy=True)
+    if frequency:
+        out -= dtype.type(frequency) * counts
+    if presence:
+        out -= dtype.type(presence) * (counts > 0)
+    return out
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Row log-softmax in float64 (log-probabilities of tiny models' flat rows stay exact)."""
+    x = np.asarray(x, np.float64)
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def token_logprobs(
+    logits: np.ndarray, chosen: np.ndarray, top_n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Log-probabilities of the ``chosen`` tokens and of each row's ``top_n`` best tokens.
+
+    ``logits [batch, vocab]`` should be the scores the sampler chose from *after* penalties
+    (repetition, presence, frequency) and *before* temperature / top-k / top-p: that is the
+    model's own distribution as the request shaped it, which is what OpenAI reports.
+    Returns ``(chosen_lp [batch], top_ids [batch, top_n], top_lps [batch, top_n])``, the
+    top tokens best first (ties: lower id first). float64 log-probabilities.
+    """
+    lp = log_softmax(logits)
+    rows = np.arange(lp.shape[0])
+    chosen_lp = lp[rows, np.asarray(chosen, np.int64)]
+    if top_n <= 0:
+        empty = np.zeros((lp.shape[0], 0))
+        return chosen_lp, empty.astype(np.int64), empty
+    top_n = min(top_n, lp.shape[-1])
+    part = np.argpartition(-lp, top_n - 1, axis=-1)[:, :top_n]
+    part_lp = np.take_along_axis(lp, part, axis=-1)
+    order = np.lexsort((part, -part_lp), axis=-1)  # by logprob, then id
+    top_ids = np.take_along_axis(part, order, axis=-1)
+    return chosen_lp, top_ids, np.take_along_axis(part_lp, order, axis=-1)
+
+
+class TokenLogprob(NamedTuple):
+    """One generated token's log-probability and its best alternatives (best first)."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]  # (token id, logprob) pairs, ``logprobs`` of them
+
+
+def logprob_entries(logits: np.ndarray, chosen: np.ndarray, top_n: int) -> list[TokenLogprob]:
+    """``token_logprobs`` as one ``TokenLogprob`` per row: what a decode loop records."""
+    chosen_lp, top_ids, top_lps = token_logprobs(logits, chosen, top_n)
+    return [
+        TokenLogprob(int(t), float(lp), tuple(zip(ids.tolist(), lps.tolist(), strict=True)))
+        for t, lp, ids, lps in zip(
+            np.asarray(chosen).tolist(), chosen_lp, top_ids, top_lps, strict=True
+        )
+    ]
 
 
 def top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
@@ -146,14 +240,39 @@ class Sampler:
         self.params = params.validate()
         self.rng = np.random.default_rng(params.seed)
 
-    def __call__(self, logits: np.ndarray, seen: np.ndarray | None = None) -> np.ndarray:
-        """``logits [batch, vocab]`` (any float dtype), ``seen [batch, vocab]`` bool -> int64 ``[batch]``."""
+    def __call__(
+        self,
+        logits: np.ndarray,
+        seen: np.ndarray | None = None,
+        counts: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``logits [batch, vocab]`` (any float dtype), ``seen [batch, vocab]`` bool (prompt
+        and output, for the repetition penalty), ``counts [batch, vocab]`` (generated tokens,
+        for presence / frequency penalties) -> int64 ``[batch]``."""
+        return self.pick(self.penalise(logits, seen, counts))
+
+    def penalise(
+        self,
+        logits: np.ndarray,
+        seen: np.ndarray | None = None,
+        counts: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The logits after the request's penalties: what ``pick`` draws from and what
+        ``token_logprobs`` should read (a caller recording logprobs calls both)."""
         logits = np.asarray(logits)
         if logits.ndim != 2:
             raise ValueError(f"logits must be [batch, vocab], got shape {logits.shape}")
         p = self.params
         if seen is not None and p.repetition_penalty != 1.0:
             logits = apply_repetition_penalty(logits, seen, p.repetition_penalty)
+        if counts is not None and (p.presence_penalty or p.frequency_penalty):
+            logits = apply_openai_penalties(logits, counts, p.presence_penalty, p.frequency_penalty)
+        return logits
+
+    def pick(self, logits: np.ndarray) -> np.ndarray:
+        """One token per row of already-penalised ``logits``: greedy or temperature / top-k /
+        top-p sampling."""
+        p = self.params
         if p.greedy:
             return np.argmax(logits, axis=-1).astype(np.int64)  # first max wins, like torch
         # Temperature does not change the order, so top-k can pick candidates on raw logits.

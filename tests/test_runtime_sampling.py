@@ -269,3 +269,49 @@ def test_truncate_since_only_scans_the_new_tail_but_finds_stops_across_it():
     # a stop wholly inside text checked before is not searched again (it would have been cut)
     assert stops.truncate("xyz and more", since=12) == ("xyz and more", False)
     assert stops.truncate("xyz and more") == ("", True)
+
+
+# --- OpenAI penalties and logprobs ---------------------------------------------------------
+
+
+def test_openai_penalties_follow_openais_formula():
+    from edgezoo.runtime.sampling import apply_openai_penalties
+
+    logits = np.array([[1.0, 2.0, 3.0], [0.5, 0.5, 0.5]], np.float32)
+    counts = np.array([[0, 2, 1], [3, 0, 0]], np.int32)
+    out = apply_openai_penalties(logits, counts, presence=0.5, frequency=0.25)
+    expected = logits - 0.25 * counts - 0.5 * (counts > 0)
+    np.testing.assert_allclose(out, expected)
+    np.testing.assert_array_equal(logits[0], [1.0, 2.0, 3.0])  # the input is untouched
+
+
+def test_frequency_penalty_changes_the_greedy_pick_once_a_token_repeats():
+    logits = np.array([[3.0, 2.5, 0.0]], np.float32)
+    sampler = Sampler(SamplingParams(frequency_penalty=1.0))
+    assert sampler(logits, counts=np.array([[0, 0, 0]]))[0] == 0
+    assert sampler(logits, counts=np.array([[1, 0, 0]]))[0] == 1  # 3 - 1 < 2.5
+
+
+def test_token_logprobs_equal_a_log_softmax_and_sort_the_top_tokens():
+    from edgezoo.runtime.sampling import logprob_entries, token_logprobs
+
+    logits = _random_logits(batch=3, vocab=40)
+    chosen = np.array([5, 0, 39])
+    lp, top_ids, top_lps = token_logprobs(logits, chosen, 4)
+    x = logits.astype(np.float64)
+    ref = x - np.log(np.exp(x).sum(-1, keepdims=True))
+    np.testing.assert_allclose(lp, ref[np.arange(3), chosen], atol=1e-12)
+    np.testing.assert_array_equal(top_ids, np.argsort(-ref, axis=-1)[:, :4])
+    np.testing.assert_allclose(top_lps, np.sort(ref, axis=-1)[:, ::-1][:, :4], atol=1e-12)
+    assert token_logprobs(logits, chosen, 0)[1].shape == (3, 0)
+    entry = logprob_entries(logits, chosen, 2)[1]
+    assert entry.token_id == 0 and len(entry.top) == 2 and entry.top[0][0] == top_ids[1, 0]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("presence_penalty", 2.5), ("frequency_penalty", -3), ("logprobs", 21), ("logprobs", -1)],
+)
+def test_openai_fields_out_of_range_are_refused(field, value):
+    with pytest.raises(ConfigError, match=field):
+        SamplingParams(**{field: value}).validate()
