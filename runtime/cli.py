@@ -115,6 +115,27 @@ def _register_serve(subparsers: Any) -> None:
         help="most prompts per batched model call (default 8)",
     )
     s.add_argument(
+        "--batching",
+        choices=["auto", "continuous", "static"],
+        default="auto",
+        help="continuous: every decode step runs all live requests and a new one joins at "
+        "once, each with its own sampling settings (needs the gqa graph on ort-cpu); static: "
+        "requests with equal settings that arrive together run as one batch to its end; "
+        "auto: continuous where the model allows it",
+    )
+    s.add_argument(
+        "--parallel",
+        type=argtypes.at_least(1),
+        help="continuous batching's slots: requests decoding at once (default: --max-batch)",
+    )
+    s.add_argument(
+        "--prefill-chunk",
+        type=argtypes.at_least(1),
+        default=128,
+        help="continuous batching prefills long prompts this many tokens per step, so "
+        "running streams keep decoding in between",
+    )
+    s.add_argument(
         "--max-queue",
         type=argtypes.at_least(1),
         default=64,

@@ -28,6 +28,8 @@ from edgezoo.runtime.sampling import (
 )
 from edgezoo.runtime.streaming import TextStreamer
 
+MAX_ENGINE_SLOTS = 16  # KV rows ``generate_each`` allocates at most (each one context long)
+
 
 @dataclass
 class Generation:
@@ -110,16 +112,43 @@ class LanguageModel:
     # ------------------------------------------------------------------ public API ------
 
     def generate(
-        self, prompt: str | Sequence[str], params: SamplingParams | None = None, **overrides: Any
+        self,
+        prompt: str | Sequence[str],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+        **overrides: Any,
     ) -> Generation | list[Generation]:
         """Continue one prompt (returns a ``Generation``) or a batch (returns a list).
 
-        A batch decodes together: every row gets at most ``context − longest prompt`` new
-        tokens (the server only batches requests that this does not cut short)."""
+        A batch with one ``SamplingParams`` decodes together: every row gets at most
+        ``context − longest prompt`` new tokens. A list of ``SamplingParams`` (one per
+        prompt) runs each prompt with its own settings and budget, as it would alone — on
+        the continuous-batching engine where the graph allows it (gqa on the CPU)."""
         single = isinstance(prompt, str)
         prompts = [prompt] if single else list(prompt)
-        results = self.generate_ids(self.encode(prompts), params, **overrides)
+        if isinstance(params, (list, tuple)):
+            results = self.generate_each(self.encode(prompts), params, **overrides)
+        else:
+            results = self.generate_ids(self.encode(prompts), params, **overrides)
         return results[0] if single else results
+
+    def generate_each(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        params: Sequence[SamplingParams],
+        **overrides: Any,
+    ) -> list[Generation]:
+        """Each prompt (token ids) with its own ``SamplingParams``."""
+        from edgezoo.runtime.engine import Engine, supports_engine  # it imports this module
+
+        if len(params) != len(prompt_ids):
+            raise InputError(
+                f"{len(params)} SamplingParams for {len(prompt_ids)} prompts: give one per prompt."
+            )
+        each = [self._params(p, dict(overrides)) for p in params]
+        encoded = self.check_ids(prompt_ids)
+        if supports_engine(self):
+            return Engine(self, slots=min(len(encoded), MAX_ENGINE_SLOTS)).generate(encoded, each)
+        return [self.generate_ids([ids], p)[0] for ids, p in zip(encoded, each, strict=True)]
 
     def generate_ids(
         self,

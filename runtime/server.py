@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgezoo.errors import ConfigError
+from edgezoo.runtime.engine import DEFAULT_PREFILL_CHUNK
 from edgezoo.runtime.host_guard import LoopbackHostMiddleware, is_loopback
 from edgezoo.runtime.server_metrics import Metrics
 
@@ -46,6 +47,9 @@ def create_app(
     shutdown_timeout_s: float = 30,
     max_prompts: int | None = None,
     openapi_url: str | None = None,
+    batching: str = "auto",
+    parallel: int | None = None,
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
 ) -> "FastAPI":
     """The FastAPI app serving ``model`` (a ``LanguageModel`` or a ``Classifier``).
 
@@ -54,6 +58,10 @@ def create_app(
     ``max_prompts`` (default ``max_batch``) caps the prompts of one request, so that one
     request cannot hold the worker for many batches. ``openapi_url`` publishes the OpenAPI
     document there (off by default: tests fuzz the API from it).
+    ``batching``: "continuous" runs language models on the slot engine (``parallel`` slots,
+    default ``max_batch``; prompts prefilled ``prefill_chunk`` tokens at a time), "static"
+    on the batch-at-once worker, "auto" (default) takes continuous where the model allows
+    it (the gqa graph on ort-cpu).
     The routes live in ``runtime.server_routes``, imported here so that importing this
     module never imports fastapi.
     """
@@ -74,6 +82,9 @@ def create_app(
         max_body_bytes=max_body_bytes,
         shutdown_timeout_s=shutdown_timeout_s,
         max_prompts=max_prompts or max_batch,
+        batching=batching,
+        parallel=parallel,
+        prefill_chunk=prefill_chunk,
     )
     app = routes.base_app(ctx, openapi_url)
     app.state.context = ctx  # its limits, for whoever holds the app (tests, embedders)
@@ -114,6 +125,9 @@ def serve(
     max_tokens_limit: int | None = None,
     request_timeout_s: float = 60,
     log_level: str = "info",
+    batching: str = "auto",
+    parallel: int | None = None,
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
 ) -> None:
     """Load ``model_dir`` and serve it until Ctrl-C / SIGTERM (then finish in-flight work)."""
     check_bind(host, api_key)  # before the slow load
@@ -144,14 +158,19 @@ def serve(
         max_tokens_limit=max_tokens_limit,
         request_timeout_s=request_timeout_s,
         shutdown_timeout_s=request_timeout_s,
+        batching=batching,
+        parallel=parallel,
+        prefill_chunk=prefill_chunk,
     )
+    mode = "continuous" if app.state.context.continuous else "static"
+    print(f"edgezoo serve: {mode} batching", flush=True)
     uvicorn.run(
         app,
         host=host,
         port=port,
         log_level=log_level,
         timeout_graceful_shutdown=int(request_timeout_s),
-        limit_concurrency=connection_limit(max_queue, max_batch),
+        limit_concurrency=connection_limit(max_queue, max(parallel or 0, max_batch)),
     )
 
 
@@ -178,5 +197,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_tokens_limit=args.max_tokens_limit,
         request_timeout_s=args.timeout,
         log_level=args.log_level,
+        batching=args.batching,
+        parallel=args.parallel,
+        prefill_chunk=args.prefill_chunk,
     )
     return 0

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
-from edgezoo.errors import EdgeZooError
+from edgezoo.errors import ConfigError, EdgeZooError
 from edgezoo.runtime.batcher import (
     Batcher,
     Job,
@@ -31,6 +31,8 @@ from edgezoo.runtime.batcher import (
     next_event,
     wait_result,
 )
+from edgezoo.runtime.continuous import ContinuousBatcher
+from edgezoo.runtime.engine import DEFAULT_PREFILL_CHUNK, supports_engine
 from edgezoo.runtime.openapi_schema import CLASSIFY_REQUEST, COMPLETION_REQUEST, json_body
 from edgezoo.runtime.protocol import (
     ApiError,
@@ -69,14 +71,30 @@ class ServerContext:
     max_body_bytes: int
     shutdown_timeout_s: float
     max_prompts: int  # prompts one request may carry
+    batching: str = "auto"  # "continuous" (slots, per-step joins), "static", or "auto"
+    parallel: int | None = None  # continuous batching's slots (default: max_batch)
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK
     started: int = field(default_factory=lambda: int(time.time()))
-    batcher: Batcher | None = None  # set by the lifespan; kept (closed) after shutdown
+    # Set by the lifespan; kept (closed) after shutdown.
+    batcher: Batcher | ContinuousBatcher | None = None
     is_lm: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.is_lm = hasattr(self.model, "generate_ids")
+        if self.batching not in ("auto", "continuous", "static"):
+            raise ConfigError(f"batching={self.batching!r}: use 'auto', 'continuous' or 'static'.")
+        if self.batching == "continuous" and not (self.is_lm and supports_engine(self.model)):
+            raise ConfigError(
+                "continuous batching needs a language model on its gqa graph with the ort-cpu "
+                "backend; use --batching static (or auto) for this model."
+            )
 
-    def running(self) -> Batcher:
+    @property
+    def continuous(self) -> bool:
+        """Whether requests run on the continuous-batching engine."""
+        return self.batching != "static" and self.is_lm and supports_engine(self.model)
+
+    def running(self) -> Batcher | ContinuousBatcher:
         """The batcher, or a 503 for requests that race the lifespan's start."""
         if self.batcher is None:
             raise overloaded("server is starting; retry shortly.")
@@ -89,13 +107,22 @@ def make_lifespan(ctx: ServerContext) -> Callable[[FastAPI], Any]:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        batcher = Batcher(
-            ctx.model,
-            ctx.metrics,
-            max_batch=ctx.max_batch,
-            max_queue=ctx.max_queue,
-            batch_wait_s=ctx.batch_wait_s,
-        )
+        if ctx.continuous:
+            batcher = ContinuousBatcher(
+                ctx.model,
+                ctx.metrics,
+                slots=ctx.parallel or ctx.max_batch,
+                max_queue=ctx.max_queue,
+                prefill_chunk=ctx.prefill_chunk,
+            )
+        else:
+            batcher = Batcher(
+                ctx.model,
+                ctx.metrics,
+                max_batch=ctx.max_batch,
+                max_queue=ctx.max_queue,
+                batch_wait_s=ctx.batch_wait_s,
+            )
         ctx.batcher = batcher
         app.state.batcher = batcher
         batcher.start()
