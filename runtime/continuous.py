@@ -9,6 +9,7 @@ when all its prompts have finished; a whole-answer request gets its ``Generation
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 from typing import Any
 
@@ -16,6 +17,7 @@ from edgezoo.runtime.batcher import Job, StreamEvent
 from edgezoo.runtime.engine import DEFAULT_PREFILL_CHUNK, Engine
 from edgezoo.runtime.engine_rows import EngineRequest, RowDelta
 from edgezoo.runtime.protocol import RETRY_AFTER_S, overloaded
+from edgezoo.runtime.sampling import SamplingParams
 from edgezoo.runtime.server_metrics import Metrics
 
 
@@ -53,7 +55,9 @@ class ContinuousBatcher:
         self.running.append(job)
         answer = _Answer(self, job, loop)
         for index, ids in enumerate(job.inputs):
-            request = EngineRequest(ids, job.params, answer.on_delta_from(index), job.cancelled)
+            request = EngineRequest(
+                ids, row_params(job.params, index), answer.on_delta_from(index), job.cancelled
+            )
             self.engine.submit(request)
         self._queue_changed()
 
@@ -93,6 +97,15 @@ class ContinuousBatcher:
 
     def _queue_changed(self) -> None:
         self.metrics.queue_depth.set(self.engine.waiting_requests())
+
+
+def row_params(params: SamplingParams, index: int) -> SamplingParams:
+    """Row ``index``'s settings. Each row samples from its own generator, so a seeded
+    request's rows get seeds ``seed, seed + 1, …``: ``n`` copies of a prompt differ, and
+    the request repeats exactly (row 0 is what the prompt alone gives with that seed)."""
+    if params.seed is None or index == 0:
+        return params
+    return dataclasses.replace(params, seed=params.seed + index)
 
 
 class _Answer:
