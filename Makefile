@@ -52,6 +52,7 @@ bench-results: setup
 	$(BIN)/python -m benchmarks.prune_speed --sizes mini,small,medium --rounds 5
 	$(BIN)/python -m benchmarks.serve_load runs/demo --seconds 6 --rounds 5
 	$(BIN)/python -m benchmarks.serve_abuse runs/demo --clients 64 --seconds 60 --rounds 2
+	$(BIN)/python -m benchmarks.serve_mixed runs/demo --clients 1,4,16,64 --seconds 20 --rounds 3
 	$(BIN)/python -m benchmarks.export_cost
 	$(BIN)/python -m benchmarks.train_throughput --big ""
 	$(BIN)/python -m benchmarks.ddp_scaling

@@ -34,9 +34,14 @@ class Server(NamedTuple):
 
 @contextlib.contextmanager
 def server_process(
-    model_dir: str, max_batch: int, threads: int, max_queue: int = 256
+    model_dir: str,
+    max_batch: int,
+    threads: int,
+    max_queue: int = 256,
+    extra: list[str] | None = None,
 ) -> Iterator[Server]:
-    """``edgezoo serve`` on a free loopback port; yields its URL and pid once /health answers."""
+    """``edgezoo serve`` (plus ``extra`` flags) on a free loopback port; yields its URL and
+    pid once /health answers."""
     import httpx
 
     with socket.socket() as s:
@@ -44,7 +49,7 @@ def server_process(
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "edgezoo.cli", "serve", model_dir, "--port", str(port)]
     cmd += ["--max-batch", str(max_batch), "--max-queue", str(max_queue), "--threads", str(threads)]
-    cmd += ["--backend", "ort-cpu", "--log-level", "warning"]
+    cmd += ["--backend", "ort-cpu", "--log-level", "warning", *(extra or [])]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
