@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import onnx_ir
 
 from edgezoo import atomic, manifest
+from edgezoo.chat_config import add_default_chat_template
 from edgezoo.dirlock import locks_model_dir
 from edgezoo.errors import ExportError
 from edgezoo.export import validate
@@ -365,6 +366,8 @@ def to_onnx(
             family=cfg.family,
             export_notes=notes,
         )
+    if cfg.family == "lm" and add_default_chat_template(model_dir):
+        notes.append("added the zoo's default chat template to tokenizer_config.json")
     write_card(model_dir)  # the card's variants table now lists the new graphs
     return ExportResult(model_dir, variants, notes)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from edgezoo.chat_config import read_chat_config
 from edgezoo.errors import CheckpointError, ConfigError
 from edgezoo.runtime import backends
 from edgezoo.runtime.classifier import Classifier
@@ -42,7 +43,10 @@ def load(
     if chosen == "tensorrt":
         from edgezoo.runtime.tensorrt_engine import load_tensorrt
 
-        return load_tensorrt(files, tokenizer, reason=reason, fp16=fp16, max_batch=max_batch)
+        model = load_tensorrt(files, tokenizer, reason=reason, fp16=fp16, max_batch=max_batch)
+        if isinstance(model, LanguageModel):
+            model.chat_config = read_chat_config(files.model_dir)
+        return model
     profile = None
     if chosen == "ort-trt":
         context = int(files.config.get("max_position_embeddings", 512))
@@ -61,7 +65,7 @@ def load(
         print(f"edgezoo runtime: {reason}")
     common = {"backend": chosen, "variant": files.variant, "reason": reason}
     if files.family == "lm":
-        return LanguageModel(
+        lm = LanguageModel(
             session,
             tokenizer,
             files.config,
@@ -69,6 +73,8 @@ def load(
             device=backends.device_type(chosen),
             **common,
         )
+        lm.chat_config = read_chat_config(files.model_dir)
+        return lm
     if files.family == "cls":
         return Classifier(session, tokenizer, files.config, **common)
     raise ConfigError(f"unknown model family {files.family!r} in {files.model_dir}")

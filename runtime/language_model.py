@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from edgezoo.chat_config import ChatConfig
 from edgezoo.errors import InputError
 from edgezoo.runtime.kv_cache import ConcatCache, HostConcatCache, SharedBufferCache
 from edgezoo.runtime.sampling import (
@@ -78,9 +79,9 @@ class _Row:
 class LanguageModel:
     """Generate with ``generate`` / ``stream``; measure with ``score`` (perplexity)."""
 
-    # A Jinja chat template (``tokenizer_config.json``'s ``chat_template``), set by
-    # ``runtime.load``; None when the model dir has none (the server then refuses chat).
-    chat_template: str | None = None
+    # The dir's chat template (``tokenizer_config.json``), set by ``runtime.load``; None
+    # when it has none (the server then refuses chat requests, saying how to add one).
+    chat_config: ChatConfig | None = None
 
     def __init__(
         self,

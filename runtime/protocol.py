@@ -1,7 +1,7 @@
 """The OpenAI-compatible wire format: request parsing with errors that name the fix, and
 response bodies (JSON and server-sent events). Plain functions over dicts (reading the body
-and counting prompt tokens are the only ones that touch the request or the model), so the
-rules are easy to test and to read.
+is the only one that touches the request), so the rules are easy to test and to read.
+Prompts to token ids, echo and logprobs live in ``protocol_tokens``; chat in ``protocol_chat``.
 """
 
 import json
@@ -19,17 +19,14 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 RETRY_AFTER_S = 1
 MAX_STOP_STRINGS = 4  # OpenAI's limits: scanning stop strings costs every decode step
 MAX_STOP_CHARS = 128
+MAX_N = 8  # choices per prompt (each is a row of the batch: n costs n times the work)
+MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limit for /v1/completions
 # OpenAI fields we do not implement, with the value that means "off": anything else is a 400,
 # so a client never silently gets something other than what it asked for.
 UNSUPPORTED = {
-    "n": 1,
     "best_of": 1,
-    "echo": False,
-    "logprobs": None,
     "suffix": None,
     "logit_bias": None,
-    "presence_penalty": 0,
-    "frequency_penalty": 0,
 }
 
 
@@ -69,10 +66,13 @@ def overloaded(message: str) -> ApiError:
 
 @dataclass(frozen=True)
 class CompletionRequest:
-    prompts: list[str]
+    prompts: list[str]  # the texts, or [] when the prompt came as token ids
     params: SamplingParams
     stream: bool = False
     include_usage: bool = False
+    prompt_ids: list[list[int]] | None = None  # token-id prompts (not tokenized again)
+    n: int = 1  # choices per prompt: the request's rows are each prompt n times
+    echo: bool = False  # prepend the prompt's text to each choice
 
 
 def parse_completion(
@@ -84,22 +84,75 @@ def parse_completion(
 ) -> CompletionRequest:
     """Check an OpenAI completions body field by field; errors name the field and the fix."""
     check_model(body, model_name)
-    for name, off in UNSUPPORTED.items():
+    refuse_unsupported(body, UNSUPPORTED)
+    logprobs = body.get("logprobs")
+    if logprobs is not None and (
+        isinstance(logprobs, bool)
+        or not isinstance(logprobs, int)
+        or not 0 <= logprobs <= MAX_COMPLETION_LOGPROBS
+    ):
+        raise ApiError(
+            400,
+            f"logprobs must be an integer from 0 to {MAX_COMPLETION_LOGPROBS}, got {logprobs!r:.80}.",
+            param="logprobs",
+        )
+    params = parse_sampling(body, max_tokens_limit=max_tokens_limit, logprobs=logprobs)
+    stream, include_usage = parse_stream(body)
+    echo = body.get("echo")
+    if echo is not None and not isinstance(echo, bool):
+        raise ApiError(400, f"echo must be true or false, got {echo!r:.80}.", param="echo")
+    if echo and logprobs is not None:
+        raise ApiError(
+            400,
+            "echo with logprobs (prompt-token logprobs) is not supported; drop one of them.",
+            param="echo",
+        )
+    if stream and logprobs is not None:
+        raise ApiError(
+            400, "logprobs are not streamed; use stream=false to get them.", param="logprobs"
+        )
+    texts, ids = parse_prompt(body.get("prompt"))
+    n = parse_n(body, len(texts or ids or ()), max_prompts)
+    return CompletionRequest(
+        prompts=texts or [],
+        params=params,
+        stream=stream,
+        include_usage=include_usage,
+        prompt_ids=ids,
+        n=n,
+        echo=bool(echo),
+    )
+
+
+def refuse_unsupported(body: dict[str, Any], unsupported: dict[str, Any]) -> None:
+    for name, off in unsupported.items():
         if body.get(name) not in (None, off):
             raise ApiError(
                 400, f"{name} is not supported by this server; leave it out.", param=name
             )
-    max_tokens = _number(body, "max_tokens", DEFAULT_MAX_TOKENS, integer=True)
+
+
+def parse_sampling(
+    body: dict[str, Any],
+    *,
+    max_tokens_limit: int | None,
+    logprobs: int | None = None,
+    max_tokens_field: str = "max_tokens",
+) -> SamplingParams:
+    """The sampling fields every generating endpoint shares, as checked ``SamplingParams``."""
+    max_tokens = _number(body, max_tokens_field, DEFAULT_MAX_TOKENS, integer=True)
     if max_tokens < 1:
         raise ApiError(
-            400, f"max_tokens={max_tokens} is invalid; use max_tokens >= 1.", param="max_tokens"
+            400,
+            f"{max_tokens_field}={max_tokens} is invalid; use {max_tokens_field} >= 1.",
+            param=max_tokens_field,
         )
     if max_tokens_limit is not None and max_tokens > max_tokens_limit:
         raise ApiError(
             400,
-            f"max_tokens={max_tokens} is over this server's limit of {max_tokens_limit}; "
+            f"{max_tokens_field}={max_tokens} is over this server's limit of {max_tokens_limit}; "
             f"ask for at most {max_tokens_limit} tokens.",
-            param="max_tokens",
+            param=max_tokens_field,
         )
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
@@ -109,32 +162,69 @@ def parse_completion(
         top_k=_number(body, "top_k", 0, integer=True),
         top_p=_number(body, "top_p", 1.0),
         repetition_penalty=_number(body, "repetition_penalty", 1.0),
+        presence_penalty=_number(body, "presence_penalty", 0.0),
+        frequency_penalty=_number(body, "frequency_penalty", 0.0),
         max_new_tokens=max_tokens,
         stop=_stop_strings(body.get("stop")),
         seed=seed,
+        logprobs=logprobs,
     )
     try:
         params.validate()
     except ConfigError as e:  # the runtime's message names the field and its range
         raise ApiError(400, str(e)) from None
+    return params
+
+
+def parse_stream(body: dict[str, Any]) -> tuple[bool, bool]:
+    """``(stream, stream_options.include_usage)``."""
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise ApiError(400, f"stream must be true or false, got {stream!r:.80}.", param="stream")
     options = body.get("stream_options") or {}
-    prompts = _strings(body.get("prompt"), "prompt")
-    if max_prompts is not None and len(prompts) > max_prompts:
+    return bool(stream), isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+def parse_n(body: dict[str, Any], prompts: int, max_prompts: int | None) -> int:
+    """``n`` choices per prompt; the rows (prompts × n) must fit the per-request cap."""
+    n = _number(body, "n", 1, integer=True)
+    if not 1 <= n <= MAX_N:
+        raise ApiError(400, f"n={n} is invalid; use 1 <= n <= {MAX_N}.", param="n")
+    if max_prompts is not None and prompts * n > max_prompts:
         raise ApiError(
             400,
-            f"{len(prompts)} prompts in one request; this server takes at most {max_prompts} "
-            "per request: split them over several requests.",
-            param="prompt",
+            f"{prompts} prompts × n={n} = {prompts * n} choices in one request; this server "
+            f"takes at most {max_prompts} per request: split them over several requests.",
+            param="prompt" if n == 1 else "n",
         )
-    return CompletionRequest(
-        prompts=prompts,
-        params=params,
-        stream=bool(stream),
-        include_usage=isinstance(options, dict) and bool(options.get("include_usage")),
+    return n
+
+
+def parse_prompt(value: Any) -> tuple[list[str] | None, list[list[int]] | None]:
+    """OpenAI's four prompt forms: a string, strings, token ids, or lists of token ids.
+    Returns ``(texts, None)`` or ``(None, ids)``; ids are range-checked by the model."""
+    if isinstance(value, list) and value and all(_is_id(v) for v in value):
+        return None, [list(value)]
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(row, list) and row and all(_is_id(v) for v in row) for row in value)
+    ):
+        return None, [list(row) for row in value]
+    if isinstance(value, str) or (
+        isinstance(value, list) and value and all(isinstance(v, str) for v in value)
+    ):
+        return _strings(value, "prompt"), None
+    raise ApiError(
+        400,
+        "prompt must be a string, a non-empty list of strings, a list of token ids or a "
+        f"list of lists of token ids, got {value!r:.80}.",
+        param="prompt",
     )
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def parse_classify(body: dict[str, Any], *, model_name: str) -> list[str]:
@@ -250,37 +340,6 @@ async def read_json(request: "Request", max_bytes: int) -> dict[str, Any]:
     return data
 
 
-def encode_prompts(
-    model: Any, prompts: list[str], max_prompt_tokens: int | None
-) -> list[list[int]]:
-    """Each prompt's token ids, checked before queueing so one bad prompt never fails a batch.
-
-    A prompt is measured in characters first: no prompt longer than ``max_prompt_tokens``
-    times the longest token's length can fit, so a megabyte prompt is refused without the
-    tokenizer ever reading it. Slow for long prompts: call it off the event loop.
-    """
-    limit = min(max_prompt_tokens or model.context, model.context - 1)
-    max_chars = limit * model.max_token_chars
-    longest_chars = max(len(p) for p in prompts)
-    if longest_chars > max_chars:
-        raise ApiError(
-            400,
-            f"prompt is {longest_chars} characters; this server accepts at most {limit} tokens "
-            f"(at most {max_chars} characters) per prompt: shorten the prompt.",
-            param="prompt",
-        )
-    encoded = model.encode(prompts)  # InputError: empty / over context
-    longest = max(len(ids) for ids in encoded)
-    if max_prompt_tokens is not None and longest > max_prompt_tokens:
-        raise ApiError(
-            400,
-            f"prompt is {longest} tokens but this server accepts at most {max_prompt_tokens}; "
-            "shorten the prompt.",
-            param="prompt",
-        )
-    return encoded
-
-
 # ---------------------------------------------------------------------- responses ----------
 
 
@@ -289,19 +348,29 @@ def finish_reason(runtime_reason: str | None) -> str | None:
     return {"eos": "stop", "stop": "stop", "length": "length"}.get(runtime_reason or "")
 
 
-def completion_body(head: dict[str, Any], generations: list[Any]) -> dict[str, Any]:
+def completion_body(
+    head: dict[str, Any],
+    generations: list[Any],
+    *,
+    prompt_tokens: int | None = None,
+    prefixes: list[str] | None = None,
+    logprobs: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """``prompt_tokens``: counted once per prompt (n copies of a prompt are not billed n
+    times); ``prefixes``: each choice's echoed prompt; ``logprobs``: each choice's object."""
     choices = [
         {
-            "text": g.text,
+            "text": (prefixes[i] if prefixes else "") + g.text,
             "index": i,
-            "logprobs": None,
+            "logprobs": logprobs[i] if logprobs else None,
             "finish_reason": finish_reason(g.finish_reason),
         }
         for i, g in enumerate(generations)
     ]
-    prompt = sum(g.prompt_tokens for g in generations)
+    if prompt_tokens is None:
+        prompt_tokens = sum(g.prompt_tokens for g in generations)
     completion = sum(len(g.token_ids) for g in generations)
-    return {**head, "choices": choices, "usage": usage(prompt, completion)}
+    return {**head, "choices": choices, "usage": usage(prompt_tokens, completion)}
 
 
 def classify_body(model_name: str, labels: list[str], probs: list[Any]) -> dict[str, Any]:

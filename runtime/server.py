@@ -3,8 +3,9 @@
     edgezoo serve runs/lm-small --port 8000
     curl localhost:8000/v1/completions -d '{"prompt": "def main():", "max_tokens": 32}'
 
-The app and the CLI. The endpoints, auth and lifespan live in ``runtime.server_routes``,
-the wire format in ``runtime.protocol``, dynamic batching in ``runtime.batcher``,
+The app and the CLI. The endpoints, auth and lifespan live in ``runtime.server_routes``
+(chat, /tokenize and /detokenize in ``runtime.server_chat``), the wire format in
+``runtime.protocol`` (+ ``protocol_chat``, ``protocol_tokens``), dynamic batching in ``runtime.batcher``,
 Prometheus metrics in ``runtime.server_metrics``.
 
 fastapi, uvicorn and prometheus_client (the ``serve`` extra) are imported only when a
@@ -65,6 +66,7 @@ def create_app(
     The routes live in ``runtime.server_routes``, imported here so that importing this
     module never imports fastapi.
     """
+    from edgezoo.runtime import server_chat
     from edgezoo.runtime import server_routes as routes
 
     if max_batch < 1 or max_queue < 1:
@@ -94,6 +96,8 @@ def create_app(
     app.include_router(routes.health_router(ctx, guarded))
     app.include_router(routes.openai_router(ctx, guarded))
     app.include_router(routes.classify_router(ctx, guarded))
+    app.include_router(server_chat.chat_router(ctx, guarded))
+    app.include_router(server_chat.tokens_router(ctx, guarded))
     return app
 
 

@@ -36,9 +36,9 @@ from edgezoo.runtime.engine import DEFAULT_PREFILL_CHUNK, supports_engine
 from edgezoo.runtime.openapi_schema import CLASSIFY_REQUEST, COMPLETION_REQUEST, json_body
 from edgezoo.runtime.protocol import (
     ApiError,
+    check_model,
     classify_body,
     completion_body,
-    encode_prompts,
     finish_reason,
     model_card,
     overloaded,
@@ -48,6 +48,12 @@ from edgezoo.runtime.protocol import (
     sse,
     timed_out,
     usage,
+)
+from edgezoo.runtime.protocol_tokens import (
+    check_prompt_ids,
+    completion_logprobs,
+    echo_texts,
+    encode_prompts,
 )
 from edgezoo.runtime.server_metrics import Metrics, MetricsMiddleware
 
@@ -245,6 +251,11 @@ def openai_router(ctx: ServerContext, guarded: list[DependsParam]) -> APIRouter:
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [model_card(ctx.model, ctx.model_name, ctx.started)]}
 
+    @router.get("/v1/models/{model_id:path}")
+    async def retrieve_model(model_id: str) -> dict[str, Any]:
+        check_model({"model": model_id}, ctx.model_name)  # another id: 404 model_not_found
+        return model_card(ctx.model, ctx.model_name, ctx.started)
+
     @router.post("/v1/completions", openapi_extra=json_body(COMPLETION_REQUEST))
     async def completions(request: Request) -> Any:
         if not ctx.is_lm:
@@ -256,17 +267,24 @@ def openai_router(ctx: ServerContext, guarded: list[DependsParam]) -> APIRouter:
             max_tokens_limit=ctx.max_tokens_limit,
             max_prompts=ctx.max_prompts,
         )
-        # Off the event loop: tokenizing a long prompt would stall every stream and /health.
-        prompt_ids = await asyncio.to_thread(
-            encode_prompts, ctx.model, req.prompts, ctx.max_prompt_tokens
-        )
+        if req.prompt_ids is not None:
+            prompt_ids = check_prompt_ids(ctx.model, req.prompt_ids, ctx.max_prompt_tokens)
+        else:  # off the event loop: tokenizing a long prompt would stall every stream
+            prompt_ids = await asyncio.to_thread(
+                encode_prompts, ctx.model, req.prompts, ctx.max_prompt_tokens
+            )
+        # n choices = each prompt n times in the batch. A seeded request runs alone with one
+        # random generator that draws row by row, so its copies differ and it repeats exactly.
         job = Job(
-            prompt_ids,
+            [ids for ids in prompt_ids for _ in range(req.n)],
             req.params,
-            prompt_tokens=sum(map(len, prompt_ids)),
+            prompt_tokens=sum(map(len, prompt_ids)),  # billed once per prompt, as OpenAI
             stream=req.stream,
             longest_prompt=max(map(len, prompt_ids)),
         )
+        prefixes = None
+        if req.echo:
+            prefixes = echo_texts(ctx.model.tokenizer, req.prompts, prompt_ids, req.n)
         timeout_s = ctx.request_timeout_s
         deadline = asyncio.get_running_loop().time() + timeout_s
         batcher = ctx.running()
@@ -279,10 +297,22 @@ def openai_router(ctx: ServerContext, guarded: list[DependsParam]) -> APIRouter:
         }
         if req.stream:
             return await start_stream(
-                batcher, job, head, request, deadline, timeout_s, req.include_usage
+                batcher,
+                job,
+                head,
+                request,
+                deadline,
+                timeout_s,
+                req.include_usage,
+                chunk=completion_chunk(head, prefixes),
             )
         generations = await wait_result(batcher, job, timeout_s)
-        return completion_body(head, generations)
+        logprobs = None
+        if req.params.logprobs is not None:
+            logprobs = [completion_logprobs(ctx.model.tokenizer, g) for g in generations]
+        return completion_body(
+            head, generations, prompt_tokens=job.prompt_tokens, prefixes=prefixes, logprobs=logprobs
+        )
 
     return router
 
@@ -311,6 +341,25 @@ def classify_router(ctx: ServerContext, guarded: list[DependsParam]) -> APIRoute
 # ---------------------------------------------------------------------- streaming ----------
 
 
+def completion_chunk(
+    head: dict[str, Any], prefixes: list[str] | None = None
+) -> Callable[[StreamEvent], dict[str, Any]]:
+    """A ``text_completion`` chunk per event; with ``prefixes`` (echo) each choice's first
+    chunk starts with its prompt."""
+    echoed: set[int] = set()
+
+    def chunk(event: StreamEvent) -> dict[str, Any]:
+        text = event.text
+        if prefixes is not None and event.index not in echoed:
+            echoed.add(event.index)
+            text = prefixes[event.index] + text
+        reason = finish_reason(event.finish_reason)
+        choice = {"text": text, "index": event.index, "logprobs": None, "finish_reason": reason}
+        return {**head, "choices": [choice]}
+
+    return chunk
+
+
 async def start_stream(
     batcher: Batcher,
     job: Job,
@@ -319,24 +368,18 @@ async def start_stream(
     deadline: float,
     timeout_s: float,
     include_usage: bool,
+    *,
+    chunk: Callable[[StreamEvent], dict[str, Any]] | None = None,
 ) -> Any:
     """Wait for the first event before answering, so a timeout or a bad request still gets a
-    proper status code rather than an error inside a 200 stream."""
+    proper status code rather than an error inside a 200 stream. ``chunk`` turns an event
+    into a body (default: a completions chunk; chat passes its own)."""
     with cancelled_unless_answered(batcher, job, timeout_s):
         first = await next_event(job, deadline)
     if not isinstance(first, StreamEvent):
         batcher.cancel(job)
         raise first or ApiError(500, "the model produced no output.")
-
-    def chunk(event: StreamEvent) -> dict[str, Any]:
-        reason = finish_reason(event.finish_reason)
-        choice = {
-            "text": event.text,
-            "index": event.index,
-            "logprobs": None,
-            "finish_reason": reason,
-        }
-        return {**head, "choices": [choice]}
+    chunk = chunk or completion_chunk(head)
 
     def usage_chunk(completion_tokens: int) -> dict[str, Any]:
         return {**head, "choices": [], "usage": usage(job.prompt_tokens, completion_tokens)}

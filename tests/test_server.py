@@ -277,7 +277,7 @@ def test_classify_returns_labels_and_scores(classifier):
         ({"prompt": "hi", "temperature": "hot"}, "temperature must be a finite number"),
         ({"prompt": "hi", "max_tokens": 65}, "limit of 64"),
         ({"prompt": "hi", "max_tokens": 0}, "max_tokens >= 1"),
-        ({"prompt": "hi", "n": 2}, "n is not supported"),
+        ({"prompt": "hi", "best_of": 2}, "best_of is not supported"),
         ({"prompt": 42}, "prompt must be a string"),
         ({"prompt": "hi", "stop": [""]}, "stop="),
         ({"prompt": "hi", "stream": "yes"}, "stream must be true or false"),

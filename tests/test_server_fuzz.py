@@ -53,6 +53,8 @@ FIELDS = [
     "n",
     "echo",
     "logprobs",
+    "presence_penalty",
+    "frequency_penalty",
 ]
 json_values = st.recursive(
     st.none()
@@ -75,7 +77,8 @@ def test_any_body_is_a_request_or_a_4xx(body):
         assert 400 <= e.status < 500 and e.message
         return
     assert isinstance(req, CompletionRequest)
-    assert 1 <= len(req.prompts) <= 8 and 1 <= req.params.max_new_tokens <= 64
+    rows = len(req.prompts or req.prompt_ids or ()) * req.n  # text or token-id prompts, n each
+    assert 1 <= rows <= 8 and 1 <= req.params.max_new_tokens <= 64
     assert req.params.validate() is req.params
 
 

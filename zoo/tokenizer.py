@@ -58,7 +58,11 @@ def _capped(texts: Iterable[str], max_chars: int, seen: list[int]) -> Iterator[s
         yield text
 
 
-def save_tokenizer(tok: Tokenizer, folder: str | Path, model_max_length: int) -> None:
+def save_tokenizer(
+    tok: Tokenizer, folder: str | Path, model_max_length: int, *, chat_template: str | None = None
+) -> None:
+    """Write the tokenizer files; ``chat_template`` (language models) goes into the config,
+    where transformers' ``apply_chat_template`` and ``edgezoo serve`` read it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     atomic.write_text(folder / TOKENIZER_FILE, tok.to_str())
@@ -75,6 +79,7 @@ def save_tokenizer(tok: Tokenizer, folder: str | Path, model_max_length: int) ->
             # so `model(**tok(text, return_tensors="pt"))` works for every family.
             "model_input_names": ["input_ids", "attention_mask"],
             **specials,
+            **({"chat_template": chat_template} if chat_template else {}),
         },
     )
 

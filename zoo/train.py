@@ -28,6 +28,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from edgezoo import atomic
+from edgezoo.chat_config import DEFAULT_CHAT_TEMPLATE
 from edgezoo.errors import ConfigError, ResourceError
 from edgezoo.zoo import checkpoint as ckpt
 from edgezoo.zoo.config import ModelConfig
@@ -248,7 +249,8 @@ def _open_log(run: _Run, tok: Tokenizer, context: int) -> None:
     """Rank 0 records the run's settings and tokenizer and continues its log from the start step."""
     if run.dist.is_main:
         atomic.write_json(run.out / RUN_FILE, asdict(run.cfg))
-        save_tokenizer(tok, run.out, context)
+        template = DEFAULT_CHAT_TEMPLATE if run.cfg.family == "lm" else None
+        save_tokenizer(tok, run.out, context, chat_template=template)
         _truncate_log(run.out / LOG_FILE, run.start_step)
         run.log = open(run.out / LOG_FILE, "a")
 
