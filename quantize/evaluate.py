@@ -14,11 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgezoo import manifest
-from edgezoo.jsonfile import read_object
-from edgezoo.zoo import corpus, data
+from edgezoo import heldout, manifest
+from edgezoo.zoo import data, eval_split
 from edgezoo.zoo.metrics import classification_report
-from edgezoo.zoo.tokenizer import load_tokenizer
 
 BENCH_THREADS = 2
 
@@ -27,31 +25,33 @@ BENCH_THREADS = 2
 class EvalData:
     """What every variant of one model is measured on."""
 
-    lm_tokens: list[int] | None = None  # validation tokens (LM)
+    lm_windows: list[np.ndarray] | None = None  # held-out windows (LM): ``edgezoo.heldout``
     rows: list[tuple[str, str]] | None = None  # validation (text, label) rows (classifier)
     prompt: str = 'def parse_args(argv=None):\n    """Parse the command line."""\n'
     source: str = ""
 
 
-def eval_data(
-    model_dir: Path, source: str | None = None, max_tokens: int = 4096, max_rows: int = 300
-) -> EvalData:
-    """The model's own validation split: from ``run.json`` if it was trained here."""
-    run = model_dir / "run.json"
-    fix = "restore it, or delete it and pass --data to choose the evaluation data."
-    settings = read_object(run, fix) if run.is_file() else {}
+def eval_data(model_dir: Path, source: str | None = None, max_rows: int = 300) -> EvalData:
+    """The model's own validation split (``run.json``), as training's eval.json measured it."""
     family = manifest.read(model_dir).get("family", "lm")
-    source = (
-        source
-        or settings.get("data")
-        or (corpus.LM_CORPUS if family == "lm" else corpus.CLS_CORPUS)
-    )
-    val_frac = settings.get("val_frac", 0.05)
     if family == "lm":
-        splits = data.token_cache(source, load_tokenizer(model_dir), val_frac)
-        return EvalData(lm_tokens=np.asarray(splits.val[:max_tokens]).tolist(), source=source)
-    rows = data.split_labelled(data.read_labelled(source), val_frac)[1][:max_rows]
-    return EvalData(rows=rows, source=source)
+        windows, split = eval_split.lm_windows(model_dir, source)
+        return EvalData(lm_windows=windows, source=split.source)
+    split = eval_split.eval_split(model_dir, family, source)
+    rows = data.read_labelled(split.source, split.text_field, split.label_field)
+    return EvalData(
+        rows=data.split_labelled(rows, split.val_frac)[1][:max_rows], source=split.source
+    )
+
+
+def score_windows(model, windows: list[np.ndarray]) -> dict[str, float]:
+    """Loss, perplexity and token count of a runtime ``LanguageModel`` on ``windows``: each
+    scored whole (``score_ids`` with the window's own length), then pooled per token."""
+    tally = heldout.LossTally()
+    for w in windows:
+        score = model.score_ids(w.tolist(), window=len(w))
+        tally.add(score["loss"] * score["tokens"], score["tokens"])
+    return tally.report()
 
 
 def measure(
@@ -66,13 +66,8 @@ def measure(
 
     model = load_variant(model_dir, variant, backend="ort-cpu", threads=BENCH_THREADS)
     out: dict = {"threads": BENCH_THREADS, "backend": "ort-cpu", "eval_data": ev.source}
-    if ev.lm_tokens is not None:
-        score = model.score_ids(ev.lm_tokens, window=min(128, model.context))
-        out["quality"] = {
-            "perplexity": score["perplexity"],
-            "loss": score["loss"],
-            "tokens": score["tokens"],
-        }
+    if ev.lm_windows is not None:
+        out["quality"] = score_windows(model, ev.lm_windows)
         timings, tokens = [], []
         for _ in range(runs):
             g = model.generate(ev.prompt, max_new_tokens=64)

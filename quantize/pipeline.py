@@ -227,9 +227,10 @@ def _calibration_feeds(src: Path, ev: EvalData, samples: int) -> list[dict[str, 
 
     inputs = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()
     feeds = []
-    if ev.lm_tokens is not None:
-        windows = [ev.lm_tokens[i : i + 64] for i in range(0, len(ev.lm_tokens) - 64, 64)][:samples]
-        seqs = [np.array([w], np.int64) for w in windows]
+    if ev.lm_windows is not None:
+        first, *rest = ev.lm_windows  # back to one stream (windows share their edge token)
+        stream = np.concatenate([first, *(w[1:] for w in rest)])
+        seqs = [stream[i : i + 64][None] for i in range(0, len(stream) - 64, 64)][:samples]
     else:
         tok = load_tokenizer(src.parent.parent)
         seqs = [np.array([tok.encode(text).ids[:128]], np.int64) for text, _ in ev.rows[:samples]]

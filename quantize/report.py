@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def variants_table(variants: dict[str, dict]) -> str:
+    """Markdown table, then a line saying how much held-out data the quality column used."""
     rows = [(n, e) for n, e in variants.items() if "quality" in e]
     if not rows:
         return "no measured variants yet (run `edgezoo quantize`)."
@@ -41,7 +42,20 @@ def variants_table(variants: dict[str, dict]) -> str:
         lines.append(
             f"| {name} | {e['graph']} | {e['precision']} | {e['bytes'] / 1e6:.2f} | {lat:.3f} | {quality} | {third} | {verdict} |"
         )
-    return "\n".join(lines)
+    return "\n".join([*lines, "", _measured_on(rows[0][1], lm)])
+
+
+def _measured_on(entry: dict, lm: bool) -> str:
+    """What the quality column was measured on: every variant, the same held-out data."""
+    q, source = entry["quality"], entry.get("eval_data", "the validation split")
+    if lm:
+        count = f"{q['tokens']:,}" if "tokens" in q else "the"
+        return (
+            f"Perplexity: {count} held-out tokens of `{source}`, scored as training's "
+            "`eval.json` and `edgezoo eval` score them."
+        )
+    count = f"{q['examples']:,}" if "examples" in q else "the"
+    return f"Accuracy: {count} held-out examples of `{source}`."
 
 
 def _speed(gate: dict) -> str:

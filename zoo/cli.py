@@ -43,7 +43,11 @@ def register(subparsers: Any) -> None:
         "eval", help="evaluate a model dir (LM: loss/perplexity; cls: accuracy, macro-F1)"
     )
     s.add_argument("model_dir", help="model dir to evaluate (PyTorch weights)")
-    s.add_argument("--data", help="corpus (default: the built-in one for the family)")
+    s.add_argument(
+        "--data",
+        help="corpus (default: the one the model was trained on, from run.json, split the same "
+        "way, so an LM's held-out perplexity matches eval.json; else the built-in one)",
+    )
     s.add_argument(
         "--split",
         choices=("val", "train", "all"),

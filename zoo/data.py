@@ -241,6 +241,12 @@ def _write_batch(batch, tok, val_frac, files, counts, dtype) -> None:
         counts[f"{split}_docs"] += 1
 
 
+def heldout_stream(splits: TokenSplits) -> np.ndarray:
+    """The tokens evaluation scores: validation, or training when a corpus too small to
+    split left validation under two tokens (one token has no next token to predict)."""
+    return splits.val if len(splits.val) > 1 else splits.train
+
+
 # ---------------------------------------------------------------- sampling -------------
 
 

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from edgezoo import heldout
 from edgezoo.progress import stage
-from edgezoo.zoo import corpus, data
+from edgezoo.zoo import data, eval_split
 from edgezoo.zoo.config import LlamaConfig
-from edgezoo.zoo.metrics import classification_report, perplexity
+from edgezoo.zoo.metrics import classification_report
 from edgezoo.zoo.modeldir import load_model
 from edgezoo.zoo.tokenizer import load_tokenizer
+from edgezoo.zoo.train_tasks import score_windows
 
 
 @torch.no_grad()
@@ -21,10 +22,13 @@ def evaluate_dir(
     model_dir: str | Path,
     source: str | None = None,
     split: str = "val",
-    max_tokens: int = 200_000,
+    max_tokens: int = heldout.EVAL_TOKENS,
     batch: int = 8,
 ) -> dict[str, float]:
-    """Metrics of ``model_dir`` on ``split`` ("val", "train" or "all") of ``source``."""
+    """Metrics of ``model_dir`` on ``split`` ("val", "train" or "all") of ``source``.
+
+    Without ``source``, the data the model was trained on (``run.json``), split as it was:
+    the held-out number is then the one in ``eval.json`` and the quantize table."""
     with stage(f"evaluating {Path(model_dir).name} on the {split} split"):
         return _evaluate(model_dir, source, split, max_tokens, batch)
 
@@ -33,31 +37,15 @@ def _evaluate(
     model_dir: str | Path, source: str | None, split: str, max_tokens: int, batch: int
 ) -> dict[str, float]:
     model = load_model(model_dir)
-    tok = load_tokenizer(model_dir)
     cfg = model.config
     if isinstance(cfg, LlamaConfig):
-        splits = data.token_cache(source or corpus.LM_CORPUS, tok)
-        tokens = {"val": splits.val, "train": splits.train}.get(split)
-        if tokens is None:
-            tokens = np.concatenate([splits.train, splits.val])
-        windows = data.LMWindows(
-            np.asarray(tokens[: max_tokens + 1]), min(cfg.max_position_embeddings, 256)
-        )
-        total, count = 0.0, 0
-        for start in range(0, windows.n_windows, batch):
-            x, y = map(
-                torch.from_numpy,
-                windows.batch(np.arange(start, min(windows.n_windows, start + batch))),
-            )
-            logits, _ = model(x)
-            total += F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
-            ).item()
-            count += y.numel()
-        return {"loss": total / count, "perplexity": perplexity(total / count), "tokens": count}
-    rows = data.read_labelled(source or corpus.CLS_CORPUS)
+        windows, _ = eval_split.lm_windows(model_dir, source, split, max_tokens)
+        return score_windows(model, windows, torch.device("cpu"), batch).report()
+    tok = load_tokenizer(model_dir)
+    settings = eval_split.eval_split(model_dir, "cls", source)
+    rows = data.read_labelled(settings.source, settings.text_field, settings.label_field)
     if split != "all":
-        rows = data.split_labelled(rows, 0.05)[0 if split == "train" else 1]
+        rows = data.split_labelled(rows, settings.val_frac)[0 if split == "train" else 1]
     labels = [cfg.id2label[i] for i in range(cfg.num_labels)]
     dataset = data.encode_labelled(rows, tok, cfg.max_position_embeddings, labels)
     preds = []

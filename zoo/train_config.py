@@ -126,7 +126,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--eval-batches",
         type=at_least(1),
         default=d.eval_batches,
-        help="held-out batches per evaluation",
+        help="held-out batches per mid-run evaluation (the final one, in eval.json, scores the "
+        "whole held-out set, as `edgezoo eval` and the quantize table do)",
     )
     p.add_argument(
         "--checkpoint-every",

@@ -12,16 +12,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgezoo import heldout
 from edgezoo.zoo import data
-from edgezoo.zoo.metrics import classification_report, perplexity
+from edgezoo.zoo.metrics import classification_report
 
 
 class LMTask:
-    """Next-token prediction on windows of the token cache."""
+    """Next-token prediction on windows of the token cache, measured on ``heldout`` windows."""
 
     def __init__(self, splits: data.TokenSplits, context: int, seed: int) -> None:
         self.train = data.LMWindows(splits.train, context)
-        self.val = data.LMWindows(splits.val, context) if len(splits.val) > 1 else self.train
+        self.val = heldout.lm_windows(data.heldout_stream(splits), context)
         self.sampler = data.EpochSampler(self.train.n_windows, seed)
         self.tokens_per_example = self.train.context
 
@@ -30,23 +31,47 @@ class LMTask:
         logits, _ = model(x)
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
 
-    @torch.no_grad()
     def evaluate(
-        self, model: nn.Module, device: torch.device, batch: int, max_batches: int
+        self, model: nn.Module, device: torch.device, batch: int, max_batches: int | None
     ) -> dict[str, float]:
-        n = min(self.val.n_windows, batch * max_batches)
-        losses = []
-        for start in range(0, n, batch):
-            window_ids = np.arange(start, min(n, start + batch))
-            x, y = (torch.from_numpy(t).to(device) for t in self.val.batch(window_ids))
-            logits, _ = model(x)
-            losses.append(
-                F.cross_entropy(
-                    logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
-                ).item()
-            )
-        mean = sum(losses) / (n * self.val.context)
-        return {"val_loss": mean, "val_ppl": perplexity(mean)}
+        """Loss, perplexity and scored tokens on the held-out windows; mid-run evaluations
+        take the first ``max_batches`` batches, the final one (None) all of them."""
+        windows = self.val if max_batches is None else self.val[: batch * max_batches]
+        report = score_windows(model, windows, device, batch).report()
+        return {
+            "val_loss": report["loss"],
+            "val_ppl": report["perplexity"],
+            "val_tokens": report["tokens"],
+        }
+
+
+@torch.no_grad()
+def score_windows(
+    model: nn.Module, windows: list[np.ndarray], device: torch.device, batch: int
+) -> heldout.LossTally:
+    """Summed next-token loss of an LM over ``heldout.lm_windows``: the PyTorch side of the
+    number the ONNX side gets from ``LanguageModel.score_ids`` on the same windows."""
+    tally = heldout.LossTally()
+    for rows in _same_length_batches(windows, batch):
+        tokens = torch.from_numpy(np.stack(rows)).to(device)
+        logits, _ = model(tokens[:, :-1])
+        targets = tokens[:, 1:]
+        loss = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
+        )
+        tally.add(loss.item(), targets.numel())
+    return tally
+
+
+def _same_length_batches(windows: list[np.ndarray], batch: int) -> list[list[np.ndarray]]:
+    """Consecutive windows in groups of ``batch`` that stack (only the last one is short)."""
+    groups: list[list[np.ndarray]] = []
+    for w in windows:
+        if groups and len(groups[-1]) < batch and len(groups[-1][0]) == len(w):
+            groups[-1].append(w)
+        else:
+            groups.append([w])
+    return groups
 
 
 class ClassifyTask:
@@ -77,7 +102,7 @@ class ClassifyTask:
         return np.concatenate(preds)
 
     def evaluate(
-        self, model: nn.Module, device: torch.device, batch: int, max_batches: int
+        self, model: nn.Module, device: torch.device, batch: int, max_batches: int | None
     ) -> dict[str, float]:
         report = classification_report(
             self.val.labels, self.predict(model, self.val, device), self.n_labels
