@@ -1,4 +1,5 @@
-"""Ctrl-C during an evaluation or a checkpoint save, and a torn log line, on resume."""
+"""Ctrl-C during an evaluation or a checkpoint save (mid-run or at the end), and a torn log
+line, on resume."""
 
 from __future__ import annotations
 
@@ -16,10 +17,15 @@ STEPS = 12
 
 
 @pytest.fixture(scope="module")
-def reference_curve(text_corpus, tmp_path_factory) -> dict[int, float]:
+def reference_run(text_corpus, tmp_path_factory):
     run = tmp_path_factory.mktemp("reference") / "run"
     train(lm_train_config(text_corpus, run, steps=STEPS, eval_every=5, checkpoint_every=4))
-    return loss_curve(run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def reference_curve(reference_run) -> dict[int, float]:
+    return loss_curve(reference_run)
 
 
 def _interrupt_then_resume(
@@ -60,6 +66,49 @@ def test_ctrl_c_during_checkpoint_save_saves_that_step(
     monkeypatch.setattr(ckpt, "save_checkpoint", interrupted_save)
     _interrupt_then_resume(text_corpus, tmp_path / "run", 4, reference_curve, monkeypatch)
     assert calls[:2] == [4, 4]
+
+
+def _recording_saves(monkeypatch, interrupt_at: int | None = None) -> list[int]:
+    """Steps passed to ``save_checkpoint``; Ctrl-C before the first save of ``interrupt_at``."""
+    real_save, calls = ckpt.save_checkpoint, []
+
+    def save(*args, **kwargs):
+        calls.append(args[1])
+        if calls.count(interrupt_at) == 1 and args[1] == interrupt_at:
+            raise KeyboardInterrupt
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save)
+    return calls
+
+
+def _same_final_outputs(run, reference_run) -> None:
+    for name in ("eval.json", "model.safetensors"):
+        assert (run / name).read_bytes() == (reference_run / name).read_bytes()
+
+
+def test_ctrl_c_during_the_final_save_saves_the_last_step(
+    text_corpus, tmp_path, monkeypatch, reference_run, reference_curve, capsys
+):
+    calls = _recording_saves(monkeypatch, interrupt_at=STEPS)
+    _interrupt_then_resume(text_corpus, tmp_path / "run", STEPS, reference_curve, monkeypatch)
+    assert calls == [4, 8, STEPS, STEPS]  # the interrupted final save, then the handler's
+    assert f"checkpoint at step {STEPS} saved" in capsys.readouterr().err
+    _same_final_outputs(tmp_path / "run", reference_run)
+
+
+def test_ctrl_c_during_the_final_evaluation_keeps_the_saved_last_step(
+    text_corpus, tmp_path, monkeypatch, reference_run, reference_curve, capsys
+):
+    def interrupted_final_eval(run, final):
+        raise KeyboardInterrupt
+
+    calls = _recording_saves(monkeypatch)
+    monkeypatch.setattr(train_mod, "_final_evaluation", interrupted_final_eval)
+    _interrupt_then_resume(text_corpus, tmp_path / "run", STEPS, reference_curve, monkeypatch)
+    assert calls == [4, 8, STEPS]  # the final save had landed: not written twice
+    assert f"checkpoint at step {STEPS} saved" in capsys.readouterr().err
+    _same_final_outputs(tmp_path / "run", reference_run)
 
 
 def test_torn_last_log_line_is_dropped_on_resume(text_corpus, tmp_path, reference_curve):

@@ -127,6 +127,7 @@ class _Run:
     steps: int
     start_step: int
     completed: int = 0  # optimizer steps the weights hold: what an interrupt must save
+    saved: int = -1  # the step of the last checkpoint this run wrote
     log: Any = None  # training.jsonl, open on rank 0 only
 
     @property
@@ -273,6 +274,7 @@ def _save(run: _Run, step: int) -> dict[str, torch.Tensor]:
             keep=run.cfg.keep_checkpoints,
         )
     run.dist.barrier()
+    run.saved = step
     return weights
 
 
@@ -286,56 +288,69 @@ def _evaluate(run: _Run) -> dict[str, float]:
     )
 
 
+@contextlib.contextmanager
+def _saved_on_interrupt(run: _Run):
+    """Ctrl-C in a single process first checkpoints the last *completed* step.
+
+    ``run.completed``, not a loop index: an interrupt during an evaluation or a checkpoint
+    save, in the loop or in ``_finish``, comes after its step's update. A step already
+    checkpointed is not written twice. ``--resume`` then continues from exactly there."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if run.completed > run.start_step and not run.dist.active:
+            if run.saved != run.completed:
+                _save(run, run.completed)
+            print(
+                f"\ninterrupted: checkpoint at step {run.completed} saved; continue with --resume",
+                file=sys.stderr,
+            )
+        if run.log:
+            run.log.close()
+        raise
+
+
 # ---------------------------------------------------------------- the loop -------------
 
 
 def _run_steps(run: _Run) -> tuple[dict[str, float], float]:
     """Every step with its log, eval and checkpoint; the last eval's metrics and seconds taken.
 
-    Out of memory gets advice on what to change; Ctrl-C in a single process saves a
-    checkpoint of the last *completed* step first (``run.completed``, not the loop index:
-    an interrupt during an evaluation or a checkpoint save comes after its step's update),
-    so ``--resume`` continues from exactly there.
+    Out of memory gets advice on what to change; Ctrl-C saves the last completed step
+    (``_saved_on_interrupt``).
     """
     cfg, start, steps = run.cfg, run.start_step, run.steps
     progress = _progress(cfg.progress and run.dist.is_main, start, steps)
     t_start, step, metrics = time.perf_counter(), start, {}
     last_log = (t_start, start)  # when and at which step the last log line was written
-    try:
-        for step in range(start, steps):
-            loss_value, grad_norm = _step(run, step)
-            done = step + 1
-            if run.log and (done % cfg.log_every == 0 or done == steps):
-                last_log = _log_step(run, done, loss_value, grad_norm, last_log, t_start)
-            if done % cfg.eval_every == 0 and done != steps:
-                metrics = _evaluate(run)
-                if run.log:
-                    _log(run.log, {"step": done, "event": "eval", **metrics})
-            if done % cfg.checkpoint_every == 0 and done != steps:
-                _save(run, done)
+    with _saved_on_interrupt(run):
+        try:
+            for step in range(start, steps):
+                loss_value, grad_norm = _step(run, step)
+                done = step + 1
+                if run.log and (done % cfg.log_every == 0 or done == steps):
+                    last_log = _log_step(run, done, loss_value, grad_norm, last_log, t_start)
+                if done % cfg.eval_every == 0 and done != steps:
+                    metrics = _evaluate(run)
+                    if run.log:
+                        _log(run.log, {"step": done, "event": "eval", **metrics})
+                if done % cfg.checkpoint_every == 0 and done != steps:
+                    _save(run, done)
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(
+                        loss=f"{loss_value:.3f}",
+                        lr=f"{run.scheduler.get_last_lr()[0]:.2e}",
+                        tok_s=f"{(done - start) * run.tokens_per_step / max(time.perf_counter() - t_start, 1e-9):,.0f}",
+                    )
+        except torch.cuda.OutOfMemoryError as e:
+            raise ResourceError(
+                f"CUDA ran out of memory at step {step + 1} (micro-batch {run.micro}): lower --batch-size, raise "
+                "--grad-accum (same global batch, less memory), shorten --context or pick a smaller --size."
+            ) from e
+        finally:
             if progress is not None:
-                progress.update(1)
-                progress.set_postfix(
-                    loss=f"{loss_value:.3f}",
-                    lr=f"{run.scheduler.get_last_lr()[0]:.2e}",
-                    tok_s=f"{(done - start) * run.tokens_per_step / max(time.perf_counter() - t_start, 1e-9):,.0f}",
-                )
-    except torch.cuda.OutOfMemoryError as e:
-        raise ResourceError(
-            f"CUDA ran out of memory at step {step + 1} (micro-batch {run.micro}): lower --batch-size, raise "
-            "--grad-accum (same global batch, less memory), shorten --context or pick a smaller --size."
-        ) from e
-    except KeyboardInterrupt:
-        if run.completed > start and not run.dist.active:
-            _save(run, run.completed)
-            print(
-                f"\ninterrupted: checkpoint at step {run.completed} saved; continue with --resume",
-                file=sys.stderr,
-            )
-        raise
-    finally:
-        if progress is not None:
-            progress.close()
+                progress.close()
     return metrics, time.perf_counter() - t_start
 
 
@@ -418,33 +433,47 @@ def _log_step(
 
 
 def _finish(run: _Run, metrics: dict[str, float], elapsed: float) -> TrainResult:
-    """Save the last step, evaluate a plain copy, write the model dir and eval.json; tear down."""
+    """Save the last step, evaluate a plain copy, write the model dir and eval.json; tear down.
+
+    Ctrl-C anywhere in here checkpoints the last step as it does mid-run, so ``--resume``
+    only has this part left to do."""
     dist, steps = run.dist, run.steps
     tokens_per_s = (steps - run.start_step) * run.tokens_per_step / max(elapsed, 1e-9)
-    weights = (
-        _save(run, steps)
-        if steps > run.start_step
-        else dist.full_state(run.model, run.optimizer)[0]
-    )
-    if dist.is_main:
-        final = build_model(run.model_cfg)  # a plain copy on CPU, whatever the wrapping
-        final.load_state_dict(with_tied(weights, run.model_cfg))
-        final.eval()
-        metrics = run.task.evaluate(
-            final.to(run.device), run.device, run.micro * run.cfg.grad_accum, run.cfg.eval_batches
+    with _saved_on_interrupt(run):
+        weights = (
+            _save(run, steps)
+            if steps > run.start_step
+            else dist.full_state(run.model, run.optimizer)[0]
         )
-        save_model_dir(final, run.out)
-        _log(
-            run.log,
-            {"step": steps, "event": "final", **metrics, "train_tokens_per_s": tokens_per_s},
-        )
-        atomic.write_json(
-            run.out / "eval.json", {"step": steps, "data": run.cfg.resolved_data(), **metrics}
-        )
-        run.log.close()
+        if dist.is_main:
+            final = build_model(run.model_cfg)  # a plain copy on CPU, whatever the wrapping
+            final.load_state_dict(with_tied(weights, run.model_cfg))
+            metrics = _final_evaluation(run, final)
+            _write_model_dir(run, final, metrics, tokens_per_s)
     dist.barrier()
     dist.teardown()
     return TrainResult(run.out, steps, metrics, tokens_per_s)
+
+
+def _final_evaluation(run: _Run, final: nn.Module) -> dict[str, float]:
+    """The whole held-out set (no ``--eval-batches`` cap): the number in ``eval.json``."""
+    final.eval()
+    return run.task.evaluate(final.to(run.device), run.device, run.micro * run.cfg.grad_accum, None)
+
+
+def _write_model_dir(
+    run: _Run, final: nn.Module, metrics: dict[str, float], tokens_per_s: float
+) -> None:
+    """Weights, the log's last line and eval.json; rank 0 only."""
+    save_model_dir(final, run.out)
+    _log(
+        run.log,
+        {"step": run.steps, "event": "final", **metrics, "train_tokens_per_s": tokens_per_s},
+    )
+    atomic.write_json(
+        run.out / "eval.json", {"step": run.steps, "data": run.cfg.resolved_data(), **metrics}
+    )
+    run.log.close()
 
 
 def _progress(enabled: bool, start: int, total: int):
