@@ -176,6 +176,16 @@ def test_edge_install_with_the_serve_extra_serves(edge, exported):
             answer = json.load(r)
         assert r.status == 200
         assert answer["usage"]["completion_tokens"] >= 1 and answer["choices"][0]["text"]
+        # chat renders the model's template with jinja2, which the serve extra brings
+        chat = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            data=chat.encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as r:
+            answer = json.load(r)
+        assert answer["object"] == "chat.completion" and answer["usage"]["prompt_tokens"] > 5
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -73,6 +73,20 @@ def test_export_writes_the_default_chat_template_and_it_renders_chatml(lm, lm_di
         render_chat(lm.chat_config, [{"role": "tool", "content": "x"}])
 
 
+def test_training_writes_the_template_and_export_adds_it_only_when_missing(tmp_path, tokenizer):
+    from edgezoo.chat_config import add_default_chat_template
+    from edgezoo.zoo.tokenizer import save_tokenizer
+
+    save_tokenizer(tokenizer, tmp_path / "lm", 64, chat_template=DEFAULT_CHAT_TEMPLATE)
+    chat = read_chat_config(tmp_path / "lm")
+    assert (chat.template, chat.bos_token, chat.eos_token) == (DEFAULT_CHAT_TEMPLATE, "<s>", "</s>")
+    assert not add_default_chat_template(tmp_path / "lm")  # a template is never replaced
+    save_tokenizer(tokenizer, tmp_path / "cls", 64)
+    assert read_chat_config(tmp_path / "cls") is None
+    assert add_default_chat_template(tmp_path / "cls")
+    assert read_chat_config(tmp_path / "cls").template == DEFAULT_CHAT_TEMPLATE
+
+
 def test_templates_render_like_transformers(lm, lm_dir):
     transformers = pytest.importorskip("transformers")
     tok = transformers.AutoTokenizer.from_pretrained(str(lm_dir))
