@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer
 
@@ -25,7 +26,9 @@ def load(
     fp16: bool = False,
     max_batch: int = 8,
     verbose: bool = False,
-) -> LanguageModel | Classifier:
+    draft: str | Path | None = None,
+    draft_tokens: int = 4,
+) -> Any:
     """Load a model dir (or an .onnx file beside its tokenizer) for inference.
 
     ``backend``: auto | ort-cpu | ort-cuda | ort-trt | tensorrt. ``variant``: ``auto``
@@ -35,7 +38,38 @@ def load(
     (portable | ort-optimized | gqa; default: the best for the backend). ``threads``: intra-op threads (0 = ORT's
     default). The returned object's ``backend``, ``variant`` and ``reason`` say what was
     chosen and why.
+
+    ``draft``: decode speculatively, with a smaller model dir that has the same tokenizer or
+    with ``"prompt-lookup"`` (guesses copied from earlier in the text, no second model);
+    ``draft_tokens`` guesses are checked per target call. Greedy output is the target's
+    own (``runtime.speculative``).
     """
+    model = _load(path, backend, variant, threads, graph, fp16, max_batch, verbose)
+    if draft is None:
+        return model
+    from edgezoo.runtime.speculative import SpeculativeLM
+
+    if not isinstance(model, LanguageModel):
+        raise ConfigError(f"{path} is a classifier: speculative decoding is for language models.")
+    if str(draft) == "prompt-lookup":
+        return SpeculativeLM(model, None, k=draft_tokens)
+    draft_lm = _load(draft, backend, "auto", threads, "gqa", False, max_batch, False)
+    if not isinstance(draft_lm, LanguageModel):
+        raise ConfigError(f"draft {draft} is a classifier, not a language model.")
+    return SpeculativeLM(model, draft_lm, k=draft_tokens)
+
+
+def _load(
+    path: str | Path,
+    backend: str,
+    variant: str,
+    threads: int,
+    graph: str,
+    fp16: bool,
+    max_batch: int,
+    verbose: bool,
+) -> LanguageModel | Classifier:
+    """``load`` without a draft."""
     chosen, why_backend = backends.resolve_backend(backend)
     files = locate(path, chosen, variant, graph)
     tokenizer = load_tokenizer(files.model_dir)

@@ -48,6 +48,24 @@ def _register_generate(subparsers: Any) -> None:
     s.add_argument("model_dir", help="exported model dir (after `edgezoo export`)")
     s.add_argument("prompt", help="text to continue")
     add_runtime_arguments(s)
+    speculate = s.add_mutually_exclusive_group()
+    speculate.add_argument(
+        "--draft",
+        metavar="DIR",
+        help="decode speculatively with this smaller exported LM (same tokenizer): it "
+        "guesses, the model checks several guesses per call; greedy text is unchanged",
+    )
+    speculate.add_argument(
+        "--prompt-lookup",
+        action="store_true",
+        help="decode speculatively with guesses copied from earlier in the text (no draft model)",
+    )
+    s.add_argument(
+        "--draft-tokens",
+        type=argtypes.at_least(1),
+        default=4,
+        help="guesses checked per call when decoding speculatively",
+    )
     s.add_argument(
         "--max-new-tokens", type=int, default=64, help="most tokens to generate after the prompt"
     )
@@ -182,8 +200,14 @@ def _sampling_args(args: argparse.Namespace) -> dict:
 def cmd_generate(args: argparse.Namespace) -> int:
     from edgezoo import runtime
 
+    draft = "prompt-lookup" if args.prompt_lookup else args.draft
     lm = runtime.load(
-        args.model_dir, backend=args.backend, variant=args.variant, threads=args.threads
+        args.model_dir,
+        backend=args.backend,
+        variant=args.variant,
+        threads=args.threads,
+        draft=draft,
+        draft_tokens=args.draft_tokens,
     )
     if not hasattr(lm, "generate"):
         raise ConfigError(f"{args.model_dir} is a classifier: use `edgezoo classify` on it.")
@@ -200,6 +224,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         f"{len(g.token_ids) / max(g.decode_s, 1e-9):.1f} tokens/s]",
         file=sys.stderr,
     )
+    if draft is not None:
+        stats = lm.last_stats
+        print(
+            f"[{lm.proposer_name}: {stats.accepted} of {stats.proposed} guesses accepted "
+            f"({stats.acceptance:.0%}), {stats.target_calls} calls of the model]",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -48,6 +48,12 @@ class SlotCache:
     def prefill(self, row: int, chunk: np.ndarray, past_len: int) -> np.ndarray:
         """Append ``chunk`` (token ids) to row ``row``, which holds ``past_len`` tokens;
         returns the logits of the chunk's last token ``[vocab]``."""
+        return self.extend(row, chunk, past_len)[-1]
+
+    def extend(self, row: int, chunk: np.ndarray, past_len: int) -> np.ndarray:
+        """``prefill`` returning the logits after every token of ``chunk`` ``[len, vocab]``
+        (speculative decoding checks several proposed tokens in one call). Rolling back is
+        just calling again with a smaller ``past_len``: positions past it are overwritten."""
         total = past_len + len(chunk)
         if total > self.max_len:
             raise ValueError(f"row would hold {total} tokens; the cache holds {self.max_len}")
@@ -55,7 +61,7 @@ class SlotCache:
         binding.bind_cpu_input("input_ids", np.asarray(chunk, np.int64)[None, :])
         binding.bind_cpu_input("attention_mask", np.ones((1, total), np.int64))
         self.sess.run_with_iobinding(binding)
-        return binding.get_outputs()[0].numpy()[0, -1]
+        return binding.get_outputs()[0].numpy()[0]
 
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """One token for each of rows ``0..n-1`` (``lengths``: tokens each row holds before

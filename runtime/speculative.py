@@ -1,0 +1,314 @@
+"""Speculative decoding: a cheap proposer guesses ``k`` tokens, the target model checks them
+all in one multi-token call over its in-place cache, and every guess it agrees with is a
+token gained for the price of one step.
+
+Proposers: a small draft model with the same tokenizer (the zoo's size ladder gives one for
+every target), or prompt lookup (copy what followed the last n-gram earlier in the text —
+no second model; strong on code and on answers that quote their prompt).
+
+Greedy output is token-for-token the target's own greedy output. Sampling uses the
+accept/reject rule of Leviathan et al. (2023): a proposal ``x`` with draft probability
+``q(x)`` is kept with probability ``min(1, p(x)/q(x))``, otherwise the token is drawn from
+``max(0, p − q)`` renormalised, so every token is distributed as the target alone would
+draw it (a seeded run repeats, but draws differ from the plain loop's). Rolling back
+rejected guesses is a length change on the GroupQueryAttention cache (rows past a row's
+length are ignored and overwritten), never a copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgezoo.errors import ConfigError
+from edgezoo.runtime.engine import supports_engine
+from edgezoo.runtime.engine_rows import EngineRequest, Row, RowDelta
+from edgezoo.runtime.language_model import Generation
+from edgezoo.runtime.sampling import SamplingParams, softmax, top_k_mask, top_p_mask
+from edgezoo.runtime.slot_cache import SlotCache
+
+DEFAULT_DRAFT_TOKENS = 4
+
+
+def distribution(params: SamplingParams, logits: np.ndarray) -> np.ndarray:
+    """The probabilities ``params`` draws the next token from (float64 ``[vocab]``)."""
+    scores = np.asarray(logits, np.float64)[None, :] / params.temperature
+    scores = top_p_mask(top_k_mask(scores, params.top_k), params.top_p)
+    return softmax(scores)[0]
+
+
+def accept_or_replace(
+    p: np.ndarray, q: np.ndarray | None, token: int, rng: np.random.Generator
+) -> int | None:
+    """None when the proposed ``token`` is kept, else the token drawn in its place.
+
+    ``q`` is the proposer's distribution (None: a deterministic proposal, q = 1 at token)."""
+    q_token = 1.0 if q is None else q[token]
+    if q_token > 0 and rng.random() < min(1.0, p[token] / q_token):
+        return None
+    residual = p.copy()
+    if q is None:
+        residual[token] = 0.0
+    else:
+        residual = np.maximum(p - q, 0.0)
+    total = residual.sum()
+    if total <= 0:  # p == q: nothing to correct towards
+        residual, total = p, p.sum()
+    return int(rng.choice(len(p), p=residual / total))
+
+
+class PromptLookup:
+    """Proposes the tokens that followed the latest earlier occurrence of the text's last
+    ``ngram`` tokens (trying shorter n-grams down to 1)."""
+
+    def __init__(self, ngram: int = 3) -> None:
+        self.ngram = ngram
+
+    def propose(self, seq: list[int], k: int, params: SamplingParams, rng) -> tuple[list, list]:
+        for n in range(min(self.ngram, len(seq) - 1), 0, -1):
+            tail = seq[-n:]
+            for start in range(len(seq) - n - 1, -1, -1):
+                if seq[start : start + n] == tail:
+                    found = seq[start + n : start + n + k]
+                    return found, [None] * len(found)
+        return [], []
+
+    def accept(self, seq_len: int) -> None:
+        """Prompt lookup keeps no state."""
+
+
+class DraftModel:
+    """A smaller model with the same tokenizer, decoding over its own one-row cache."""
+
+    def __init__(self, draft: Any, target: Any) -> None:
+        if not supports_engine(draft):
+            raise ConfigError("the draft model must run its gqa graph on ort-cpu, as the target.")
+        if draft.tokenizer.get_vocab() != target.tokenizer.get_vocab():
+            raise ConfigError(
+                "the draft model's tokenizer differs from the target's: speculative decoding "
+                "needs the same vocabulary (train the draft with the target's tokenizer)."
+            )
+        self.lm = draft
+        self.cache = SlotCache(draft.session, 1, draft.context)
+        self.length = 0  # tokens of the sequence in the draft's cache
+
+    def propose(self, seq: list[int], k: int, params: SamplingParams, rng) -> tuple[list, list]:
+        k = min(k, self.lm.context - len(seq))
+        if k <= 0:
+            return [], []
+        logits = self.cache.prefill(0, np.array(seq[self.length :]), self.length)
+        self.length = len(seq)
+        tokens, dists = [], []
+        for i in range(k):
+            if params.greedy:
+                token, q = int(np.argmax(logits)), None
+            else:
+                q = distribution(params, logits)
+                token = int(rng.choice(len(q), p=q))
+            tokens.append(token)
+            dists.append(q)
+            if i + 1 < k:
+                logits = self.cache.decode(np.array([token]), np.array([self.length]))[0]
+                self.length += 1
+        return tokens, dists
+
+    def accept(self, seq_len: int) -> None:
+        """The sequence now has ``seq_len`` tokens: forget cached guesses past its prefix."""
+        self.length = min(self.length, seq_len - 1)
+
+
+@dataclass
+class SpeculativeStats:
+    proposed: int = 0
+    accepted: int = 0
+    target_calls: int = 0
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.proposed if self.proposed else 0.0
+
+
+def speculative_ok(params: SamplingParams) -> bool:
+    """Penalties need every intermediate distribution and logprobs every token's: those
+    requests run on the plain loop."""
+    return (
+        params.repetition_penalty == 1
+        and not params.presence_penalty
+        and not params.frequency_penalty
+        and params.logprobs is None
+    )
+
+
+def speculative_deltas(
+    target: Any,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    proposer: PromptLookup | DraftModel,
+    k: int = DEFAULT_DRAFT_TOKENS,
+    stats: SpeculativeStats | None = None,
+) -> Iterator[RowDelta]:
+    """Continue one prompt on ``target`` with ``proposer``'s guesses checked ``k`` at a
+    time; yields text as it is accepted (the last delta has the ``Generation``)."""
+    if not speculative_ok(params):
+        raise ConfigError(
+            "speculative decoding applies no repetition/presence/frequency penalties and "
+            "records no logprobs; leave them out or load the model without a draft."
+        )
+    stats = stats if stats is not None else SpeculativeStats()
+    rng = np.random.default_rng(params.seed)
+    request = EngineRequest(list(prompt_ids), params, lambda delta: None)
+    row = Row(request, target.tokenizer, context=target.context, vocab=0, eos_id=target.eos_id)
+    cache = SlotCache(target.session, 1, target.context)
+    seq = list(prompt_ids)
+    logits = cache.prefill(0, np.array(seq), 0)  # the target's view after the prompt
+    delta = _take(row, _pick(params, logits, rng), seq)
+    while True:
+        if delta is not None:
+            yield delta
+            if delta.finish_reason:
+                return
+        room = min(k, row.budget - len(row.ids), target.context - len(seq) - 1)
+        guesses, dists = proposer.propose(seq, max(room, 0), params, rng)
+        chunk = np.array([seq[-1], *guesses])
+        checked = cache.extend(0, chunk, len(seq) - 1)  # p after seq[-1] and each guess
+        stats.target_calls += 1
+        stats.proposed += len(guesses)
+        delta = None
+        for i, guess in enumerate(guesses):
+            replacement = _verify(params, checked[i], dists[i], guess, rng)
+            token = guess if replacement is None else replacement
+            stats.accepted += replacement is None
+            delta = _joined(delta, _take(row, token, seq))
+            if replacement is not None or (delta is not None and delta.finish_reason):
+                break
+        else:  # every guess kept: the target's next token comes free
+            delta = _joined(delta, _take(row, _pick(params, checked[len(guesses)], rng), seq))
+        proposer.accept(len(seq))
+
+
+def speculative_generate(
+    target: Any,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    proposer: PromptLookup | DraftModel,
+    k: int = DEFAULT_DRAFT_TOKENS,
+) -> tuple[Generation, SpeculativeStats]:
+    """``speculative_deltas`` run to the end: the ``Generation`` and the acceptance."""
+    stats = SpeculativeStats()
+    for delta in speculative_deltas(target, prompt_ids, params, proposer, k, stats):
+        if delta.generation is not None:
+            return delta.generation, stats
+    raise RuntimeError("speculative decoding ended without a result")  # unreachable
+
+
+def _joined(a: RowDelta | None, b: RowDelta | None) -> RowDelta | None:
+    """Two deltas of one step as one (text appended; the later finish and result)."""
+    if a is None or b is None:
+        return a or b
+    return RowDelta(a.text + b.text, b.finish_reason, b.generation)
+
+
+def _pick(params: SamplingParams, logits: np.ndarray, rng) -> int:
+    if params.greedy:
+        return int(np.argmax(logits))
+    p = distribution(params, logits)
+    return int(rng.choice(len(p), p=p))
+
+
+def _verify(params, logits, q, guess: int, rng) -> int | None:
+    """None if ``guess`` stands, else the target's token in its place."""
+    if params.greedy:
+        best = int(np.argmax(logits))
+        return None if best == guess else best
+    return accept_or_replace(distribution(params, logits), q, guess, rng)
+
+
+def _take(row: Row, token: int, seq: list[int]) -> RowDelta | None:
+    """Give ``row`` one token; returns what the client gets now."""
+    delta = row.accept(token)
+    if delta is None or not delta.finish_reason:
+        seq.append(token)
+    return delta
+
+
+class SpeculativeLM:
+    """A ``LanguageModel`` whose ``generate`` / ``stream`` run speculatively (one prompt at
+    a time; batches run prompt by prompt). Requests with penalties or logprobs run on the
+    target's plain loop. Everything else is the target's: ``lm.target``."""
+
+    def __init__(self, target: Any, draft: Any | None = None, *, k: int = DEFAULT_DRAFT_TOKENS):
+        if not supports_engine(target):
+            raise ConfigError(
+                "speculative decoding needs the target's gqa graph on ort-cpu (its cache rolls "
+                "back by a length change): export with the default settings and load it with "
+                "backend='ort-cpu'."
+            )
+        if k < 1:
+            raise ConfigError(f"draft_tokens={k}: propose at least 1 token per step.")
+        if draft is not None:
+            DraftModel(draft, target)  # checks the tokenizer and graph now, not mid-request
+        self.target, self.draft, self.k = target, draft, k
+        self.last_stats = SpeculativeStats()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.target, name)
+
+    @property
+    def proposer_name(self) -> str:
+        return "prompt lookup" if self.draft is None else "draft model"
+
+    def _proposer(self) -> PromptLookup | DraftModel:
+        return PromptLookup() if self.draft is None else DraftModel(self.draft, self.target)
+
+    def deltas(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[RowDelta]:
+        self.last_stats = SpeculativeStats()
+        return speculative_deltas(
+            self.target, prompt_ids, params, self._proposer(), self.k, self.last_stats
+        )
+
+    def generate_ids(
+        self, prompt_ids: list[list[int]], params: SamplingParams | None = None, **overrides: Any
+    ) -> list[Generation]:
+        params = self.target._params(params, overrides)
+        encoded = self.target.check_ids(prompt_ids)
+        if not speculative_ok(params):
+            return self.target.generate_ids(encoded, params)
+        results = []
+        for ids in encoded:
+            *_, last = self.deltas(ids, params)
+            results.append(last.generation)
+        return results
+
+    def generate(
+        self, prompt: str | list[str], params: SamplingParams | None = None, **overrides: Any
+    ) -> Generation | list[Generation]:
+        single = isinstance(prompt, str)
+        prompts = [prompt] if single else list(prompt)
+        results = self.generate_ids(self.target.encode(prompts), params, **overrides)
+        return results[0] if single else results
+
+    def stream(
+        self, prompt: str, params: SamplingParams | None = None, **overrides: Any
+    ) -> Iterator[str]:
+        """Text as the target accepts it; ``self.last`` holds the ``Generation`` after."""
+        for text, _ in self.stream_events(prompt, params, **overrides):
+            if text:
+                yield text
+
+    def stream_events(
+        self, prompt: str, params: SamplingParams | None = None, **overrides: Any
+    ) -> Iterator[tuple[str, str | None]]:
+        params = self.target._params(params, overrides)
+        if not speculative_ok(params):
+            yield from self.target.stream_events(prompt, params)
+            self.last = self.target.last
+            return
+        for delta in self.deltas(self.target.encode([prompt])[0], params):
+            if delta.text:
+                yield delta.text, None
+            if delta.finish_reason:
+                self.last = delta.generation
+                yield "", delta.finish_reason

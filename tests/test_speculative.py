@@ -1,0 +1,168 @@
+"""Speculative decoding: greedy text is token-for-token the target's own, whatever the
+proposer and the number of guesses; sampling keeps the target's distribution."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import tiny_llama
+
+from edgezoo import runtime
+from edgezoo.errors import ConfigError
+from edgezoo.export.onnx_export import to_onnx
+from edgezoo.runtime.sampling import SamplingParams as SP
+from edgezoo.runtime.speculative import (
+    DraftModel,
+    PromptLookup,
+    SpeculativeLM,
+    accept_or_replace,
+    speculative_generate,
+)
+
+PROMPTS = ["def main(args):\n    return", "x = 1\nx = 1\nx = 1\n", "import os"]
+
+
+def lively_model_dir(path, tokenizer, seed: int, **overrides):
+    """A random model whose greedy text is not one token repeated: weights scaled up, so
+    its logits are far from flat (a drafted guess can then be right or wrong)."""
+    import torch
+
+    from edgezoo.zoo.modeldir import build_model, save_model_dir
+    from edgezoo.zoo.tokenizer import save_tokenizer
+
+    cfg = tiny_llama(max_position_embeddings=96, **overrides)
+    torch.manual_seed(seed)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(8.0)
+    save_model_dir(model, path)
+    save_tokenizer(tokenizer, path, cfg.max_position_embeddings)
+    to_onnx(path, greedy_steps=4)
+    return path
+
+
+@pytest.fixture(scope="module")
+def target_dir(tmp_path_factory, tokenizer):
+    return lively_model_dir(tmp_path_factory.mktemp("spec-target"), tokenizer, seed=0)
+
+
+@pytest.fixture(scope="module")
+def draft_dir(tmp_path_factory, tokenizer):
+    small = {"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64}
+    small |= {"num_attention_heads": 2, "num_key_value_heads": 1}
+    return lively_model_dir(tmp_path_factory.mktemp("spec-draft"), tokenizer, seed=1, **small)
+
+
+@pytest.fixture(scope="module")
+def target(target_dir):
+    return runtime.load(target_dir, backend="ort-cpu", variant="gqa")
+
+
+@pytest.fixture(scope="module")
+def draft(draft_dir):
+    return runtime.load(draft_dir, backend="ort-cpu", variant="gqa")
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+@pytest.mark.parametrize("proposer", ["self", "draft", "lookup"])
+def test_greedy_text_is_the_targets_own(target, draft, proposer, k):
+    params = SP(temperature=0, max_new_tokens=50, ignore_eos=True)
+    for prompt in PROMPTS:
+        ids = target.encode([prompt])[0]
+        want = target.generate_ids([ids], params)[0]
+        make = {
+            "self": lambda: DraftModel(target, target),
+            "draft": lambda: DraftModel(draft, target),
+            "lookup": PromptLookup,
+        }[proposer]
+        got, stats = speculative_generate(target, ids, params, make(), k)
+        assert got.token_ids == want.token_ids and got.text == want.text
+        assert got.finish_reason == "length"
+        if proposer == "self":  # a draft that is the target is always right
+            assert stats.acceptance == 1.0
+            assert stats.target_calls <= -(-50 // (k + 1)) + 1
+
+
+def test_stop_strings_eos_and_the_context_end_as_for_the_target(target, draft):
+    ids = target.encode([PROMPTS[0]])[0]
+    plain = target.generate_ids([ids], SP(temperature=0, max_new_tokens=30, ignore_eos=True))[0]
+    stop = plain.text[10:13]
+    for params in (
+        SP(temperature=0, max_new_tokens=30, stop=(stop,)),
+        SP(temperature=0, max_new_tokens=500),  # runs into the context: length
+    ):
+        want = target.generate_ids([ids], params)[0]
+        got, _ = speculative_generate(target, ids, params, DraftModel(draft, target), 4)
+        assert (got.text, got.token_ids, got.finish_reason) == (
+            want.text,
+            want.token_ids,
+            want.finish_reason,
+        )
+
+
+def test_the_accept_reject_rule_keeps_the_target_distribution():
+    """Draw the proposal from q, apply the rule: the output must be distributed as p."""
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(6))
+    q = rng.dirichlet(np.ones(6) * 0.5)
+    n, counts = 40_000, np.zeros(6)
+    for _ in range(n):
+        guess = int(rng.choice(6, p=q))
+        replaced = accept_or_replace(p, q, guess, rng)
+        counts[guess if replaced is None else replaced] += 1
+    expected = p * n
+    chi2 = (((counts - expected) ** 2) / expected).sum()
+    assert chi2 < 20.5  # 5 degrees of freedom: p < 0.001 of failing by chance
+    lookup = np.zeros(6)  # a deterministic guess (prompt lookup): q is a point mass
+    for _ in range(n // 4):
+        replaced = accept_or_replace(p, None, 2, rng)
+        lookup[2 if replaced is None else replaced] += 1
+    assert np.allclose(lookup / lookup.sum(), p, atol=0.02)
+
+
+def test_seeded_sampling_repeats_and_stays_in_the_vocabulary(target, draft):
+    spec = SpeculativeLM(target, draft, k=3)
+    params = SP(temperature=0.9, top_p=0.95, seed=11, max_new_tokens=25)
+    first, second = spec.generate(PROMPTS[0], params), spec.generate(PROMPTS[0], params)
+    assert first.token_ids == second.token_ids and len(first.token_ids) > 0
+
+
+def test_requests_it_cannot_speed_up_run_on_the_plain_loop(target):
+    spec = SpeculativeLM(target, None)
+    params = SP(temperature=0, max_new_tokens=20, repetition_penalty=1.5, logprobs=2)
+    got = spec.generate(PROMPTS[1], params)
+    assert got.token_ids == target.generate(PROMPTS[1], params).token_ids
+    assert got.logprobs is not None
+
+
+def test_load_with_a_draft_and_the_errors(target_dir, draft_dir, tmp_path, tokenizer):
+    spec = runtime.load(target_dir, backend="ort-cpu", draft=draft_dir, draft_tokens=3)
+    assert isinstance(spec, SpeculativeLM) and spec.k == 3
+    greedy = SP(temperature=0, max_new_tokens=20, ignore_eos=True)
+    assert (
+        spec.generate(PROMPTS[0], greedy).token_ids
+        == spec.target.generate(PROMPTS[0], greedy).token_ids
+    )
+    streamed = "".join(spec.stream(PROMPTS[0], greedy))
+    assert streamed == spec.last.text
+    odd = tmp_path / "odd"
+    shutil.copytree(draft_dir, odd)
+    other = tokenizer.__class__.from_file(str(odd / "tokenizer.json"))
+    other.add_tokens(["<extra-token>"])
+    other.save(str(odd / "tokenizer.json"))
+    with pytest.raises(ConfigError, match="tokenizer differs"):
+        runtime.load(target_dir, backend="ort-cpu", draft=odd)
+
+
+def test_generate_cli_with_prompt_lookup_reports_acceptance(target_dir):
+    cmd = [sys.executable, "-m", "edgezoo.cli", "generate", str(target_dir), PROMPTS[1]]
+    cmd += ["--backend", "ort-cpu", "--prompt-lookup", "--max-new-tokens", "12"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "prompt lookup:" in done.stderr and "guesses accepted" in done.stderr
