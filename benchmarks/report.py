@@ -48,6 +48,9 @@ def main() -> None:
         "compare ratios within one table (one run), not across tables. Regenerate everything with",
         "`make bench-results` (installs the `peers` extra, then runs the demo, `python -m benchmarks.bench`, `python -m benchmarks.sweep`, the\n"
         "per-size quantization, pruning-speed, server-load, export-cost, training and DDP benchmarks, then this script).\n",
+        "No table here ran on a GPU. `bash benchmarks/gpu_check.sh` runs every GPU path (CUDA and TensorRT",
+        "backends, bf16 + `torch.compile` training with MFU, NCCL) in one go when a GPU is lent: see",
+        "[gpu_check.md](gpu_check.md).\n",
     ]
     for _, title, name in SECTIONS:
         path = RESULTS / name
