@@ -72,14 +72,20 @@ def write(model_dir: str | Path, data: dict[str, Any]) -> None:
 
 
 def add_variant(
-    model_dir: str | Path, name: str, entry: dict[str, Any], **top: Any
+    model_dir: str | Path,
+    name: str,
+    entry: dict[str, Any],
+    *,
+    recording: tuple[str, ...] = (),
+    **top: Any,
 ) -> dict[str, Any]:
     """Record (or replace) one variant, keeping the others; returns the new manifest.
 
     A derived variant (``source_variant``: quantized, .ort) is stamped with the hash of the
     source it was made from. Replacing a source with one made from other weights drops the
     variants derived from the old one, entries and files: ``variant="auto"`` must never
-    pick an int8 graph of weights the model dir no longer holds."""
+    pick an int8 graph of weights the model dir no longer holds. ``recording``: the other
+    variants the caller records next (an export's graphs), which are replaced, not dropped."""
     data = read(model_dir)
     data.update(top)
     variants = data["variants"]
@@ -90,7 +96,7 @@ def add_variant(
             entry["source_weights_sha256"] = source["source_weights_sha256"]
     old = variants.get(name)
     variants[name] = entry
-    dropped = _drop_stale(variants, name, old, entry)
+    dropped = _drop_stale(variants, name, old, entry, keep=set(recording))
     write(model_dir, data)
     in_use = {v["file"] for v in variants.values()}
     for gone in dropped.values():  # after the manifest stopped naming them
@@ -123,7 +129,11 @@ def is_stale(derived: dict[str, Any], source: dict[str, Any], old: dict[str, Any
 
 
 def _drop_stale(
-    variants: dict[str, Any], name: str, old: dict[str, Any] | None, entry: dict[str, Any]
+    variants: dict[str, Any],
+    name: str,
+    old: dict[str, Any] | None,
+    entry: dict[str, Any],
+    keep: set[str],
 ) -> dict[str, dict[str, Any]]:
     """Remove (in place) the variants derived from the replaced ``name``, other exported
     graphs of other weights (an export that no longer writes, say, the GQA graph) and
@@ -133,6 +143,7 @@ def _drop_stale(
         k: v
         for k, v in variants.items()
         if k != name
+        and k not in keep
         and (
             (v.get("source_variant") == name and is_stale(v, entry, old))
             or (

@@ -362,6 +362,7 @@ def to_onnx(
             model_dir,
             name,
             entry,
+            recording=tuple(variants),
             model_type=cfg.to_hf_dict()["model_type"],
             family=cfg.family,
             export_notes=notes,
