@@ -60,3 +60,25 @@ def test_reexport_without_a_graph_drops_that_graph_of_the_old_weights(tmp_path, 
     to_onnx(model_dir, **EXPORT)  # no GQA graph this time
     assert set(manifest.read(model_dir)["variants"]) == {"fp32"}
     assert runtime.load(model_dir, backend="ort-cpu", variant="auto").variant == "fp32"
+
+
+def test_an_export_replaces_its_own_graphs_without_calling_them_stale(tmp_path, capsys):
+    """Recording the new fp32 graph must not drop (and tell users to rebuild) the opt/gqa
+    graphs the same export records next; a graph it does not write is still dropped."""
+    (tmp_path / "onnx").mkdir()
+    old = {"source_weights_sha256": "old", "sha256": "g0"}
+    manifest.write(
+        tmp_path,
+        {
+            "variants": {
+                "fp32": {**old, "file": "model.onnx"},
+                "gqa": {**old, "file": "model.gqa.onnx"},
+                "opt": {**old, "file": "model.opt.onnx"},
+            }
+        },
+    )
+    new = {"source_weights_sha256": "new", "sha256": "g1"}
+    manifest.add_variant(tmp_path, "fp32", {**new, "file": "model.onnx"}, recording=("fp32", "gqa"))
+    variants = manifest.read(tmp_path)["variants"]
+    assert set(variants) == {"fp32", "gqa"}  # gqa is about to be replaced; opt is stale
+    assert "removed opt from" in capsys.readouterr().err
