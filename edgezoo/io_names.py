@@ -12,6 +12,7 @@ ATTENTION_MASK = "attention_mask"
 POSITION_IDS = "position_ids"
 TOKEN_TYPE_IDS = "token_type_ids"
 LOGITS = "logits"
+LAST_HIDDEN_STATE = "last_hidden_state"  # an encoder's last layer, [batch, seq, hidden]
 PAST_PREFIX = "past_key_values"
 PRESENT_PREFIX = "present"
 KV_KINDS = ("key", "value")
@@ -47,7 +48,10 @@ def decoder_io_names(num_layers: int) -> tuple[list[str], list[str]]:
     return inputs, [LOGITS, *present_names(num_layers)]
 
 
-def encoder_io_names(with_token_types: bool = True) -> tuple[list[str], list[str]]:
-    """BERT takes token_type_ids; a decoder used as a classifier does not."""
+def encoder_io_names(
+    with_token_types: bool = True, with_hidden: bool = False
+) -> tuple[list[str], list[str]]:
+    """BERT takes token_type_ids and also returns its last hidden states (for sentence
+    embeddings); a decoder used as a classifier does neither. ``logits`` always come first."""
     inputs = [INPUT_IDS, ATTENTION_MASK, *([TOKEN_TYPE_IDS] if with_token_types else [])]
-    return inputs, [LOGITS]
+    return inputs, [LOGITS, *([LAST_HIDDEN_STATE] if with_hidden else [])]

@@ -90,7 +90,8 @@ def export_portable(model: torch.nn.Module, path: Path, opset: int = OPSET) -> N
     else:
         wrapper = classifier_wrapper(model).eval()
         sample = encoder_inputs(cfg, batch=2, seq=8)
-        inputs, outputs = encoder_io_names(with_token_types=isinstance(cfg, BertConfig))
+        is_bert = isinstance(cfg, BertConfig)
+        inputs, outputs = encoder_io_names(with_token_types=is_bert, with_hidden=is_bert)
         seq = torch.export.Dim("sequence_length", min=1, max=cfg.max_position_embeddings)
         dynamic = tuple({0: batch, 1: seq} for _ in inputs)
         rename = {}

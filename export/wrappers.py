@@ -28,12 +28,17 @@ class DecoderForExport(nn.Module):
 
 
 class EncoderForExport(nn.Module):
+    """BERT: ``logits`` and ``last_hidden_state`` (the runtime's sentence embeddings pool it)."""
+
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
-        return self.model(input_ids, attention_mask, token_type_ids)
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        hidden = self.model.hidden_states(input_ids, attention_mask, token_type_ids)
+        return self.model.classifier(self.model.bert.pooler(hidden)), hidden
 
 
 class DecoderClassifierForExport(nn.Module):

@@ -66,7 +66,7 @@ def create_app(
     The routes live in ``runtime.server_routes``, imported here so that importing this
     module never imports fastapi.
     """
-    from edgezoo.runtime import server_chat
+    from edgezoo.runtime import server_chat, server_embeddings
     from edgezoo.runtime import server_routes as routes
 
     if max_batch < 1 or max_queue < 1:
@@ -98,6 +98,7 @@ def create_app(
     app.include_router(routes.classify_router(ctx, guarded))
     app.include_router(server_chat.chat_router(ctx, guarded))
     app.include_router(server_chat.tokens_router(ctx, guarded))
+    app.include_router(server_embeddings.embeddings_router(ctx, guarded))
     return app
 
 

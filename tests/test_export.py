@@ -109,6 +109,9 @@ def test_encoder_export(tmp_path, tokenizer):
     assert entry["outputs"][0]["shape"] == ["batch", 3]
     assert entry["max_abs_diff"] <= 1e-4
     assert result.variants["opt"]["fusions"].get("SkipLayerNormalization", 0) >= 2
+    for variant in result.variants.values():  # sentence embeddings read the hidden states
+        assert [o["name"] for o in variant["outputs"]] == ["logits", "last_hidden_state"]
+        assert variant["max_abs_diff_by_output"]["last_hidden_state"] <= 1e-4
 
 
 def test_failed_validation_keeps_the_previous_export(exported_lm, monkeypatch):

@@ -312,3 +312,67 @@ def test_raw_chat_stream_has_openai_framing(url):
     assert events[-1] == "data: [DONE]"
     first = json.loads(events[0].removeprefix("data: "))
     assert first["choices"][0]["delta"]["role"] == "assistant"
+
+
+# ---------------------------------------------------------------------- embeddings ---------
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory, tokenizer):
+    from conftest import tiny_bert
+
+    path = tmp_path_factory.mktemp("oai-enc")
+    cfg = tiny_bert(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=CONTEXT,
+    )
+    make_model_dir(path, cfg, tokenizer)
+    to_onnx(path, fast=False, optimize=False)
+    return path
+
+
+def test_encoder_export_validates_its_hidden_states(encoder_dir):
+    from edgezoo import manifest
+
+    entry = manifest.read(encoder_dir)["variants"]["fp32"]
+    assert [o["name"] for o in entry["outputs"]] == ["logits", "last_hidden_state"]
+    assert entry["max_abs_diff_by_output"]["last_hidden_state"] < 1e-4
+
+
+def test_embed_is_a_masked_mean_of_the_hidden_states(encoder_dir, tokenizer):
+    import torch
+
+    from edgezoo.zoo.modeldir import load_model
+
+    enc = runtime.load(encoder_dir, backend="ort-cpu")
+    texts = ["import os", "def main(args):\n    return 42"]
+    got = enc.embed(texts)  # padded together in one batch
+    model = load_model(encoder_dir).eval()
+    for text, vector in zip(texts, got, strict=True):
+        ids = torch.tensor([tokenizer.encode(text).ids])
+        with torch.no_grad():
+            mean = model.hidden_states(ids)[0].mean(0).numpy()
+        np.testing.assert_allclose(vector, mean / np.linalg.norm(mean), atol=1e-5)
+
+
+def test_embeddings_through_the_openai_client(encoder_dir, lm):
+    enc = runtime.load(encoder_dir, backend="ort-cpu")
+    with running_server(create_app(enc, model_name="enc")) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        r = client.embeddings.create(model="enc", input=["import os", "import os", "x = 1"])
+        plain = client.embeddings.create(model="enc", input="import os", encoding_format="float")
+    vectors = np.array([d.embedding for d in r.data])
+    assert r.object == "list" and [d.index for d in r.data] == [0, 1, 2]
+    assert vectors.shape == (3, 32)  # the hidden size
+    assert float(vectors[0] @ vectors[1]) == pytest.approx(1.0, abs=1e-6)
+    assert float(vectors[0] @ vectors[2]) < 0.9999
+    np.testing.assert_allclose(plain.data[0].embedding, vectors[0], atol=1e-6)
+    assert r.usage.prompt_tokens == sum(
+        len(ids) for ids in enc.encode(["import os", "import os", "x = 1"])
+    )
+    with local_client(create_app(lm, model_name="tiny")) as c:
+        refused = c.post("/v1/embeddings", json={"input": "hi"})
+    assert refused.status_code == 400 and "encoder model" in refused.json()["error"]["message"]

@@ -145,6 +145,18 @@ class BertForSequenceClassification(nn.Module):
         attention_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
     ) -> Tensor:
+        return self.classifier(
+            self.bert.pooler(self.hidden_states(input_ids, attention_mask, token_type_ids))
+        )
+
+    def hidden_states(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        """The last layer's states ``[batch, seq, hidden]``: what the pooler and the
+        exported graph's ``last_hidden_state`` (sentence embeddings) read."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is None:
@@ -153,4 +165,4 @@ class BertForSequenceClassification(nn.Module):
         x = self.bert.embeddings(input_ids, token_type_ids)
         for layer in self.bert.encoder.layer:
             x = layer(x, mask)
-        return self.classifier(self.bert.pooler(x))
+        return x
