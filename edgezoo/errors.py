@@ -52,6 +52,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "export": ("torch", "safetensors", "onnx", "onnxscript", "optimum"),
     "serve": ("fastapi", "uvicorn", "prometheus_client"),
     "plots": ("matplotlib",),
+    "tune": ("optuna", "sqlalchemy"),
 }
 
 

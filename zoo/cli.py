@@ -1,4 +1,4 @@
-"""``edgezoo models | train | eval``: the zoo's subcommands.
+"""``edgezoo models | train | eval | tune``: the zoo's subcommands.
 
 Only argparse and the torch-free preset tables are imported here, so ``edgezoo --help``
 works on the edge install; each command imports torch when it runs.
@@ -11,6 +11,7 @@ import json
 import sys
 from typing import Any
 
+from edgezoo.zoo import tune_cli
 from edgezoo.zoo.train_config import add_arguments
 
 
@@ -55,6 +56,8 @@ def register(subparsers: Any) -> None:
         help="which part of the data: the held-out split, the training split or all of it",
     )
     s.set_defaults(fn=cmd_eval, extras=("train",))
+
+    tune_cli.register(subparsers)
 
 
 def cmd_models(args: argparse.Namespace) -> int:

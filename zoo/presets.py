@@ -7,7 +7,7 @@ grows with the model: a 1M model cannot afford a 32k embedding table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edgezoo.errors import ConfigError
 from edgezoo.zoo.config import BertConfig, LlamaConfig, ModelConfig
@@ -81,6 +81,37 @@ def make_config(
         setattr(cfg, key, value)
     cfg.__post_init__()
     return cfg
+
+
+def resized(cfg: ModelConfig, layers: int | None, width: int | None) -> ModelConfig:
+    """``cfg`` with another depth and/or width: the heads stay, the MLP keeps its width ratio.
+
+    How ``edgezoo train --layers/--width`` (and ``edgezoo tune``'s depth search) trade
+    depth for width around a preset. The result is no longer that preset."""
+    if layers is None and width is None:
+        return cfg
+    heads = cfg.num_attention_heads
+    step = 2 * heads if isinstance(cfg, LlamaConfig) else heads  # rotary needs an even head_dim
+    width = width or cfg.hidden_size
+    if width % step:
+        raise ConfigError(
+            f"--width {width} does not split into {heads} heads"
+            f"{' of even size' if step > heads else ''}: use a multiple of {step}."
+        )
+    ratio = cfg.intermediate_size / cfg.hidden_size
+    out = replace(
+        cfg,
+        hidden_size=width,
+        num_hidden_layers=layers or cfg.num_hidden_layers,
+        intermediate_size=max(8, round(width * ratio / 8) * 8),
+        preset=None,
+    )  # replace() runs __post_init__, which checks the new shape
+    return out
+
+
+def non_embedding_params(cfg: ModelConfig) -> int:
+    """Parameters outside the token embedding and LM head: what depth and width trade."""
+    return count_params(replace(cfg, vocab_size=0))
 
 
 def _table(family: str) -> dict[str, tuple[int, ...]]:

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,10 @@ if TYPE_CHECKING:
     from edgezoo.zoo.distributed import Dist
 
 LOG_FILE = "training.jsonl"
+
+# Called at each mid-run evaluation with (step, metrics); raising stops the run there
+# (``edgezoo tune`` raises optuna.TrialPruned to cut a trial that is behind).
+EvalCallback = Callable[[int, dict[str, float]], None]
 
 
 @dataclass
@@ -129,6 +134,7 @@ class _Run:
     completed: int = 0  # optimizer steps the weights hold: what an interrupt must save
     saved: int = -1  # the step of the last checkpoint this run wrote
     log: Any = None  # training.jsonl, open on rank 0 only
+    on_eval: EvalCallback | None = None
 
     @property
     def out(self) -> Path:
@@ -148,11 +154,16 @@ class _Run:
         }
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train (or resume) a model into ``cfg.out`` and return its final evaluation."""
+def train(cfg: TrainConfig, on_eval: EvalCallback | None = None) -> TrainResult:
+    """Train (or resume) a model into ``cfg.out`` and return its final evaluation.
+
+    ``on_eval(step, metrics)`` sees every mid-run evaluation (on each process; ranks other
+    than 0 get ``{}`` unless under FSDP); an exception it raises ends the run there, with
+    the log closed and no final save (a search abandoning a trial, not a Ctrl-C)."""
     cfg, dist, device = _start(cfg)
     tok, context, task, labels = prepare_data(cfg, dist, Path(cfg.out))
     run = _build(cfg, dist, device, tok, task, labels)
+    run.on_eval = on_eval
     _open_log(run, tok, context)
     metrics, elapsed = _run_steps(run)
     return _finish(run, metrics, elapsed)
@@ -334,6 +345,7 @@ def _run_steps(run: _Run) -> tuple[dict[str, float], float]:
                     metrics = _evaluate(run)
                     if run.log:
                         _log(run.log, {"step": done, "event": "eval", **metrics})
+                    _report_eval(run, done, metrics)
                 if done % cfg.checkpoint_every == 0 and done != steps:
                     _save(run, done)
                 if progress is not None:
@@ -352,6 +364,18 @@ def _run_steps(run: _Run) -> tuple[dict[str, float], float]:
             if progress is not None:
                 progress.close()
     return metrics, time.perf_counter() - t_start
+
+
+def _report_eval(run: _Run, done: int, metrics: dict[str, float]) -> None:
+    """Hand an evaluation to ``run.on_eval``; if it stops the run, close the log first."""
+    if run.on_eval is None:
+        return
+    try:
+        run.on_eval(done, metrics)
+    except Exception:
+        if run.log:
+            run.log.close()
+        raise
 
 
 def _step(run: _Run, step: int) -> tuple[float, torch.Tensor]:

@@ -31,6 +31,8 @@ class TrainConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     vocab_size: int | None = None  # default: the preset's
+    layers: int | None = None  # depth / width instead of the preset's (heads stay)
+    width: int | None = None
     val_frac: float = 0.05
     eval_every: int = 100
     eval_batches: int = 16
@@ -110,6 +112,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--grad-clip", type=float, default=d.grad_clip, help="clip the gradient norm to this"
     )
     p.add_argument("--vocab-size", type=int, help="tokenizer vocabulary (default: the preset's)")
+    p.add_argument(
+        "--layers",
+        type=at_least(1),
+        help="transformer blocks instead of the preset's (its heads and MLP ratio stay)",
+    )
+    p.add_argument(
+        "--width",
+        type=at_least(2),
+        help="hidden size instead of the preset's: a multiple of the heads (x2 for lm)",
+    )
     p.add_argument(
         "--val-frac",
         type=float,

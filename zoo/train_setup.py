@@ -21,7 +21,7 @@ from edgezoo.zoo import checkpoint as ckpt
 from edgezoo.zoo import data
 from edgezoo.zoo.config import LlamaConfig, ModelConfig
 from edgezoo.zoo.modeldir import load_config
-from edgezoo.zoo.presets import make_config
+from edgezoo.zoo.presets import make_config, resized
 from edgezoo.zoo.tokenizer import copy_tokenizer, load_tokenizer, train_tokenizer
 from edgezoo.zoo.train_config import TrainConfig
 from edgezoo.zoo.train_tasks import ClassifyTask, LMTask
@@ -43,6 +43,8 @@ RESUME_MUST_MATCH = (
     "val_frac",
     "lr",
     "warmup_steps",
+    "layers",
+    "width",
 )
 
 
@@ -146,6 +148,10 @@ def _classify_task(
 def model_config(cfg: TrainConfig, vocab: int, labels: list[str] | None) -> ModelConfig:
     """The --init-from model's config (relabelled for a classifier), else the size preset's."""
     if cfg.init_from:
+        if cfg.layers or cfg.width:
+            raise ConfigError(
+                "--layers/--width reshape a preset; --init-from keeps its model's shape: drop one."
+            )
         base = load_config(cfg.init_from)
         if cfg.family == "lm" and base.family != "lm":
             raise ConfigError(
@@ -160,7 +166,9 @@ def model_config(cfg: TrainConfig, vocab: int, labels: list[str] | None) -> Mode
                 base.num_labels, base.id2label = len(labels), dict(enumerate(labels))
         return base
     extra = {"num_labels": len(labels)} if labels is not None else {}
-    model_cfg = make_config(cfg.family, cfg.size, vocab_size=vocab, **extra)
+    model_cfg = resized(
+        make_config(cfg.family, cfg.size, vocab_size=vocab, **extra), cfg.layers, cfg.width
+    )
     if labels is not None:
         model_cfg.id2label = dict(enumerate(labels))
     if cfg.context:
