@@ -62,14 +62,15 @@ def draw_request(rng: random.Random) -> dict:
     return body
 
 
-def one_request(http, body: dict) -> dict | None:
-    """Stream one completion; return its TTFT, inter-token gaps and tokens."""
+def one_request(http, body: dict) -> dict:
+    """Stream one completion; return its TTFT, inter-token gaps and tokens (or its status
+    when it was refused)."""
     start = time.perf_counter()
     stamps, tokens = [], 0
     with http.stream("POST", "/v1/completions", json=body) as r:
         if r.status_code != 200:
             r.read()
-            return None
+            return {"status": r.status_code}
         for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -78,8 +79,8 @@ def one_request(http, body: dict) -> dict | None:
                 tokens = chunk["usage"]["completion_tokens"]
             if any(c.get("text") for c in chunk.get("choices", [])):
                 stamps.append(time.perf_counter())
-    if not stamps:
-        return None
+    if not stamps:  # an answer that ended at once (EOS or a stop string): no text
+        return {"ttft": None, "gaps": [], "tokens": tokens}
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
     return {"ttft": stamps[0] - start, "gaps": gaps, "tokens": tokens}
 
@@ -99,7 +100,7 @@ def load(url: str, clients: int, seconds: float, think_s: float, seed: int) -> d
                 time.sleep(rng.expovariate(1 / think_s) if think_s else 0)
                 out = one_request(http, draw_request(rng))
                 with lock:
-                    if out is None:
+                    if "status" in out:
                         failed[0] += 1
                     else:
                         results.append(out)
@@ -120,12 +121,12 @@ def _pct(values: list[float], q: float) -> float | None:
 
 
 def summarise(results: list[dict], clients: int, seconds: float, failed: int) -> dict:
-    ttft = [r["ttft"] for r in results]
+    ttft = [r["ttft"] for r in results if r["ttft"] is not None]
     gaps = [g for r in results for g in r["gaps"]]
     return {
         "clients": clients,
         "requests": len(results),
-        "failed": failed,
+        "failed": failed,  # not 200 (an empty answer is a success without a TTFT)
         "tokens_per_s": sum(r["tokens"] for r in results) / seconds,
         "ttft_p50_ms": _pct(ttft, 0.5),
         "ttft_p95_ms": _pct(ttft, 0.95),
