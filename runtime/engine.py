@@ -26,7 +26,7 @@ import numpy as np
 from edgezoo.errors import ConfigError
 from edgezoo.runtime.engine_rows import EngineRequest, Row, RowDelta
 from edgezoo.runtime.language_model import Generation
-from edgezoo.runtime.sampling import SamplingParams
+from edgezoo.runtime.sampling import Sampler, SamplingParams
 from edgezoo.runtime.slot_cache import SlotCache
 
 DEFAULT_PREFILL_CHUNK = 128
@@ -60,6 +60,7 @@ class Engine:
         self.on_step = on_step  # called with the decode batch size, for metrics
         self.rows: list[Row] = []  # rows[i] is cache row i; a prefilling row is always last
         self.waiting: deque[EngineRequest] = deque()
+        self._shared: dict[SamplingParams, Sampler] = {}  # one generator per shared setting
         self.wakeup = threading.Condition()
 
     # ------------------------------------------------------------------ requests --------
@@ -168,9 +169,9 @@ class Engine:
         if self.on_step is not None:
             self.on_step(running)
         finished = []
-        for i, row in enumerate(rows):
+        for row, token in zip(rows, self._sample(rows, logits), strict=True):
             row.length += 1
-            delta = row.accept(row.sample(logits[i]))
+            delta = row.accept(token)
             row.step_s.append(time.perf_counter() - t0)
             if delta is not None:
                 row.request.on_delta(delta)
@@ -178,6 +179,25 @@ class Engine:
                     finished.append(row)
         for row in finished:
             self._free(self.rows.index(row))
+
+    def _sample(self, rows: list[Row], logits: np.ndarray) -> list[int]:
+        """Each row's next token. Rows whose draw depends only on the logits and shared
+        settings (no seed, penalties or logprobs: most traffic) are sampled together, one
+        numpy call per group; the others with their own sampler and state."""
+        picks: list[int] = [0] * len(rows)
+        groups: dict[SamplingParams, list[int]] = {}
+        for i, row in enumerate(rows):
+            if row.shares_sampler:
+                groups.setdefault(row.sampling_key, []).append(i)
+            else:
+                picks[i] = row.sample(logits[i])
+        for key, members in groups.items():
+            sampler = self._shared.get(key)
+            if sampler is None:
+                sampler = self._shared[key] = Sampler(key)
+            for i, token in zip(members, sampler.pick(logits[members]).tolist(), strict=True):
+                picks[i] = token
+        return picks
 
     def _deliver(self, index: int, delta: RowDelta | None) -> None:
         row = self.rows[index]

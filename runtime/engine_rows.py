@@ -76,6 +76,21 @@ class Row:
         self.pending_logprob: TokenLogprob | None = None
 
     @property
+    def shares_sampler(self) -> bool:
+        """Whether this row's draw needs nothing of its own (no seed, penalties or
+        logprobs), so the engine may sample it with other rows of the same settings."""
+        p = self.params
+        return (
+            p.seed is None and self.seen is None and self.counts is None and self.logprobs is None
+        )
+
+    @property
+    def sampling_key(self) -> SamplingParams:
+        """The settings a shared draw depends on."""
+        p = self.params
+        return SamplingParams(temperature=p.temperature, top_k=p.top_k, top_p=p.top_p)
+
+    @property
     def prefilling(self) -> bool:
         return self.prefilled < len(self.prompt)
 
