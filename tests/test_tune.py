@@ -176,3 +176,14 @@ def test_bad_input_gets_one_line(tmp_path, capsys, flags, message):
 def test_train_refuses_a_width_the_heads_cannot_split(text_corpus, tmp_path):
     with pytest.raises(ConfigError, match="multiple of 8"):
         train_mod.train(lm_train_config(text_corpus, tmp_path / "run", width=100))
+
+
+def test_without_optuna_tune_names_its_extra(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else real(name, *a)
+    )
+    assert main(["tune", "--out", str(tmp_path / "s")]) == 2
+    assert 'needs the tune extra: pip install "edgezoo[tune]"' in capsys.readouterr().err

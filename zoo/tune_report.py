@@ -74,7 +74,8 @@ def write_plots(study: optuna.Study, out: Path) -> list[Path]:
     from optuna.visualization import matplotlib as vis
 
     written = []
-    for name in PLOTS:
+    pruned_or_reported = any(t.intermediate_values for t in study.get_trials(deepcopy=False))
+    for name in PLOTS if pruned_or_reported else PLOTS[:2]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the matplotlib plots are "experimental"

@@ -111,14 +111,15 @@ def _number_parser(name: str, text: str):
 def build_space(
     base: TrainConfig, steps: int, search: list[str] | None, ranges: list[str]
 ) -> dict[str, Param]:
-    """The searched parameters: ``search`` (default: all) plus every ``--range`` given."""
+    """The searched parameters: ``search`` (None: all) plus every ``--range`` given."""
     defaults = default_space(base, steps)
-    for name in search or []:
+    names = TUNABLE if search is None else search
+    for name in names:
         if name not in TUNABLE:
             raise ConfigError(
                 f"unknown parameter {name!r} in --search; tunable: {', '.join(TUNABLE)}"
             )
-    space = {name: defaults[name] for name in (search or TUNABLE)}
+    space = {name: defaults[name] for name in names}
     space.update((p.name, p) for p in map(parse_range, ranges))
     if "layers" in space:
         check_budget(base, space["layers"])
