@@ -253,3 +253,58 @@ def test_seeded_rows_of_one_request_get_their_own_streams(lm):
     got = Engine(lm, 3).generate(lm.encode([PROMPTS[0]] * 3), rows)
     assert got[0].token_ids == alone(lm, PROMPTS[:1], [p])[0].token_ids
     assert len({tuple(g.token_ids) for g in got}) == 3  # n copies differ
+
+
+# ---------------------------------------------------------------------- clients --------------
+
+CHAT = [
+    {"role": "system", "content": "You write Python."},
+    {"role": "user", "content": "def main(args):"},
+]
+
+
+@pytest.fixture(scope="module")
+def engine_url(lm):
+    from edgezoo.runtime.load_test import running_server
+
+    app = create_app(lm, model_name="tiny", max_batch=4, max_tokens_limit=32)
+    assert app.state.context.continuous
+    with running_server(app) as url:
+        yield url
+
+
+def chat_reference(lm, max_tokens: int) -> str:
+    from edgezoo.runtime.chat_template import render_chat
+
+    prompt = render_chat(lm.chat_config, CHAT)
+    ids = lm.tokenizer.encode(prompt, add_special_tokens=False).ids
+    return lm.generate_ids([ids], SP(temperature=0, max_new_tokens=max_tokens))[0].text
+
+
+def test_the_openai_client_over_the_engine(lm, engine_url):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{engine_url}/v1", api_key="unused", max_retries=0)
+    want = chat_reference(lm, 12)
+    chat = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=12, temperature=0)
+    assert chat.choices[0].message.content == want
+    stream = client.chat.completions.create(
+        model="tiny", messages=CHAT, max_tokens=12, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == want
+    done = client.completions.create(
+        model="tiny", prompt=PROMPTS[0], max_tokens=10, n=3, seed=4, temperature=1.0, logprobs=2
+    )
+    assert len(done.choices) == 3 and len({c.text for c in done.choices}) > 1
+    for choice in done.choices:
+        assert all(lp <= 0 for lp in choice.logprobs.token_logprobs)
+        # a dict per token: two top tokens that decode alike share one key
+        assert all(1 <= len(top) <= 2 for top in choice.logprobs.top_logprobs)
+
+
+def test_langchain_chat_openai_over_the_engine(lm, engine_url):
+    chat_openai = pytest.importorskip("langchain_openai")
+    model = chat_openai.ChatOpenAI(
+        base_url=f"{engine_url}/v1", api_key="unused", model="tiny", temperature=0, max_tokens=12
+    )
+    answer = model.invoke([("system", CHAT[0]["content"]), ("human", CHAT[1]["content"])])
+    assert answer.content == chat_reference(lm, 12)
