@@ -49,12 +49,11 @@ def time_method(model, prompt_ids: list[int], params: SamplingParams) -> tuple[f
 
 def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> dict:
     target = runtime.load(args.target, backend="ort-cpu", variant=variant, threads=args.threads)
-    draft = runtime.load(args.draft, backend="ort-cpu", variant=variant, threads=args.threads)
-    methods = {
-        "target alone": target,
-        "draft model": SpeculativeLM(target, draft, k=args.k),
-        "prompt lookup": SpeculativeLM(target, None, k=args.k),
-    }
+    methods = {"target alone": target, "prompt lookup": SpeculativeLM(target, None, k=args.k)}
+    draft = None
+    if args.draft:
+        draft = runtime.load(args.draft, backend="ort-cpu", variant=variant, threads=args.threads)
+        methods["draft model"] = SpeculativeLM(target, draft, k=args.k)
     params = SamplingParams(temperature=0, max_new_tokens=args.max_new_tokens, ignore_eos=True)
     encoded = [target.encode([p])[0] for p in prompts]
     rates: dict[str, list[float]] = {m: [] for m in methods}
@@ -77,7 +76,7 @@ def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> d
     return {
         "variant": variant,
         "target_variant": target.variant,
-        "draft_variant": draft.variant,
+        "draft_variant": draft.variant if draft is not None else None,
         "identical_greedy_text": identical,
         "tokens_per_s": {m: statistics.median(r) for m, r in rates.items()},
         "rounds_tokens_per_s": rates,
@@ -91,7 +90,7 @@ def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> d
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target", default="runs/spec-mini")
-    p.add_argument("--draft", default="runs/demo")
+    p.add_argument("--draft", default="runs/demo", help="draft model dir ('' for none)")
     p.add_argument("--variants", default="gqa,gqa-int8,gqa-int4")
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -121,20 +120,24 @@ def main() -> None:
 
 def table(result: dict) -> str:
     lines = [
-        "| variant | target alone tok/s | draft model tok/s (×) | acceptance | "
-        "prompt lookup tok/s (×) | acceptance | greedy text identical |",
+        "| variant | target alone tok/s | prompt lookup tok/s (×) | acceptance | "
+        "draft model tok/s (×) | acceptance | greedy text identical |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         t, s, a = r["tokens_per_s"], r["speedup"], r["acceptance"]
+        draft = "-"
+        if "draft model" in t:
+            draft = (
+                f"{t['draft model']:.0f} ({s['draft model']:.2f}×) | {a.get('draft model', 0):.0%}"
+            )
         lines.append(
-            f"| {r['variant']} | {t['target alone']:.0f} | {t['draft model']:.0f} "
-            f"({s['draft model']:.2f}×) | {a.get('draft model', 0):.0%} | "
-            f"{t['prompt lookup']:.0f} ({s['prompt lookup']:.2f}×) | "
-            f"{a.get('prompt lookup', 0):.0%} | {r['identical_greedy_text']} |"
+            f"| {r['variant']} | {t['target alone']:.0f} | {t['prompt lookup']:.0f} "
+            f"({s['prompt lookup']:.2f}×) | {a.get('prompt lookup', 0):.0%} | "
+            f"{draft if draft != '-' else '- | -'} | {r['identical_greedy_text']} |"
         )
     lines.append(
-        f"\nTarget {result['target']}, draft {result['draft']} (same tokenizer), "
+        f"\nTarget {result['target']}, draft {result['draft'] or 'none'} (same tokenizer), "
         f"{result['k']} guesses per target call, {result['prompts']} held-out stdlib "
         f"prompts × {result['max_new_tokens']} greedy tokens, batch 1, "
         f"{result['threads']} threads; medians of {result['rounds']} interleaved rounds."
