@@ -52,10 +52,12 @@ bench-results: setup
 	$(BIN)/python -m benchmarks.prune_speed --sizes mini,small,medium --rounds 5
 	$(BIN)/python -m benchmarks.serve_load runs/demo --seconds 6 --rounds 5
 	$(BIN)/python -m benchmarks.serve_abuse runs/demo --clients 64 --seconds 60 --rounds 2
-	$(BIN)/python -m benchmarks.serve_mixed runs/demo --clients 1,4,16,64 --seconds 20 --rounds 3
+	$(BIN)/python -m benchmarks.serve_mixed runs/demo --clients 1,4,16,64 --seconds 15 --rounds 3
+	$(BIN)/python -m benchmarks.speculative --target runs/demo --draft "" --rounds 5
 	$(BIN)/python -m benchmarks.export_cost
 	$(BIN)/python -m benchmarks.train_throughput --big ""
 	$(BIN)/python -m benchmarks.ddp_scaling
+	$(BIN)/python -m benchmarks.tune_compare
 	$(BIN)/python -m benchmarks.report
 
 # Re-pin constraints.txt to what .venv holds now (after a deliberate upgrade and a green `make test`).

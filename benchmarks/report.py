@@ -32,6 +32,13 @@ SECTIONS = [
     ),
     ("serve", "HTTP server under load (loopback)", "serve_load.md"),
     (
+        "serve-mixed",
+        "Continuous vs static batching under a mixed Poisson load (TTFT, inter-token latency)",
+        "serve_mixed.md",
+    ),
+    ("serve-abuse", "The server under 10 % hostile traffic", "serve_abuse.md"),
+    ("speculative", "Speculative decoding: prompt lookup and draft models", "speculative.md"),
+    (
         "export",
         "Export and quantize cost per preset (time, peak memory), and the fp32 graphs' speed",
         "export_cost.md",
