@@ -45,6 +45,7 @@ SECTIONS = [
     ),
     ("train", "Training throughput and MFU", "train_throughput.md"),
     ("ddp", "Distributed training: 1 vs 2 processes (DDP, gloo, CPU)", "ddp_scaling.md"),
+    ("tune", "Hyperparameter search: TPE vs random at equal trials", "tune_compare.md"),
 ]
 
 
