@@ -183,7 +183,10 @@ def test_repetition_penalty_changes_greedy_choice():
         ({"top_k": -1}, r"top_k=-1.*>= 0"),
         ({"top_p": 0.0}, r"top_p=0\.0.*0 < top_p <= 1"),
         ({"top_p": 1.5}, r"top_p=1\.5.*0 < top_p <= 1"),
-        ({"repetition_penalty": 0.0}, r"repetition_penalty=0\.0.*0\.001 <= repetition_penalty <= 1000"),
+        (
+            {"repetition_penalty": 0.0},
+            r"repetition_penalty=0\.0.*0\.001 <= repetition_penalty <= 1000",
+        ),
         ({"max_new_tokens": 0}, r"max_new_tokens=0.*>= 1"),
         ({"stop": ("ok", "")}, r"stop=.*non-empty"),
     ],
