@@ -84,7 +84,8 @@ def cmd_models(args: argparse.Namespace) -> int:
             f"{r.family:<6} {r.name:<7} {_count(r.params):>9} {r.layers:>6} {r.width:>5} {r.heads:>5} {r.kv_heads:>3} {r.context:>5} {r.vocab:>6} {mem}"
         )
     print(
-        "\nlm = decoder LM (Llama: RMSNorm, RoPE, SwiGLU, grouped-query attention); cls = encoder classifier (BERT)."
+        "\nlm = decoder LM (Llama: RMSNorm, RoPE, SwiGLU, grouped-query attention); cls = encoder classifier (BERT);\n"
+        "s2s = encoder-decoder (T5 v1.1: relative position buckets, gated GELU; layers = per stack, ctx = default max length)."
     )
     print("Memory is weights only; params count the default vocabulary and tied embeddings once.")
     return 0

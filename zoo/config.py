@@ -1,7 +1,7 @@
 """Architecture configs that round-trip through Hugging Face ``config.json``.
 
 A config is plain data. ``to_hf_dict`` writes exactly the keys transformers'
-``LlamaConfig`` / ``BertConfig`` read, so ``AutoModel*.from_pretrained(model_dir)``
+``LlamaConfig`` / ``BertConfig`` / ``T5Config`` read, so ``AutoModel*.from_pretrained(model_dir)``
 opens our dirs unchanged; ``from_hf_dict`` reads theirs back.
 """
 
@@ -257,7 +257,122 @@ class BertConfig:
         )
 
 
-ModelConfig = LlamaConfig | BertConfig
+# feed_forward_proj values the s2s family implements: (activation, gated).
+T5_FEED_FORWARD = {
+    "relu": ("relu", False),
+    "gated-relu": ("relu", True),
+    "gated-gelu": ("gelu_new", True),  # T5 v1.1: tanh-approximated GELU
+    "gated-silu": ("silu", True),
+}
+
+
+@dataclass
+class T5Config:
+    """Encoder–decoder, T5-style: relative position buckets, RMS layer norm, no biases.
+
+    Field names follow the other families (``hidden_size``, ``num_hidden_layers``...) so
+    presets and ``--layers/--width`` treat it alike; ``to_hf_dict`` writes T5's own keys.
+    """
+
+    family: ClassVar[str] = "s2s"
+    vocab_size: int = 4096
+    hidden_size: int = 128  # d_model
+    intermediate_size: int = 256  # d_ff
+    num_hidden_layers: int = 2  # encoder blocks (num_layers)
+    num_decoder_layers: int | None = None  # None: as many as the encoder
+    num_attention_heads: int = 4
+    explicit_head_dim: int | None = None  # d_kv when not hidden_size // heads
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    layer_norm_epsilon: float = 1e-6
+    feed_forward_proj: str = "gated-gelu"
+    tie_word_embeddings: bool = True
+    max_position_embeddings: int = 512  # longest source/target trained on (n_positions)
+    pad_token_id: int = PAD_ID
+    eos_token_id: int = EOS_ID
+    decoder_start_token_id: int = PAD_ID  # T5 starts decoding from <pad>
+    preset: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_decoder_layers == self.num_hidden_layers:
+            self.num_decoder_layers = None
+        if self.explicit_head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                f"{self.num_attention_heads}; pick a width that is a multiple of the heads."
+            )
+        if self.explicit_head_dim == self.hidden_size // self.num_attention_heads:
+            self.explicit_head_dim = None  # one spelling per architecture
+        if self.feed_forward_proj not in T5_FEED_FORWARD:
+            raise ConfigError(
+                f"feed_forward_proj {self.feed_forward_proj!r} is not supported; use one of "
+                f"{', '.join(T5_FEED_FORWARD)}."
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.explicit_head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.num_decoder_layers or self.num_hidden_layers
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        d = {
+            "architectures": ["T5ForConditionalGeneration"],
+            "model_type": "t5",
+            "vocab_size": self.vocab_size,
+            "d_model": self.hidden_size,
+            "d_kv": self.head_dim,
+            "d_ff": self.intermediate_size,
+            "num_layers": self.num_hidden_layers,
+            "num_decoder_layers": self.decoder_layers,
+            "num_heads": self.num_attention_heads,
+            "relative_attention_num_buckets": self.relative_attention_num_buckets,
+            "relative_attention_max_distance": self.relative_attention_max_distance,
+            "dropout_rate": 0.0,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "initializer_factor": 1.0,
+            "feed_forward_proj": self.feed_forward_proj,
+            "is_encoder_decoder": True,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "n_positions": self.max_position_embeddings,
+            "pad_token_id": self.pad_token_id,
+            "eos_token_id": self.eos_token_id,
+            "decoder_start_token_id": self.decoder_start_token_id,
+            "torch_dtype": "float32",
+            "use_cache": True,
+        }
+        if self.preset:
+            d["edgezoo_preset"] = self.preset
+        return d
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any]) -> T5Config:
+        if d.get("model_type") != "t5":
+            raise ConfigError(f"expected model_type 't5', got {d.get('model_type')!r}")
+        return cls(
+            vocab_size=d["vocab_size"],
+            hidden_size=d["d_model"],
+            intermediate_size=d["d_ff"],
+            num_hidden_layers=d["num_layers"],
+            num_decoder_layers=d.get("num_decoder_layers"),
+            num_attention_heads=d["num_heads"],
+            explicit_head_dim=d.get("d_kv"),
+            relative_attention_num_buckets=d.get("relative_attention_num_buckets", 32),
+            relative_attention_max_distance=d.get("relative_attention_max_distance", 128),
+            layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-6),
+            feed_forward_proj=d.get("feed_forward_proj", "relu"),
+            tie_word_embeddings=d.get("tie_word_embeddings", True),
+            max_position_embeddings=d.get("n_positions") or 512,
+            pad_token_id=_first(d.get("pad_token_id"), PAD_ID),
+            eos_token_id=_first(d.get("eos_token_id"), EOS_ID),
+            decoder_start_token_id=_first(d.get("decoder_start_token_id"), PAD_ID),
+            preset=d.get("edgezoo_preset"),
+        )
+
+
+ModelConfig = LlamaConfig | BertConfig | T5Config
 
 
 def config_from_hf_dict(d: dict[str, Any]) -> ModelConfig:
@@ -269,10 +384,10 @@ def config_from_hf_dict(d: dict[str, Any]) -> ModelConfig:
     kind = d.get("model_type")
     if kind is None:
         raise ConfigError(
-            "config.json names no model_type (llama or bert for zoo models); restore the file "
+            "config.json names no model_type (llama, bert or t5 for zoo models); restore the file "
             "from the source model or re-create the model dir."
         )
-    family = {"llama": LlamaConfig, "bert": BertConfig}.get(kind)
+    family = {"llama": LlamaConfig, "bert": BertConfig, "t5": T5Config}.get(kind)
     if family is not None:
         try:
             return family.from_hf_dict(d)
@@ -289,7 +404,7 @@ def config_from_hf_dict(d: dict[str, Any]) -> ModelConfig:
                 "the file from the source model or re-create the model dir."
             ) from None
     raise ConfigError(
-        f"model_type {kind!r} is not a zoo family (llama, bert). For other Hugging Face "
+        f"model_type {kind!r} is not a zoo family (llama, bert, t5). For other Hugging Face "
         f"models use `edgezoo export --from-hf DIR`, which goes through optimum."
     )
 

@@ -19,8 +19,9 @@ from edgezoo import atomic
 from edgezoo.errors import CheckpointError, ConfigError
 from edgezoo.model_card import write_card
 from edgezoo.zoo.bert import BertForSequenceClassification
-from edgezoo.zoo.config import BertConfig, LlamaConfig, ModelConfig, config_from_hf_dict
+from edgezoo.zoo.config import BertConfig, LlamaConfig, ModelConfig, T5Config, config_from_hf_dict
 from edgezoo.zoo.llama import LlamaForCausalLM, LlamaForSequenceClassification
+from edgezoo.zoo.t5 import T5ForConditionalGeneration
 
 GENERATION_CONFIG_FILE = "generation_config.json"
 CONFIG_FILE = "config.json"
@@ -32,6 +33,8 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         return LlamaForSequenceClassification(cfg) if cfg.id2label else LlamaForCausalLM(cfg)
     if isinstance(cfg, BertConfig):
         return BertForSequenceClassification(cfg)
+    if isinstance(cfg, T5Config):
+        return T5ForConditionalGeneration(cfg)
     raise ConfigError(f"no model family for config {type(cfg).__name__}")
 
 
@@ -50,7 +53,8 @@ def store_tied_once(state: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tens
 def with_tied(state: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
     """The inverse: a full state dict (both names) for ``load_state_dict``-style APIs."""
     if getattr(cfg, "tie_word_embeddings", False) and "lm_head.weight" not in state:
-        state = {**state, "lm_head.weight": state["model.embed_tokens.weight"]}
+        embed = "shared.weight" if isinstance(cfg, T5Config) else "model.embed_tokens.weight"
+        state = {**state, "lm_head.weight": state[embed]}
     return state
 
 
@@ -60,7 +64,8 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
 
 
 def save_config(cfg: ModelConfig, folder: str | Path) -> None:
-    """config.json, and for a causal LM the generation_config.json transformers reads."""
+    """config.json, and for a causal LM or seq2seq model the generation_config.json
+    transformers reads."""
     atomic.write_json(Path(folder) / CONFIG_FILE, cfg.to_hf_dict())
     if isinstance(cfg, LlamaConfig) and not cfg.id2label:
         atomic.write_json(
@@ -70,6 +75,15 @@ def save_config(cfg: ModelConfig, folder: str | Path) -> None:
                 "eos_token_id": cfg.eos_token_id,
                 "pad_token_id": cfg.pad_token_id,
                 "max_length": cfg.max_position_embeddings,
+            },
+        )
+    if isinstance(cfg, T5Config):
+        atomic.write_json(
+            Path(folder) / GENERATION_CONFIG_FILE,
+            {
+                "decoder_start_token_id": cfg.decoder_start_token_id,
+                "eos_token_id": cfg.eos_token_id,
+                "pad_token_id": cfg.pad_token_id,
             },
         )
 

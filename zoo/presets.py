@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from edgezoo.errors import ConfigError
-from edgezoo.zoo.config import BertConfig, LlamaConfig, ModelConfig
+from edgezoo.zoo.config import BertConfig, LlamaConfig, ModelConfig, T5Config
 
 # name: (hidden, layers, heads, kv_heads, intermediate, context, vocab)
 LM_PRESETS: dict[str, tuple[int, ...]] = {
@@ -36,7 +36,19 @@ CLS_PRESETS: dict[str, tuple[int, ...]] = {
     "xl": (1280, 36, 20, 5120, 512, 32000),
 }
 
-FAMILIES = ("lm", "cls")
+# name: (d_model, layers per stack, heads, d_ff, context, vocab); gated-GELU MLP as
+# T5 v1.1, whose small/base/large shapes the upper rungs take.
+S2S_PRESETS: dict[str, tuple[int, ...]] = {
+    "nano": (128, 2, 4, 256, 256, 4096),
+    "micro": (192, 3, 6, 512, 512, 8192),
+    "mini": (256, 4, 4, 768, 512, 8192),
+    "small": (512, 8, 8, 1024, 512, 16384),
+    "medium": (768, 8, 12, 2048, 512, 32000),
+    "base": (768, 12, 12, 2048, 512, 32000),
+    "large": (1024, 24, 16, 2816, 512, 32000),
+}
+
+FAMILIES = ("lm", "cls", "s2s")
 
 
 def preset_names(family: str) -> list[str]:
@@ -61,6 +73,18 @@ def make_config(
             num_hidden_layers=n_layers,
             num_attention_heads=heads,
             num_key_value_heads=kv,
+            max_position_embeddings=ctx,
+            tie_word_embeddings=size in ("nano", "micro", "mini", "small"),
+            preset=size,
+        )
+    elif family == "s2s":
+        d, n_layers, heads, ff, ctx, vocab = table[size]
+        cfg = T5Config(
+            vocab_size=vocab_size or vocab,
+            hidden_size=d,
+            intermediate_size=ff,
+            num_hidden_layers=n_layers,
+            num_attention_heads=heads,
             max_position_embeddings=ctx,
             tie_word_embeddings=size in ("nano", "micro", "mini", "small"),
             preset=size,
@@ -119,6 +143,8 @@ def _table(family: str) -> dict[str, tuple[int, ...]]:
         return LM_PRESETS
     if family == "cls":
         return CLS_PRESETS
+    if family == "s2s":
+        return S2S_PRESETS
     raise ConfigError(f"unknown family {family!r}; valid families: {', '.join(FAMILIES)}")
 
 
@@ -146,11 +172,23 @@ def count_params(cfg: ModelConfig) -> int:
         per_layer = 2 * d * q + 2 * d * kv + 3 * d * ff + 2 * d
         head = 0 if cfg.tie_word_embeddings else v * d
         return v * d + n * per_layer + d + head
+    if isinstance(cfg, T5Config):
+        return _t5_params(cfg)
     attn = sum(cfg.heads_in_layer(i) * cfg.head_dim for i in range(n))  # narrower when pruned
     per_layer = 2 * d * ff + ff + d + d + 4 * d  # MLP, attention output bias, 2 LayerNorms
     total_layers = n * per_layer + 4 * d * attn + 3 * attn
     emb = (v + cfg.max_position_embeddings + cfg.type_vocab_size) * d + 2 * d
     return emb + total_layers + d * d + d + d * cfg.num_labels + cfg.num_labels
+
+
+def _t5_params(cfg: T5Config) -> int:
+    d, v, inner = cfg.hidden_size, cfg.vocab_size, cfg.num_attention_heads * cfg.head_dim
+    mlp = (3 if cfg.feed_forward_proj.startswith("gated") else 2) * d * cfg.intermediate_size
+    attn = 4 * d * inner
+    bias = cfg.relative_attention_num_buckets * cfg.num_attention_heads  # one table per stack
+    encoder = cfg.num_hidden_layers * (attn + mlp + 2 * d) + bias + d
+    decoder = cfg.decoder_layers * (2 * attn + mlp + 3 * d) + bias + d
+    return v * d + encoder + decoder + (0 if cfg.tie_word_embeddings else v * d)
 
 
 def summaries() -> list[PresetSummary]:

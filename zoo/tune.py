@@ -28,7 +28,11 @@ from edgezoo.zoo.tune_cli import PRUNERS, SAMPLERS
 from edgezoo.zoo.tune_space import Param, build_space, grid_of, trial_settings
 
 # What a trial is scored on, per family, and which way is better.
-OBJECTIVE = {"lm": ("val_loss", "minimize"), "cls": ("val_accuracy", "maximize")}
+OBJECTIVE = {
+    "lm": ("val_loss", "minimize"),
+    "cls": ("val_accuracy", "maximize"),
+    "s2s": ("val_loss", "minimize"),
+}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 

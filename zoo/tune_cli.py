@@ -23,7 +23,7 @@ def register(subparsers: Any) -> None:
         "Writes best_command.txt (a ready `edgezoo train` line), best_params.json and plots.",
     )
     s.add_argument("--out", required=True, help="folder for the study, trials and results")
-    s.add_argument("--family", choices=FAMILIES, default="lm", help="lm or cls")
+    s.add_argument("--family", choices=FAMILIES, default="lm", help="lm, cls or s2s")
     s.add_argument("--size", default="nano", help="base size preset (its parameter budget)")
     s.add_argument("--data", help="corpus to tune on (default: the built-in one)")
     s.add_argument("--steps", type=at_least(1), default=200, help="training steps per trial")
