@@ -30,7 +30,8 @@ def register(subparsers: Any) -> None:
         "--nproc",
         type=int,
         default=1,
-        help="processes on this machine (>1: runs torchrun for you; DDP, or FSDP with --fsdp)",
+        help="processes on this machine (>1: runs torchrun for you; DDP, or FSDP with --fsdp; "
+        "with --tp T, T-way tensor parallel × N/T-way data parallel)",
     )
     s.add_argument(
         "--max-restarts",
@@ -104,6 +105,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.nproc > 1:
         from edgezoo.zoo.launch import launch
+        from edgezoo.zoo.tensor_parallel import check_launch
+        from edgezoo.zoo.train_config import config_from_args
+
+        check_launch(config_from_args(args), args.nproc)
 
         code = launch(args.nproc, sys.argv[1:], args.max_restarts)
         write_card(args.out)

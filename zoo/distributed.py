@@ -1,8 +1,10 @@
-"""Process-group plumbing for ``torchrun``: DDP by default, FSDP2 on request.
+"""Process-group plumbing for ``torchrun``: DDP by default, FSDP2 on request, and
+tensor parallelism (``--tp``) on a 2-D device mesh (data-parallel × tensor-parallel).
 
 A run is distributed exactly when torchrun set ``WORLD_SIZE`` > 1; the backend follows
 the device (NCCL on CUDA, gloo on CPU). With one process every helper is a no-op, so the
-training loop reads the same either way.
+training loop reads the same either way. Ranks of one tensor-parallel group read the same
+examples: data is split over the data-parallel ranks (``dp_rank`` of ``dp_world``) only.
 """
 
 from __future__ import annotations
@@ -24,10 +26,21 @@ class Dist:
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     fsdp: bool = False
+    tp: int = 1  # tensor-parallel degree: consecutive ranks form one TP group
+    mesh: Any = None  # DeviceMesh ("dp", "tp") when tp > 1
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def dp_world(self) -> int:
+        """Data-parallel replicas: each reads its own slice of the global batch."""
+        return self.world // self.tp
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.tp
 
     @property
     def active(self) -> bool:
@@ -53,23 +66,43 @@ class Dist:
         return t / self.world
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """DDP, or FSDP2 (``fully_shard``: each block, then the root) with ``fsdp=True``.
+        """DDP, or FSDP2 (``fully_shard``: each block, then the root) with ``fsdp=True``;
+        with ``tp > 1``, tensor-parallel blocks first, then FSDP2 over the "dp" mesh dim.
 
         FSDP2 shards parameters, gradients and optimizer state and, unlike FSDP1, also runs
         on CPU with gloo — so the code path that shards across GPUs is tested here too.
         """
         if not self.active:
             return model
+        if self.tp > 1:
+            from edgezoo.zoo.tensor_parallel import apply_tp
+
+            apply_tp(model, self.mesh["tp"])
+            if self.dp_world == 1:
+                return model  # pure TP: gradients of a TP group need no averaging
+            if not self.fsdp:
+                return _replicate_over(model, self.mesh["dp"])
         if self.fsdp:
             from torch.distributed.fsdp import fully_shard
 
+            dp_mesh = self.mesh["dp"] if self.tp > 1 else None
             for block in _blocks(model):
-                fully_shard(block)
-            fully_shard(model)
+                fully_shard(block, mesh=dp_mesh)
+            fully_shard(model, mesh=dp_mesh)
             return model  # fully_shard converts the module in place
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        return DDP(model, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
+        group = self.mesh.get_group("dp") if self.tp > 1 else None
+        ids = [self.local_rank] if self.device.type == "cuda" else None
+        return DDP(model, device_ids=ids, process_group=group)
+
+    def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor:
+        """Clip the global gradient norm; TP mixes DTensor and plain parameters."""
+        if self.tp > 1:
+            from edgezoo.zoo.tensor_parallel import clip_grad_norm
+
+            return clip_grad_norm(list(model.parameters()), max_norm)
+        return nn.utils.clip_grad_norm_(model.parameters(), max_norm)
 
     def no_sync_unless(self, model: nn.Module, sync: bool):
         """Skip DDP's gradient all-reduce on accumulation micro-steps but the last."""
@@ -118,14 +151,29 @@ def _blocks(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, DecoderLayer | EncoderLayer)]
 
 
+def _replicate_over(model: nn.Module, dp_mesh) -> nn.Module:
+    """DDP for a tensor-parallel model: DDP itself cannot bucket DTensor gradients, so
+    TP × DDP uses PyTorch's FSDP2-based ``replicate`` (whole parameters on every data-
+    parallel rank, gradients all-reduced per block), which keeps DTensors intact."""
+    from torch.distributed._composable.replicate_with_fsdp import replicate
+
+    for block in _blocks(model):
+        replicate(block, mesh=dp_mesh)
+    replicate(model, mesh=dp_mesh)
+    return model
+
+
 def restarted_by_torchrun() -> bool:
     """True when torchrun's --max-restarts brought this worker back after a failure."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
-def setup(device: str = "auto", fsdp: bool = False) -> Dist:
+def setup(device: str = "auto", fsdp: bool = False, tp: int = 1) -> Dist:
     """Join the process group torchrun describes in the environment (if any)."""
+    from edgezoo.zoo.tensor_parallel import check_layout
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    check_layout(tp, world, fsdp)
     if world <= 1:
         if fsdp:
             from edgezoo.errors import ConfigError
@@ -151,7 +199,12 @@ def setup(device: str = "auto", fsdp: bool = False) -> Dist:
             torch_dist.init_process_group(
                 backend="gloo", store=_attempt_store(world), rank=rank, world_size=world
             )
-    return Dist(rank, world, local_rank, dev, fsdp)
+    mesh = None
+    if tp > 1:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh(dev.type, (world // tp, tp), mesh_dim_names=("dp", "tp"))
+    return Dist(rank, world, local_rank, dev, fsdp, tp, mesh)
 
 
 def _attempt_store(world: int) -> torch_dist.Store | None:

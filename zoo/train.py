@@ -35,6 +35,7 @@ from edgezoo.zoo import checkpoint as ckpt
 from edgezoo.zoo.config import ModelConfig
 from edgezoo.zoo.modeldir import build_model, save_model_dir, store_tied_once, with_tied
 from edgezoo.zoo.presets import FAMILIES, make_config
+from edgezoo.zoo.tensor_parallel import check_tp
 from edgezoo.zoo.tokenizer import save_tokenizer
 from edgezoo.zoo.train_config import TrainConfig, add_arguments, config_from_args
 from edgezoo.zoo.train_setup import (
@@ -151,6 +152,7 @@ class _Run:
             "model_config": self.model_cfg.to_hf_dict(),
             "train_config": asdict(self.cfg),
             "world_size": self.dist.world,
+            "tensor_parallel": self.dist.tp,
         }
 
 
@@ -158,7 +160,7 @@ def train(cfg: TrainConfig, on_eval: EvalCallback | None = None) -> TrainResult:
     """Train (or resume) a model into ``cfg.out`` and return its final evaluation.
 
     ``on_eval(step, metrics)`` sees every mid-run evaluation (on each process; ranks other
-    than 0 get ``{}`` unless under FSDP); an exception it raises ends the run there, with
+    than 0 get ``{}`` unless under FSDP or TP); an exception it raises ends the run there, with
     the log closed and no final save (a search abandoning a trial, not a Ctrl-C)."""
     cfg, dist, device = _start(cfg)
     tok, context, task, labels = prepare_data(cfg, dist, Path(cfg.out))
@@ -182,15 +184,15 @@ def _start(cfg: TrainConfig) -> tuple[TrainConfig, Dist, torch.device]:
     if cfg.family not in FAMILIES:
         raise ConfigError(f"unknown family {cfg.family!r}; valid families: {', '.join(FAMILIES)}")
     make_config(cfg.family, cfg.size)  # validates the size early, listing valid ones
-    dist = distributed.setup(cfg.device, cfg.fsdp)
+    dist = distributed.setup(cfg.device, cfg.fsdp, cfg.tp)
     device = dist.device if dist.world > 1 else pick_device(cfg.device)
     out = Path(cfg.out)
     if distributed.restarted_by_torchrun() and ckpt.list_checkpoints(out):
         cfg = replace(cfg, resume=True)  # torchrun --max-restarts brought us back: continue
     check_resumable(out, cfg)
-    if cfg.batch_size % (cfg.grad_accum * dist.world):
+    if cfg.batch_size % (cfg.grad_accum * dist.dp_world):
         raise ConfigError(
-            f"batch_size {cfg.batch_size} must be divisible by grad_accum × processes = {cfg.grad_accum * dist.world}."
+            f"batch_size {cfg.batch_size} must be divisible by grad_accum × data-parallel processes = {cfg.grad_accum * dist.dp_world}."
         )
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -207,6 +209,7 @@ def _build(
 ) -> _Run:
     """Model, optimizer and schedule, seeded, wrapped and (on resume) restored, in this order."""
     model_cfg = model_config(cfg, tok.get_vocab_size(), labels)
+    check_tp(model_cfg, dist.tp)
     if model_cfg.vocab_size < tok.get_vocab_size():
         raise ConfigError(
             f"tokenizer has {tok.get_vocab_size()} tokens but the model only {model_cfg.vocab_size}."
@@ -244,7 +247,7 @@ def _build(
         cfg=cfg,
         dist=dist,
         device=device,
-        micro=cfg.batch_size // (cfg.grad_accum * dist.world),
+        micro=cfg.batch_size // (cfg.grad_accum * dist.dp_world),
         task=task,
         model_cfg=model_cfg,
         model=model,
@@ -290,8 +293,8 @@ def _save(run: _Run, step: int) -> dict[str, torch.Tensor]:
 
 
 def _evaluate(run: _Run) -> dict[str, float]:
-    """FSDP's forward is a collective, so every rank evaluates; otherwise rank 0 alone."""
-    if not (run.dist.fsdp or run.dist.is_main):
+    """FSDP's and TP's forward is a collective, so every rank evaluates; else rank 0 alone."""
+    if not (run.dist.fsdp or run.dist.tp > 1 or run.dist.is_main):
         return {}
     run.model.eval()
     return run.task.evaluate(
@@ -383,7 +386,7 @@ def _step(run: _Run, step: int) -> tuple[float, torch.Tensor]:
     cfg, dist, micro, device = run.cfg, run.dist, run.micro, run.device
     run.model.train()
     loss_sum = torch.zeros((), device=device)
-    first = step * cfg.batch_size + dist.rank * micro * cfg.grad_accum
+    first = step * cfg.batch_size + dist.dp_rank * micro * cfg.grad_accum
     for m in range(cfg.grad_accum):
         idx = run.task.sampler.items(first + m * micro, micro)
         with (
@@ -393,7 +396,7 @@ def _step(run: _Run, step: int) -> tuple[float, torch.Tensor]:
             loss = run.task.loss(run.train_model, idx, device) / cfg.grad_accum
         loss.backward()
         loss_sum += loss.detach()
-    grad_norm = nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    grad_norm = dist.clip_grad_norm(run.model, cfg.grad_clip)
     with _interrupts_deferred():  # weights, schedule and step count move together
         run.optimizer.step()
         run.scheduler.step()

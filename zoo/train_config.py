@@ -43,6 +43,7 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     fsdp: bool = False
+    tp: int = 1  # tensor-parallel degree (Llama family, under torchrun)
     resume: bool = False
     init_from: str | None = None
     text_field: str = "text"
@@ -178,6 +179,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--resume", action="store_true", help="continue from the newest valid checkpoint in --out"
+    )
+    p.add_argument(
+        "--tp",
+        type=at_least(1),
+        default=d.tp,
+        help="tensor parallelism: split each layer's heads and MLP over this many processes "
+        "(lm only; --nproc a multiple of it; the rest is data parallel, DDP or --fsdp)",
     )
     p.add_argument(
         "--init-from", help="start from this model dir's weights and tokenizer (fine-tuning)"
