@@ -14,6 +14,14 @@ varied, well-written text: its standard library's source and docstrings.
   ``per_class`` samples chosen by a seeded shuffle, so the set is balanced. The text is
   the function's source (first 1,500 characters). The task: which part of the standard
   library does this code come from?
+* ``builtin:stdlib-doc`` (sequence to sequence, ``stdlib_docstring_pairs``): every
+  function or method in the same files as ``builtin:stdlib`` (minus the packages
+  ``builtin:stdlib-cls`` leaves out) whose docstring's first line, stripped, is 8 to 120
+  characters and whose body has a statement besides the docstring. The source is the
+  function's code from its ``def`` line to its last line, with the docstring's lines
+  removed, dedented and cut to 1,500 characters; the target is that first docstring line.
+  Its id is ``path:line:name``, which the train/validation split hashes. The task:
+  summarise what this code does, in the words its author chose.
 """
 
 from __future__ import annotations
@@ -21,12 +29,14 @@ from __future__ import annotations
 import ast
 import random
 import sysconfig
+import textwrap
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
 LM_CORPUS = "builtin:stdlib"
 CLS_CORPUS = "builtin:stdlib-cls"
+S2S_CORPUS = "builtin:stdlib-doc"
 _SKIP_PARTS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
 _SKIP_PACKAGES = {
     "idlelib",
@@ -92,3 +102,39 @@ def stdlib_functions(
         rng.shuffle(items)
         samples.extend((text, package) for text in items[:per_class])
     return samples
+
+
+def stdlib_docstring_pairs() -> list[tuple[str, str, str]]:
+    """(id, code without its docstring, first docstring line) for each documented function."""
+    root = stdlib_root()
+    pairs = []
+    for path in stdlib_files():
+        rel = path.relative_to(root)
+        if rel.parts[0] in _SKIP_PACKAGES:
+            continue
+        source = path.read_text(encoding="utf-8", errors="replace")
+        try:
+            tree = ast.parse(source)
+        except (SyntaxError, ValueError):
+            continue
+        lines = source.splitlines(keepends=True)
+        for node in ast.walk(tree):
+            pair = _code_and_summary(node, lines) if _documented(node) else None
+            if pair is not None:
+                pairs.append((f"{rel.as_posix()}:{node.lineno}:{node.name}", *pair))
+    return pairs
+
+
+def _documented(node: ast.AST) -> bool:
+    return isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and bool(
+        ast.get_docstring(node)
+    )
+
+
+def _code_and_summary(node: ast.FunctionDef, lines: list[str]) -> tuple[str, str] | None:
+    summary = ast.get_docstring(node).strip().splitlines()[0].strip()
+    doc = node.body[0]
+    if not 8 <= len(summary) <= 120 or len(node.body) < 2 or doc.lineno == node.lineno:
+        return None
+    kept = lines[node.lineno - 1 : doc.lineno - 1] + lines[doc.end_lineno : node.end_lineno]
+    return textwrap.dedent("".join(kept))[:1500], summary
