@@ -29,6 +29,9 @@ class EvalSplit:
     val_frac: float = 0.05
     text_field: str = "text"
     label_field: str = "label"
+    source_field: str = "source"
+    target_field: str = "target"
+    context: int | None = None  # the longest input training used (s2s: source tokens)
 
 
 def eval_split(model_dir: str | Path, family: str, source: str | None = None) -> EvalSplit:
@@ -36,12 +39,15 @@ def eval_split(model_dir: str | Path, family: str, source: str | None = None) ->
     run = Path(model_dir) / RUN_FILE
     fix = "restore it, or delete it and pass --data to choose the evaluation data."
     settings = read_object(run, fix) if run.is_file() else {}
-    default = corpus.LM_CORPUS if family == "lm" else corpus.CLS_CORPUS
+    default = {"lm": corpus.LM_CORPUS, "s2s": corpus.S2S_CORPUS}.get(family, corpus.CLS_CORPUS)
     return EvalSplit(
         source=source or settings.get("data") or default,
         val_frac=settings.get("val_frac", EvalSplit.val_frac),
         text_field=settings.get("text_field", EvalSplit.text_field),
         label_field=settings.get("label_field", EvalSplit.label_field),
+        source_field=settings.get("source_field", EvalSplit.source_field),
+        target_field=settings.get("target_field", EvalSplit.target_field),
+        context=settings.get("context"),
     )
 
 

@@ -1,4 +1,5 @@
-"""Evaluate a saved model dir on data: perplexity for LMs, accuracy/F1 for classifiers."""
+"""Evaluate a saved model dir on data: perplexity for LMs, accuracy/F1 for classifiers,
+chrF/BLEU of greedy generations for seq2seq models."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import torch
 
 from edgezoo import heldout
 from edgezoo.progress import stage
-from edgezoo.zoo import data, eval_split
-from edgezoo.zoo.config import LlamaConfig
+from edgezoo.zoo import data, eval_split, s2s_data
+from edgezoo.zoo.config import LlamaConfig, T5Config
 from edgezoo.zoo.metrics import classification_report
 from edgezoo.zoo.modeldir import load_model
 from edgezoo.zoo.tokenizer import load_tokenizer
-from edgezoo.zoo.train_tasks import score_windows
+from edgezoo.zoo.train_tasks import score_pairs, score_windows
 
 
 @torch.no_grad()
@@ -42,6 +43,8 @@ def _evaluate(
         windows, _ = eval_split.lm_windows(model_dir, source, split, max_tokens)
         return score_windows(model, windows, torch.device("cpu"), batch).report()
     tok = load_tokenizer(model_dir)
+    if isinstance(cfg, T5Config):
+        return _evaluate_s2s(model, tok, model_dir, source, split, batch)
     settings = eval_split.eval_split(model_dir, "cls", source)
     rows = data.read_labelled(settings.source, settings.text_field, settings.label_field)
     if split != "all":
@@ -56,3 +59,14 @@ def _evaluate(
         preds.append(model(ids, mask).argmax(-1).numpy())
     report = classification_report(dataset.labels, np.concatenate(preds), cfg.num_labels)
     return {**report, "examples": len(rows)}
+
+
+def _evaluate_s2s(model, tok, model_dir, source: str | None, split: str, batch: int) -> dict:
+    """The run's pairs, split and source length as training had them (``eval.json``'s numbers)."""
+    settings = eval_split.eval_split(model_dir, "s2s", source)
+    pairs = s2s_data.read_pairs(settings.source, settings.source_field, settings.target_field)
+    if split != "all":
+        pairs = s2s_data.split_pairs(pairs, settings.val_frac)[0 if split == "train" else 1]
+    context = settings.context or model.config.max_position_embeddings
+    encoded = s2s_data.encode_pairs(pairs, tok, context)
+    return score_pairs(model, encoded, tok, torch.device("cpu"), batch)

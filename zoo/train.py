@@ -46,7 +46,7 @@ from edgezoo.zoo.train_setup import (
     prepare_data,
     resume_point,
 )
-from edgezoo.zoo.train_tasks import ClassifyTask, LMTask
+from edgezoo.zoo.train_tasks import ClassifyTask, LMTask, Seq2SeqTask
 
 if TYPE_CHECKING:
     from edgezoo.zoo.distributed import Dist
@@ -124,7 +124,7 @@ class _Run:
     dist: Dist
     device: torch.device
     micro: int  # examples per forward pass on each process
-    task: LMTask | ClassifyTask
+    task: LMTask | ClassifyTask | Seq2SeqTask
     model_cfg: ModelConfig
     model: nn.Module  # the bare model: its parameters, state and evaluation
     train_model: nn.Module  # the same, wrapped (DDP/FSDP, torch.compile) for the forward pass
@@ -204,7 +204,7 @@ def _build(
     dist: Dist,
     device: torch.device,
     tok: Tokenizer,
-    task: LMTask | ClassifyTask,
+    task: LMTask | ClassifyTask | Seq2SeqTask,
     labels: list[str] | None,
 ) -> _Run:
     """Model, optimizer and schedule, seeded, wrapped and (on resume) restored, in this order."""

@@ -48,12 +48,15 @@ class TrainConfig:
     init_from: str | None = None
     text_field: str = "text"
     label_field: str = "label"
+    source_field: str = "source"  # s2s: JSONL/CSV columns of the source and target text
+    target_field: str = "target"
     tokenizer_chars: int = 20_000_000
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def resolved_data(self) -> str:
-        return self.data or (corpus.LM_CORPUS if self.family == "lm" else corpus.CLS_CORPUS)
+        builtin = {"lm": corpus.LM_CORPUS, "s2s": corpus.S2S_CORPUS}
+        return self.data or builtin.get(self.family, corpus.CLS_CORPUS)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,13 +65,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--family",
         choices=FAMILIES,
         default=d.family,
-        help="lm: decoder LM (Llama); cls: encoder classifier (BERT)",
+        help="lm: decoder LM (Llama); cls: encoder classifier (BERT); s2s: encoder-decoder (T5)",
     )
     p.add_argument("--size", default=d.size, help="size preset (see `edgezoo models`)")
     p.add_argument(
         "--data",
         default=None,
-        help=f"text file/folder/.jsonl (lm) or .csv/.jsonl with text+label (cls); default {corpus.LM_CORPUS} / {corpus.CLS_CORPUS}",
+        help=f"text file/folder/.jsonl (lm), .csv/.jsonl with text+label (cls) or source+target (s2s); default {corpus.LM_CORPUS} / {corpus.CLS_CORPUS} / {corpus.S2S_CORPUS}",
     )
     p.add_argument(
         "--out", required=True, help="model dir to write (checkpoints go in OUT/checkpoints)"
@@ -93,7 +96,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--context",
         type=at_least(2),
-        help="sequence length (default: preset context for lm, 128 for cls)",
+        help="sequence length (default: preset context for lm and s2s (longest source), 128 for cls)",
     )
     p.add_argument("--lr", type=positive, default=d.lr, help="peak learning rate (AdamW)")
     p.add_argument(
@@ -178,14 +181,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="shard parameters, gradients and optimizer state (FSDP2) across processes",
     )
     p.add_argument(
-        "--resume", action="store_true", help="continue from the newest valid checkpoint in --out"
-    )
-    p.add_argument(
         "--tp",
         type=at_least(1),
         default=d.tp,
         help="tensor parallelism: split each layer's heads and MLP over this many processes "
         "(lm only; --nproc a multiple of it; the rest is data parallel, DDP or --fsdp)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the newest valid checkpoint in --out"
     )
     p.add_argument(
         "--init-from", help="start from this model dir's weights and tokenizer (fine-tuning)"
@@ -194,6 +197,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--text-field", default=d.text_field, help="JSONL/CSV/Parquet column holding the text"
     )
     p.add_argument("--label-field", default=d.label_field, help="column holding the label (cls)")
+    p.add_argument(
+        "--source-field", default=d.source_field, help="column holding the source text (s2s)"
+    )
+    p.add_argument(
+        "--target-field", default=d.target_field, help="column holding the target text (s2s)"
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 

@@ -18,13 +18,13 @@ from torch import nn
 from edgezoo.errors import CheckpointError, ConfigError, DataError
 from edgezoo.jsonfile import read_object
 from edgezoo.zoo import checkpoint as ckpt
-from edgezoo.zoo import data
+from edgezoo.zoo import data, s2s_data
 from edgezoo.zoo.config import LlamaConfig, ModelConfig
 from edgezoo.zoo.modeldir import load_config
 from edgezoo.zoo.presets import make_config, resized
 from edgezoo.zoo.tokenizer import copy_tokenizer, load_tokenizer, train_tokenizer
 from edgezoo.zoo.train_config import TrainConfig
-from edgezoo.zoo.train_tasks import ClassifyTask, LMTask
+from edgezoo.zoo.train_tasks import ClassifyTask, LMTask, Seq2SeqTask
 
 if TYPE_CHECKING:
     from edgezoo.zoo.distributed import Dist
@@ -86,7 +86,7 @@ def check_resumable(out: Path, cfg: TrainConfig) -> dict[str, Any] | None:
 
 def prepare_data(
     cfg: TrainConfig, dist: Dist, out: Path
-) -> tuple[Tokenizer, int, LMTask | ClassifyTask, list[str] | None]:
+) -> tuple[Tokenizer, int, LMTask | ClassifyTask | Seq2SeqTask, list[str] | None]:
     """Tokenizer, context length, task and (for a classifier) the sorted label names."""
     source = cfg.resolved_data()
     preset_vocab = make_config(cfg.family, cfg.size).vocab_size
@@ -96,6 +96,9 @@ def prepare_data(
     if cfg.family == "lm":
         context = cfg.context or make_config("lm", cfg.size).max_position_embeddings
         return tok, context, _lm_task(cfg, dist, source, tok, context), None
+    if cfg.family == "s2s":  # context: the longest source, in tokens
+        context = cfg.context or make_config("s2s", cfg.size).max_position_embeddings
+        return tok, context, _s2s_task(cfg, source, tok, context), None
     context = cfg.context or 128
     task, labels = _classify_task(cfg, source, tok, context)
     return tok, context, task, labels
@@ -111,6 +114,9 @@ def _tokenizer(cfg: TrainConfig, out: Path, default_vocab: int) -> Tokenizer:
     source = cfg.resolved_data()
     if cfg.family == "lm":
         texts = (text for _, text in data.iter_documents(source, cfg.text_field))
+    elif cfg.family == "s2s":
+        pairs = s2s_data.read_pairs(source, cfg.source_field, cfg.target_field)
+        texts = iter(s2s_data.training_texts(pairs))
     else:
         texts = (text for text, _ in data.read_labelled(source, cfg.text_field, cfg.label_field))
     return train_tokenizer(texts, cfg.vocab_size or default_vocab, cfg.tokenizer_chars)
@@ -124,6 +130,17 @@ def _lm_task(cfg: TrainConfig, dist: Dist, source: str, tok: Tokenizer, context:
     if not dist.is_main:
         splits = data.token_cache(source, tok, cfg.val_frac, cfg.text_field)
     return LMTask(splits, context, cfg.seed)
+
+
+def _s2s_task(cfg: TrainConfig, source: str, tok: Tokenizer, context: int) -> Seq2SeqTask:
+    pairs = s2s_data.read_pairs(source, cfg.source_field, cfg.target_field)
+    train_pairs, val_pairs = s2s_data.split_pairs(pairs, cfg.val_frac)
+    return Seq2SeqTask(
+        s2s_data.encode_pairs(train_pairs, tok, context),
+        s2s_data.encode_pairs(val_pairs, tok, context),
+        tok,
+        cfg.seed,
+    )
 
 
 def _classify_task(
@@ -153,9 +170,10 @@ def model_config(cfg: TrainConfig, vocab: int, labels: list[str] | None) -> Mode
                 "--layers/--width reshape a preset; --init-from keeps its model's shape: drop one."
             )
         base = load_config(cfg.init_from)
-        if cfg.family == "lm" and base.family != "lm":
+        if base.family != cfg.family and not (cfg.family == "cls" and base.family == "lm"):
             raise ConfigError(
-                f"--init-from {cfg.init_from} is a {base.family} model; an LM needs an LM to start from."
+                f"--init-from {cfg.init_from} is a {base.family} model; a {cfg.family} model "
+                f"starts from a {cfg.family} model{' (or an LM)' if cfg.family == 'cls' else ''}."
             )
         if labels is not None:
             # A classifier from a classifier (new head if the labels changed) or from a
