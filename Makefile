@@ -57,6 +57,7 @@ bench-results: setup
 	$(BIN)/python -m benchmarks.export_cost
 	$(BIN)/python -m benchmarks.train_throughput --big ""
 	$(BIN)/python -m benchmarks.ddp_scaling
+	$(BIN)/python -m benchmarks.tp_memory
 	$(BIN)/python -m benchmarks.tune_compare
 	$(BIN)/python -m benchmarks.report
 

@@ -45,6 +45,11 @@ SECTIONS = [
     ),
     ("train", "Training throughput and MFU", "train_throughput.md"),
     ("ddp", "Distributed training: 1 vs 2 processes (DDP, gloo, CPU)", "ddp_scaling.md"),
+    (
+        "tp",
+        "Tensor parallelism: memory per rank and step time, TP 1 vs 2 (gloo, CPU)",
+        "tp.md",
+    ),
     ("tune", "Hyperparameter search: TPE vs random at equal trials", "tune_compare.md"),
 ]
 
@@ -55,7 +60,7 @@ def main() -> None:
         "Numbers measured on this project's development machine (2 vCPUs, no GPU). Timing here is noisy:",
         "compare ratios within one table (one run), not across tables. Regenerate everything with",
         "`make bench-results` (installs the `peers` extra, then runs the demo, `python -m benchmarks.bench`, `python -m benchmarks.sweep`, the\n"
-        "per-size quantization, pruning-speed, server-load, export-cost, training and DDP benchmarks, then this script).\n",
+        "per-size quantization, pruning-speed, server-load, export-cost, training, DDP and TP benchmarks, then this script).\n",
         "No table here ran on a GPU. `bash benchmarks/gpu_check.sh` runs every GPU path (CUDA and TensorRT",
         "backends, bf16 + `torch.compile` training with MFU, NCCL) in one go when a GPU is lent: see",
         "[gpu_check.md](gpu_check.md).\n",
