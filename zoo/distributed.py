@@ -28,6 +28,7 @@ class Dist:
     fsdp: bool = False
     tp: int = 1  # tensor-parallel degree: consecutive ranks form one TP group
     mesh: Any = None  # DeviceMesh ("dp", "tp") when tp > 1
+    sequence_parallel: bool = False  # with tp > 1: norms and residuals split along the sequence
 
     @property
     def is_main(self) -> bool:
@@ -77,7 +78,7 @@ class Dist:
         if self.tp > 1:
             from edgezoo.zoo.tensor_parallel import apply_tp
 
-            apply_tp(model, self.mesh["tp"])
+            apply_tp(model, self.mesh["tp"], self.sequence_parallel)
             if self.dp_world == 1:
                 return model  # pure TP: gradients of a TP group need no averaging
             if not self.fsdp:
@@ -168,12 +169,14 @@ def restarted_by_torchrun() -> bool:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
-def setup(device: str = "auto", fsdp: bool = False, tp: int = 1) -> Dist:
+def setup(
+    device: str = "auto", fsdp: bool = False, tp: int = 1, sequence_parallel: bool = False
+) -> Dist:
     """Join the process group torchrun describes in the environment (if any)."""
     from edgezoo.zoo.tensor_parallel import check_layout
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    check_layout(tp, world, fsdp)
+    check_layout(tp, world, fsdp, sequence_parallel)
     if world <= 1:
         if fsdp:
             from edgezoo.errors import ConfigError
@@ -204,7 +207,7 @@ def setup(device: str = "auto", fsdp: bool = False, tp: int = 1) -> Dist:
         from torch.distributed.device_mesh import init_device_mesh
 
         mesh = init_device_mesh(dev.type, (world // tp, tp), mesh_dim_names=("dp", "tp"))
-    return Dist(rank, world, local_rank, dev, fsdp, tp, mesh)
+    return Dist(rank, world, local_rank, dev, fsdp, tp, mesh, sequence_parallel)
 
 
 def _attempt_store(world: int) -> torch_dist.Store | None:

@@ -8,10 +8,11 @@ holds 1/tp of every block's matrices and of their Adam moments. Embeddings, norm
 LM head stay replicated: they are small at the sizes this zoo trains, and the tied
 embedding/LM-head weight would otherwise need a vocabulary-parallel loss.
 
-No sequence parallelism: it would shard the norms' activations along the sequence (a
-saving only at long context) at the cost of reduce-scatter/all-gather pairs around every
-block; gloo has both collectives, but the attention's extra inputs (rotary tables, mask,
-KV cache) make the layout plumbing larger than its gain here.
+Sequence parallelism (``--sequence-parallel``, Megatron-SP) also splits what lies between
+the blocks' matrices — the residual stream, the norms and their activations — along the
+sequence: the row-parallel outputs are reduce-scattered instead of all-reduced and gathered
+again before the next column-parallel input (same bytes on the wire, 1/tp of those
+activations per rank). gloo has both collectives (checked with torch 2.13).
 """
 
 from __future__ import annotations
@@ -25,10 +26,14 @@ from edgezoo.errors import ConfigError
 from edgezoo.zoo.config import LlamaConfig, ModelConfig
 
 
-def check_layout(tp: int, world: int, fsdp: bool = False) -> None:
+def check_layout(tp: int, world: int, fsdp: bool = False, sequence_parallel: bool = False) -> None:
     """Refuse a --tp the process count cannot hold, before any process group exists."""
     if tp < 1:
         raise ConfigError(f"--tp {tp}: the tensor-parallel degree must be >= 1.")
+    if sequence_parallel and tp == 1:
+        raise ConfigError(
+            "--sequence-parallel splits the sequence over a TP group: add --tp 2 or more."
+        )
     if tp == 1:
         return
     if world == 1:
@@ -75,16 +80,23 @@ def check_launch(cfg, nproc: int) -> None:
     layout, and a preset's heads (an ``--init-from`` model is checked by the workers)."""
     from edgezoo.zoo.presets import make_config, resized
 
-    check_layout(cfg.tp, nproc, cfg.fsdp)
+    check_layout(cfg.tp, nproc, cfg.fsdp, cfg.sequence_parallel)
     if cfg.tp > 1 and not cfg.init_from:
         check_tp(resized(make_config(cfg.family, cfg.size), cfg.layers, cfg.width), cfg.tp)
 
 
-def tp_plan() -> dict[str, object]:
-    """Column-parallel into each block's attention and MLP, row-parallel out of them."""
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+def tp_plan(sequence_parallel: bool = False) -> dict[str, object]:
+    """Column-parallel into each block's attention and MLP, row-parallel out of them; with
+    ``sequence_parallel`` the norms and the residual stream are sharded along the sequence."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        PrepareModuleInput,
+        RowwiseParallel,
+        SequenceParallel,
+    )
 
-    return {
+    plan: dict[str, object] = {
         "self_attn.q_proj": ColwiseParallel(),
         "self_attn.k_proj": ColwiseParallel(),
         "self_attn.v_proj": ColwiseParallel(),
@@ -93,19 +105,59 @@ def tp_plan() -> dict[str, object]:
         "mlp.up_proj": ColwiseParallel(),
         "mlp.down_proj": RowwiseParallel(),
     }
+    if not sequence_parallel:
+        return plan
+    out = RowwiseParallel(output_layouts=Shard(1), use_local_output=False)  # reduce-scatter
+    rest = (None, None, None, None)  # rotary cos/sin, mask, past: not distributed
+    plan |= {
+        "input_layernorm": SequenceParallel(),
+        "self_attn": PrepareModuleInput(
+            input_layouts=(Shard(1), *rest), desired_input_layouts=(Replicate(), *rest)
+        ),
+        "self_attn.o_proj": out,
+        "post_attention_layernorm": SequenceParallel(),
+        "mlp": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+        "mlp.down_proj": out,
+    }
+    return plan
 
 
-def apply_tp(model: nn.Module, mesh) -> nn.Module:
+def sp_edges_plan() -> dict[str, object]:
+    """Where the sequence-sharded stream starts (after the replicated embedding) and ends
+    (gathered before the replicated, tied LM head)."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import (
+        PrepareModuleInput,
+        PrepareModuleOutput,
+        SequenceParallel,
+    )
+
+    return {
+        "model.embed_tokens": PrepareModuleOutput(
+            output_layouts=Replicate(), desired_output_layouts=Shard(1), use_local_output=False
+        ),
+        "model.norm": SequenceParallel(),
+        "lm_head": PrepareModuleInput(
+            input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),), use_local_output=True
+        ),
+    }
+
+
+def apply_tp(model: nn.Module, mesh, sequence_parallel: bool = False) -> nn.Module:
     """Shard every decoder block over the 1-D ``mesh``; attention then runs on its local
     heads (the column-parallel q/k/v outputs hold heads/tp and kv_heads/tp heads)."""
     from torch.distributed.tensor.parallel import parallelize_module
 
     from edgezoo.zoo.llama import DecoderLayer
 
+    if sequence_parallel:
+        if not hasattr(model, "lm_head"):
+            raise ConfigError("--sequence-parallel is for the causal LM (not a classifier).")
+        parallelize_module(model, mesh, sp_edges_plan())
     tp = mesh.size()
     for block in model.modules():
         if isinstance(block, DecoderLayer):
-            parallelize_module(block, mesh, tp_plan())
+            parallelize_module(block, mesh, tp_plan(sequence_parallel))
             block.self_attn.n_heads //= tp
             block.self_attn.n_kv //= tp
     return model

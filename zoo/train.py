@@ -184,7 +184,7 @@ def _start(cfg: TrainConfig) -> tuple[TrainConfig, Dist, torch.device]:
     if cfg.family not in FAMILIES:
         raise ConfigError(f"unknown family {cfg.family!r}; valid families: {', '.join(FAMILIES)}")
     make_config(cfg.family, cfg.size)  # validates the size early, listing valid ones
-    dist = distributed.setup(cfg.device, cfg.fsdp, cfg.tp)
+    dist = distributed.setup(cfg.device, cfg.fsdp, cfg.tp, cfg.sequence_parallel)
     device = dist.device if dist.world > 1 else pick_device(cfg.device)
     out = Path(cfg.out)
     if distributed.restarted_by_torchrun() and ckpt.list_checkpoints(out):

@@ -44,6 +44,7 @@ class TrainConfig:
     compile: bool = False
     fsdp: bool = False
     tp: int = 1  # tensor-parallel degree (Llama family, under torchrun)
+    sequence_parallel: bool = False  # with tp > 1: shard norms/residuals along the sequence
     resume: bool = False
     init_from: str | None = None
     text_field: str = "text"
@@ -186,6 +187,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.tp,
         help="tensor parallelism: split each layer's heads and MLP over this many processes "
         "(lm only; --nproc a multiple of it; the rest is data parallel, DDP or --fsdp)",
+    )
+    p.add_argument(
+        "--sequence-parallel",
+        action="store_true",
+        help="with --tp: also split the norms and residual stream along the sequence "
+        "(less activation memory per rank at long context; same math)",
     )
     p.add_argument(
         "--resume", action="store_true", help="continue from the newest valid checkpoint in --out"
