@@ -55,3 +55,41 @@ def encoder_io_names(
     embeddings); a decoder used as a classifier does neither. ``logits`` always come first."""
     inputs = [INPUT_IDS, ATTENTION_MASK, *([TOKEN_TYPE_IDS] if with_token_types else [])]
     return inputs, [LOGITS, *([LAST_HIDDEN_STATE] if with_hidden else [])]
+
+
+# Encoder–decoder graphs, in the file layout and names of Optimum's ORTModelForSeq2SeqLM.
+ENCODER_FILE = "encoder_model.onnx"
+DECODER_FILE = "decoder_model.onnx"  # first step: computes the cross-attention K/V once
+DECODER_WITH_PAST_FILE = "decoder_with_past_model.onnx"  # every later step
+ENCODER_HIDDEN_STATES = "encoder_hidden_states"
+ENCODER_ATTENTION_MASK = "encoder_attention_mask"
+ENCODER_SEQUENCE = "encoder_sequence_length"
+DECODER_SEQUENCE = "decoder_sequence_length"
+PAST_DECODER_SEQUENCE = "past_decoder_sequence_length"
+
+
+def seq2seq_past_names(num_layers: int) -> list[str]:
+    """Per layer: the decoder's self-attention key/value, then the cross-attention's."""
+    return [
+        f"{PAST_PREFIX}.{i}.{part}.{kind}"
+        for i in range(num_layers)
+        for part in ("decoder", "encoder")
+        for kind in KV_KINDS
+    ]
+
+
+def seq2seq_io_names(num_layers: int) -> dict[str, tuple[list[str], list[str]]]:
+    """(inputs, outputs) of the encoder, the first-step decoder and the cached decoder."""
+    past = seq2seq_past_names(num_layers)
+    self_past = [n for n in past if ".decoder." in n]
+    return {
+        "encoder": ([INPUT_IDS, ATTENTION_MASK], [LAST_HIDDEN_STATE]),
+        "decoder": (
+            [ENCODER_ATTENTION_MASK, INPUT_IDS, ENCODER_HIDDEN_STATES],
+            [LOGITS, *(present_of(n) for n in past)],
+        ),
+        "decoder_with_past": (
+            [ENCODER_ATTENTION_MASK, INPUT_IDS, *past],
+            [LOGITS, *(present_of(n) for n in self_past)],
+        ),
+    }

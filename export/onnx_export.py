@@ -307,7 +307,11 @@ def to_onnx(
     validated, so a failed export leaves any earlier export untouched.
     """
     model_dir = Path(model_dir)
-    load_config(model_dir)  # a missing or broken config.json is the first thing to say
+    if load_config(model_dir).family == "s2s":  # a missing or broken config.json: said first
+        from edgezoo.export.seq2seq_export import export_seq2seq
+
+        entry = export_seq2seq(model_dir, opset, tolerance, min(greedy_steps, 32))
+        return ExportResult(model_dir, {"fp32": entry}, [])
     weight_bytes = fp32_weight_bytes(model_dir)
     ensure_available(
         EXPORT_MEMORY_FACTOR * weight_bytes + EXPORT_MEMORY_OVERHEAD,

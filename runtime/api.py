@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer
 
@@ -14,6 +14,9 @@ from edgezoo.runtime.classifier import Classifier
 from edgezoo.runtime.language_model import LanguageModel
 from edgezoo.runtime.model_files import locate
 from edgezoo.runtime.session import make_session
+
+if TYPE_CHECKING:
+    from edgezoo.runtime.seq2seq import Seq2SeqModel
 
 
 def load(
@@ -29,7 +32,8 @@ def load(
     draft: str | Path | None = None,
     draft_tokens: int = 4,
 ) -> Any:
-    """Load a model dir (or an .onnx file beside its tokenizer) for inference.
+    """Load a model dir (or an .onnx file beside its tokenizer) for inference: a
+    ``LanguageModel``, a ``Classifier`` or, for an encoder–decoder, a ``Seq2SeqModel``.
 
     ``backend``: auto | ort-cpu | ort-cuda | ort-trt | tensorrt. ``variant``: ``auto``
     (default: the fastest variant the quantize gate recommended for this backend, else
@@ -50,7 +54,9 @@ def load(
     from edgezoo.runtime.speculative import SpeculativeLM
 
     if not isinstance(model, LanguageModel):
-        raise ConfigError(f"{path} is a classifier: speculative decoding is for language models.")
+        raise ConfigError(
+            f"{path} is not a decoder-only LM: speculative decoding is for language models."
+        )
     if str(draft) == "prompt-lookup":
         return SpeculativeLM(model, None, k=draft_tokens)
     draft_lm = _load(draft, backend, "auto", threads, "gqa", False, max_batch, False)
@@ -68,12 +74,14 @@ def _load(
     fp16: bool,
     max_batch: int,
     verbose: bool,
-) -> LanguageModel | Classifier:
+) -> LanguageModel | Classifier | Seq2SeqModel:
     """``load`` without a draft."""
     chosen, why_backend = backends.resolve_backend(backend)
     files = locate(path, chosen, variant, graph)
     tokenizer = load_tokenizer(files.model_dir)
     reason = f"{why_backend}; {files.reason}"
+    if files.family == "s2s":
+        return _load_seq2seq(files, tokenizer, chosen, threads, reason)
     if chosen == "tensorrt":
         from edgezoo.runtime.tensorrt_engine import load_tensorrt
 
@@ -112,6 +120,26 @@ def _load(
     if files.family == "cls":
         return Classifier(session, tokenizer, files.config, **common)
     raise ConfigError(f"unknown model family {files.family!r} in {files.model_dir}")
+
+
+def _load_seq2seq(
+    files, tokenizer: Tokenizer, backend: str, threads: int, reason: str
+) -> Seq2SeqModel:
+    """The encoder and both decoder graphs an s2s variant names (``graphs`` in its entry)."""
+    from edgezoo.runtime.seq2seq import GRAPH_FILES, Seq2SeqModel
+
+    graphs = files.entry.get("graphs") or {}
+    names = {
+        role: graphs.get(role, {}).get("file", default) for role, default in GRAPH_FILES.items()
+    }
+    if any(Path(n).name != n for n in names.values()):
+        raise CheckpointError(
+            f"{files.model_dir}: a seq2seq graph name leaves onnx/; re-run the export."
+        )
+    paths = {role: files.onnx_path.parent / name for role, name in names.items()}
+    return Seq2SeqModel.from_files(
+        paths, tokenizer, files.config, backend, threads, variant=files.variant, reason=reason
+    )
 
 
 def load_variant(

@@ -212,6 +212,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not hasattr(lm, "generate"):
         raise ConfigError(f"{args.model_dir} is a classifier: use `edgezoo classify` on it.")
     print(variant_note(args.model_dir, lm.backend, lm.variant, args.variant), file=sys.stderr)
+    if getattr(lm, "family", "") == "s2s":  # the prompt is the source; print the target alone
+        print(lm.generate(args.prompt, **_sampling_args(args)).text)
+        return 0
     if args.no_stream:
         print(args.prompt + lm.generate(args.prompt, **_sampling_args(args)).text)
         return 0

@@ -95,8 +95,12 @@ class T5Attention(nn.Module):
         return x.view(x.shape[0], -1, self.n_heads, self.head_dim).transpose(1, 2)
 
     def attend(self, x: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
-        y = F.scaled_dot_product_attention(self.split(self.q(x)), k, v, attn_mask=bias, scale=1.0)
-        return self.o(y.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
+        # Written out rather than SDPA: the exporter's SDPA decomposition gives strides its
+        # own shape checks then reject (torch 2.13), and this is T5's reference arithmetic.
+        scores = torch.matmul(self.split(self.q(x)), k.transpose(2, 3)) + bias
+        y = torch.matmul(F.softmax(scores.float(), dim=-1).type_as(scores), v)
+        b, s = x.shape[:2]
+        return self.o(y.transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim))
 
 
 class T5MLP(nn.Module):
