@@ -103,3 +103,12 @@ def test_edgezoo_generate_prints_the_target_and_sampling_is_seeded(exported, cap
     assert [g.token_ids for g in a] == [g.token_ids for g in b]
     penalised = model.generate(SOURCES[0], max_new_tokens=12, repetition_penalty=5.0)
     assert len(set(penalised.token_ids)) == len(penalised.token_ids)  # no token twice
+
+
+def test_quantize_refuses_an_s2s_export_clearly(exported):
+    from edgezoo.errors import ConfigError
+    from edgezoo.quantize.pipeline import quantize_model
+
+    folder, _ = exported
+    with pytest.raises(ConfigError, match="encoder-decoder"):
+        quantize_model(folder, "int8")
