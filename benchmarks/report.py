@@ -39,6 +39,11 @@ SECTIONS = [
     ("serve-abuse", "The server under 10 % hostile traffic", "serve_abuse.md"),
     ("speculative", "Speculative decoding: prompt lookup and draft models", "speculative.md"),
     (
+        "memory",
+        "Runtime memory: peak RSS per size × precision, prepacking on/off",
+        "runtime_memory.md",
+    ),
+    (
         "export",
         "Export and quantize cost per preset (time, peak memory), and the fp32 graphs' speed",
         "export_cost.md",
