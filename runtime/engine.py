@@ -116,6 +116,9 @@ class Engine:
             self.step()
         if errors:
             raise errors[0]
+        missing = [i for i, r in enumerate(results) if r is None]
+        if missing:  # every row ends with a result or an error: this would be a bug
+            raise RuntimeError(f"the engine finished without results for rows {missing}")
         return [r for r in results if r is not None]
 
     def step(self) -> bool:
