@@ -208,16 +208,52 @@ def top_k_candidates(logits: np.ndarray, k: int) -> np.ndarray | None:
     return np.sort(ids, axis=-1)  # vocabulary order: same draw as the full-vocab path
 
 
+NUCLEUS_CANDIDATES = 64  # top-p first looks for the nucleus among this many best tokens
+
+
 def top_p_mask(scores: np.ndarray, p: float) -> np.ndarray:
     """Nucleus: keep the smallest set of tokens whose probability sums to >= ``p``.
 
-    Written exactly as HF's ``TopPLogitsWarper`` (ascending sort, drop tokens whose cumulative
-    mass is <= 1 - p, always keep the most likely one) so boundary cases agree, up to the
-    order of exactly tied scores (neither sort is stable).
+    HF's ``TopPLogitsWarper`` rule (drop tokens whose ascending cumulative mass is <= 1 - p,
+    always keep the most likely one). The nucleus is first sought among the
+    ``NUCLEUS_CANDIDATES`` best tokens — partial selection, then a sort of those only — and
+    the whole vocabulary is sorted only for rows whose candidates hold less than ``p``: a
+    full sort per decode step was the costliest part of sampling a batch.
     """
     if p >= 1.0:
         return scores
-    order = np.argsort(scores, axis=-1)  # ascending; O(vocab log vocab): the costly step
+    if scores.shape[-1] > NUCLEUS_CANDIDATES:
+        fast = _top_p_among_candidates(scores, p, NUCLEUS_CANDIDATES)
+        if fast is not None:
+            return fast
+    return _top_p_sorted(scores, p)
+
+
+def _top_p_among_candidates(scores: np.ndarray, p: float, m: int) -> np.ndarray | None:
+    """``top_p_mask`` when every row's ``m`` best tokens carry at least ``p`` of the mass
+    (then every other token lies in the dropped tail); None otherwise."""
+    ids = np.argpartition(scores, -m, axis=-1)[..., -m:]
+    cand = np.take_along_axis(scores, ids, axis=-1)
+    order = np.argsort(cand, axis=-1)  # ascending, as HF's cumulative sum runs
+    ids, cand = np.take_along_axis(ids, order, axis=-1), np.take_along_axis(cand, order, axis=-1)
+    top = cand[..., -1:]
+    log_total = np.log(np.exp(scores - top).sum(axis=-1, keepdims=True))
+    probs = np.exp(cand - top - log_total)
+    mass = probs.sum(axis=-1, keepdims=True)
+    if (mass < p).any():
+        return None
+    cumulative = (1.0 - mass) + np.cumsum(probs, axis=-1)  # the tail's mass comes first
+    keep = cumulative > 1 - p
+    keep[..., -1] = True  # the top token always stays
+    out = np.full_like(scores, -np.inf)
+    np.put_along_axis(out, ids, np.where(keep, cand, -np.inf), axis=-1)
+    return out
+
+
+def _top_p_sorted(scores: np.ndarray, p: float) -> np.ndarray:
+    """``top_p_mask`` over the whole vocabulary, written exactly as HF's warper (ascending
+    sort), so boundary cases agree up to the order of exactly tied scores."""
+    order = np.argsort(scores, axis=-1)  # ascending; O(vocab log vocab)
     sorted_scores = np.take_along_axis(scores, order, axis=-1)
     cumulative = np.cumsum(softmax(sorted_scores), axis=-1)
     drop_sorted = cumulative <= 1 - p

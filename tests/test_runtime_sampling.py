@@ -318,3 +318,19 @@ def test_token_logprobs_equal_a_log_softmax_and_sort_the_top_tokens():
 def test_openai_fields_out_of_range_are_refused(field, value):
     with pytest.raises(ConfigError, match=field):
         SamplingParams(**{field: value}).validate()
+
+
+@pytest.mark.parametrize("vocab", [100, 4096, 32000])
+@pytest.mark.parametrize("scale", [0.5, 3.0, 10.0])
+def test_top_p_among_candidates_keeps_exactly_the_full_sorts_nucleus(vocab, scale):
+    """The fast path (partial selection of the best tokens) must keep the same tokens as
+    sorting the whole vocabulary, sharp and flat distributions alike (a flat one falls
+    back to the full sort)."""
+    from edgezoo.runtime.sampling import _top_p_sorted
+
+    rng = np.random.default_rng(vocab + int(scale * 10))
+    for p in (0.1, 0.5, 0.9, 0.99):
+        scores = rng.normal(size=(4, vocab)) * scale
+        fast, full = top_p_mask(scores, p), _top_p_sorted(scores, p)
+        assert np.array_equal(np.isfinite(fast), np.isfinite(full))
+        assert np.array_equal(fast[np.isfinite(fast)], full[np.isfinite(full)])
