@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer
 
@@ -17,6 +17,7 @@ from edgezoo.runtime.session import make_session
 
 if TYPE_CHECKING:
     from edgezoo.runtime.seq2seq import Seq2SeqModel
+    from edgezoo.runtime.speculative import SpeculativeLM
 
 
 def load(
@@ -31,7 +32,7 @@ def load(
     verbose: bool = False,
     draft: str | Path | None = None,
     draft_tokens: int = 4,
-) -> Any:
+) -> LanguageModel | Classifier | Seq2SeqModel | SpeculativeLM:
     """Load a model dir (or an .onnx file beside its tokenizer) for inference: a
     ``LanguageModel``, a ``Classifier`` or, for an encoder–decoder, a ``Seq2SeqModel``.
 
