@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.params import Depends as DependsParam
 
-from edgezoo.runtime.batcher import Job, StreamEvent, wait_result
+from edgezoo.runtime.batcher import Job, StreamEvent
 from edgezoo.runtime.chat_template import render_chat
 from edgezoo.runtime.openapi_schema import (
     CHAT_REQUEST,
@@ -33,7 +33,7 @@ from edgezoo.runtime.protocol_tokens import (
     parse_tokenize,
     tokenize_body,
 )
-from edgezoo.runtime.server_routes import ServerContext, start_stream
+from edgezoo.runtime.server_routes import ServerContext, run_job
 
 NO_TEMPLATE = (
     "model {name!r} has no chat template, so it cannot answer chat requests: add a Jinja "
@@ -88,10 +88,6 @@ def chat_router(ctx: ServerContext, guarded: list[DependsParam]) -> APIRouter:
             stream=req.stream,
             longest_prompt=len(prompt_ids[0]),
         )
-        timeout_s = ctx.request_timeout_s
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        batcher = ctx.running()
-        batcher.submit(job)
         head = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion.chunk" if req.stream else "chat.completion",
@@ -99,18 +95,10 @@ def chat_router(ctx: ServerContext, guarded: list[DependsParam]) -> APIRouter:
             "model": ctx.model_name,
             "system_fingerprint": None,
         }
-        if req.stream:
-            return await start_stream(
-                batcher,
-                job,
-                head,
-                request,
-                deadline,
-                timeout_s,
-                req.include_usage,
-                chunk=_chat_chunks(head),
-            )
-        generations = await wait_result(batcher, job, timeout_s)
+        answer = await run_job(ctx, request, job, head, _chat_chunks(head), req.include_usage)
+        if job.stream:
+            return answer
+        generations = answer
         logprobs = None
         if req.params.logprobs is not None:
             logprobs = [chat_logprobs(ctx.model.tokenizer, g) for g in generations]

@@ -273,8 +273,9 @@ def openai_router(ctx: ServerContext, guarded: list[DependsParam]) -> APIRouter:
             prompt_ids = await asyncio.to_thread(
                 encode_prompts, ctx.model, req.prompts, ctx.max_prompt_tokens
             )
-        # n choices = each prompt n times in the batch. A seeded request runs alone with one
-        # random generator that draws row by row, so its copies differ and it repeats exactly.
+        # n choices = each prompt n times. A seeded request's copies differ and it repeats
+        # exactly: static batching runs it alone on one generator drawing row by row, the
+        # continuous engine gives its rows seeds seed, seed + 1, ….
         job = Job(
             [ids for ids in prompt_ids for _ in range(req.n)],
             req.params,
@@ -285,28 +286,18 @@ def openai_router(ctx: ServerContext, guarded: list[DependsParam]) -> APIRouter:
         prefixes = None
         if req.echo:
             prefixes = echo_texts(ctx.model.tokenizer, req.prompts, prompt_ids, req.n)
-        timeout_s = ctx.request_timeout_s
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        batcher = ctx.running()
-        batcher.submit(job)
         head = {
             "id": f"cmpl-{uuid.uuid4().hex}",
             "object": "text_completion",
             "created": int(time.time()),
             "model": ctx.model_name,
         }
-        if req.stream:
-            return await start_stream(
-                batcher,
-                job,
-                head,
-                request,
-                deadline,
-                timeout_s,
-                req.include_usage,
-                chunk=completion_chunk(head, prefixes),
-            )
-        generations = await wait_result(batcher, job, timeout_s)
+        answer = await run_job(
+            ctx, request, job, head, completion_chunk(head, prefixes), req.include_usage
+        )
+        if job.stream:
+            return answer
+        generations = answer
         logprobs = None
         if req.params.logprobs is not None:
             logprobs = [completion_logprobs(ctx.model.tokenizer, g) for g in generations]
@@ -358,6 +349,27 @@ def completion_chunk(
         return {**head, "choices": [choice]}
 
     return chunk
+
+
+async def run_job(
+    ctx: ServerContext,
+    request: Request,
+    job: Job,
+    head: dict[str, Any],
+    chunk: Callable[[StreamEvent], dict[str, Any]],
+    include_usage: bool,
+) -> Any:
+    """Submit a language-model job under the request's timeout: a streaming job's SSE
+    response, else the job's generations (the caller shapes the body)."""
+    timeout_s = ctx.request_timeout_s
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    batcher = ctx.running()
+    batcher.submit(job)
+    if job.stream:
+        return await start_stream(
+            batcher, job, head, request, deadline, timeout_s, include_usage, chunk=chunk
+        )
+    return await wait_result(batcher, job, timeout_s)
 
 
 async def start_stream(

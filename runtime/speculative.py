@@ -80,17 +80,22 @@ class PromptLookup:
         """Prompt lookup keeps no state."""
 
 
+def check_draft(draft: Any, target: Any) -> None:
+    """A draft must run like the target (gqa on ort-cpu) and share its vocabulary."""
+    if not supports_engine(draft):
+        raise ConfigError("the draft model must run its gqa graph on ort-cpu, as the target.")
+    if draft.tokenizer.get_vocab() != target.tokenizer.get_vocab():
+        raise ConfigError(
+            "the draft model's tokenizer differs from the target's: speculative decoding "
+            "needs the same vocabulary (train the draft with the target's tokenizer)."
+        )
+
+
 class DraftModel:
     """A smaller model with the same tokenizer, decoding over its own one-row cache."""
 
     def __init__(self, draft: Any, target: Any) -> None:
-        if not supports_engine(draft):
-            raise ConfigError("the draft model must run its gqa graph on ort-cpu, as the target.")
-        if draft.tokenizer.get_vocab() != target.tokenizer.get_vocab():
-            raise ConfigError(
-                "the draft model's tokenizer differs from the target's: speculative decoding "
-                "needs the same vocabulary (train the draft with the target's tokenizer)."
-            )
+        check_draft(draft, target)
         self.lm = draft
         self.cache = SlotCache(draft.session, 1, draft.context)
         self.length = 0  # tokens of the sequence in the draft's cache
@@ -249,7 +254,7 @@ class SpeculativeLM:
         if k < 1:
             raise ConfigError(f"draft_tokens={k}: propose at least 1 token per step.")
         if draft is not None:
-            DraftModel(draft, target)  # checks the tokenizer and graph now, not mid-request
+            check_draft(draft, target)  # now, not mid-request
         self.target, self.draft, self.k = target, draft, k
         self.last_stats = SpeculativeStats()
 
