@@ -47,6 +47,17 @@ def positive(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    """A number in [0, 1] (a weight or a share)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: use a number in [0, 1]")
+    return value
+
+
 def choices_list(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
     """Comma-separated values, each one of ``choices``: ``--to int8,int4`` (use with
     ``action="extend"`` so the flag may also be repeated)."""

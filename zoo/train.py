@@ -164,6 +164,10 @@ def train(cfg: TrainConfig, on_eval: EvalCallback | None = None) -> TrainResult:
     the log closed and no final save (a search abandoning a trial, not a Ctrl-C)."""
     cfg, dist, device = _start(cfg)
     tok, context, task, labels = prepare_data(cfg, dist, Path(cfg.out))
+    if cfg.distill_from:
+        from edgezoo.zoo.distill import with_teacher
+
+        task = with_teacher(cfg, task, tok, context)
     run = _build(cfg, dist, device, tok, task, labels)
     run.on_eval = on_eval
     _open_log(run, tok, context)

@@ -9,7 +9,7 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgezoo.argtypes import at_least, positive
+from edgezoo.argtypes import at_least, fraction, positive
 from edgezoo.zoo import corpus
 from edgezoo.zoo.presets import FAMILIES
 
@@ -47,6 +47,9 @@ class TrainConfig:
     sequence_parallel: bool = False  # with tp > 1: shard norms/residuals along the sequence
     resume: bool = False
     init_from: str | None = None
+    distill_from: str | None = None  # teacher model dir (lm): train on its soft targets
+    distill_temperature: float | None = None  # None: 2.0
+    distill_weight: float | None = None  # weight of the KL term; None: 0.5
     text_field: str = "text"
     label_field: str = "label"
     source_field: str = "source"  # s2s: JSONL/CSV columns of the source and target text
@@ -199,6 +202,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--init-from", help="start from this model dir's weights and tokenizer (fine-tuning)"
+    )
+    distill = p.add_argument_group("distillation (lm)")
+    distill.add_argument(
+        "--distill-from",
+        metavar="TEACHER_DIR",
+        help="train on this bigger LM's soft targets (KL on temperature-softened logits) "
+        "as well as the corpus: a better draft model for speculative decoding. The teacher's "
+        "tokenizer is used",
+    )
+    distill.add_argument(
+        "--distill-temperature",
+        type=positive,
+        help="softmax temperature of both models in the KL term (default 2)",
+    )
+    distill.add_argument(
+        "--distill-weight",
+        type=fraction,
+        help="weight of the KL term, the rest is cross-entropy on the corpus (default 0.5)",
     )
     p.add_argument(
         "--text-field", default=d.text_field, help="JSONL/CSV/Parquet column holding the text"

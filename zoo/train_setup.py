@@ -45,6 +45,9 @@ RESUME_MUST_MATCH = (
     "warmup_steps",
     "layers",
     "width",
+    "distill_from",
+    "distill_temperature",
+    "distill_weight",
 )
 
 
@@ -110,6 +113,13 @@ def _tokenizer(cfg: TrainConfig, out: Path, default_vocab: int) -> Tokenizer:
         return load_tokenizer(out)
     if cfg.init_from:
         copy_tokenizer(cfg.init_from, out)
+        return load_tokenizer(out)
+    if cfg.distill_from:  # the KL compares distributions over the teacher's token ids
+        if cfg.vocab_size:
+            raise ConfigError(
+                "--vocab-size trains a new tokenizer, but --distill-from uses the teacher's: drop --vocab-size."
+            )
+        copy_tokenizer(cfg.distill_from, out)
         return load_tokenizer(out)
     source = cfg.resolved_data()
     if cfg.family == "lm":
