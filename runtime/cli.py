@@ -41,14 +41,9 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _register_generate(subparsers: Any) -> None:
-    s = subparsers.add_parser(
-        "generate", help="generate text from an exported LM (streams to stdout)"
-    )
-    s.add_argument("model_dir", help="exported model dir (after `edgezoo export`)")
-    s.add_argument("prompt", help="text to continue")
-    add_runtime_arguments(s)
-    speculate = s.add_mutually_exclusive_group()
+def add_speculative_arguments(parser: argparse.ArgumentParser) -> None:
+    """--draft / --prompt-lookup / --draft-tokens, shared by generate and serve."""
+    speculate = parser.add_mutually_exclusive_group()
     speculate.add_argument(
         "--draft",
         metavar="DIR",
@@ -60,12 +55,27 @@ def _register_generate(subparsers: Any) -> None:
         action="store_true",
         help="decode speculatively with guesses copied from earlier in the text (no draft model)",
     )
-    s.add_argument(
+    parser.add_argument(
         "--draft-tokens",
         type=argtypes.at_least(1),
         default=4,
         help="guesses checked per call when decoding speculatively",
     )
+
+
+def draft_of(args: argparse.Namespace) -> str | None:
+    """The ``draft`` argument of ``runtime.load`` the flags ask for."""
+    return "prompt-lookup" if args.prompt_lookup else args.draft
+
+
+def _register_generate(subparsers: Any) -> None:
+    s = subparsers.add_parser(
+        "generate", help="generate text from an exported LM (streams to stdout)"
+    )
+    s.add_argument("model_dir", help="exported model dir (after `edgezoo export`)")
+    s.add_argument("prompt", help="text to continue")
+    add_runtime_arguments(s)
+    add_speculative_arguments(s)
     s.add_argument(
         "--max-new-tokens", type=int, default=64, help="most tokens to generate after the prompt"
     )
@@ -111,6 +121,7 @@ def _register_serve(subparsers: Any) -> None:
     )
     s.add_argument("model_dir", help="exported model dir (after `edgezoo export`)")
     add_runtime_arguments(s)
+    add_speculative_arguments(s)
     s.add_argument(
         "--host",
         default="127.0.0.1",
@@ -139,7 +150,8 @@ def _register_serve(subparsers: Any) -> None:
         help="continuous: every decode step runs all live requests and a new one joins at "
         "once, each with its own sampling settings (needs the gqa graph on ort-cpu); static: "
         "requests with equal settings that arrive together run as one batch to its end; "
-        "auto: continuous where the model allows it",
+        "auto: continuous where the model allows it (static with --draft/--prompt-lookup, "
+        "which decode one request at a time)",
     )
     s.add_argument(
         "--parallel",
@@ -200,7 +212,7 @@ def _sampling_args(args: argparse.Namespace) -> dict:
 def cmd_generate(args: argparse.Namespace) -> int:
     from edgezoo import runtime
 
-    draft = "prompt-lookup" if args.prompt_lookup else args.draft
+    draft = draft_of(args)
     lm = runtime.load(
         args.model_dir,
         backend=args.backend,

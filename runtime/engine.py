@@ -35,6 +35,8 @@ DEFAULT_PREFILL_CHUNK = 128
 def supports_engine(model: Any) -> bool:
     """The engine needs a GroupQueryAttention graph on the CPU (per-row lengths in one
     buffer); other graphs and devices use static batching."""
+    if getattr(model, "speculative", False):  # drafts decode one request at a time
+        return False
     return getattr(model, "graph", None) == "gqa" and getattr(model, "device", None) == "cpu"
 
 

@@ -89,6 +89,11 @@ class ServerContext:
         self.is_lm = hasattr(self.model, "generate_ids")
         if self.batching not in ("auto", "continuous", "static"):
             raise ConfigError(f"batching={self.batching!r}: use 'auto', 'continuous' or 'static'.")
+        if self.batching == "continuous" and getattr(self.model, "speculative", False):
+            raise ConfigError(
+                "a draft (--draft / --prompt-lookup) decodes one request at a time on static "
+                "batching; drop --batching continuous (or the draft, for many clients at once)."
+            )
         if self.batching == "continuous" and not (self.is_lm and supports_engine(self.model)):
             raise ConfigError(
                 "continuous batching needs a language model on its gqa graph with the ort-cpu "

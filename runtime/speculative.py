@@ -26,7 +26,7 @@ import numpy as np
 from edgezoo.errors import ConfigError
 from edgezoo.runtime.engine import supports_engine
 from edgezoo.runtime.engine_rows import EngineRequest, Row, RowDelta
-from edgezoo.runtime.language_model import Generation
+from edgezoo.runtime.language_model import Generation, StreamDelta
 from edgezoo.runtime.sampling import SamplingParams, softmax, top_k_mask, top_p_mask
 from edgezoo.runtime.slot_cache import SlotCache
 
@@ -242,7 +242,13 @@ def _take(row: Row, token: int, seq: list[int]) -> RowDelta | None:
 class SpeculativeLM:
     """A ``LanguageModel`` whose ``generate`` / ``stream`` run speculatively (one prompt at
     a time; batches run prompt by prompt). Requests with penalties or logprobs run on the
-    target's plain loop. Everything else is the target's: ``lm.target``."""
+    target's plain loop. Everything else is the target's: ``lm.target``.
+
+    A server runs it on static batching: a batch's prompts decode one after another, each
+    with fewer target calls — lower latency for few clients, less throughput than
+    continuous batching for many."""
+
+    speculative = True  # servers read this: no continuous batching over a draft
 
     def __init__(self, target: Any, draft: Any | None = None, *, k: int = DEFAULT_DRAFT_TOKENS):
         if not supports_engine(target):
@@ -286,6 +292,19 @@ class SpeculativeLM:
             *_, last = self.deltas(ids, params)
             results.append(last.generation)
         return results
+
+    def stream_batch_ids(
+        self, prompt_ids: list[list[int]], params: SamplingParams | None = None, **overrides: Any
+    ) -> Iterator[StreamDelta]:
+        """The static batcher's streaming call: each prompt speculatively, in turn."""
+        params = self.target._params(params, overrides)
+        encoded = self.target.check_ids(prompt_ids)
+        if not speculative_ok(params):
+            yield from self.target.stream_batch_ids(encoded, params)
+            return
+        for row, ids in enumerate(encoded):
+            for delta in self.deltas(ids, params):
+                yield StreamDelta(row, delta.text, delta.finish_reason, delta.generation)
 
     def generate(
         self, prompt: str | list[str], params: SamplingParams | None = None, **overrides: Any

@@ -166,3 +166,40 @@ def test_generate_cli_with_prompt_lookup_reports_acceptance(target_dir):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "prompt lookup:" in done.stderr and "guesses accepted" in done.stderr
+
+
+def test_server_with_a_draft_answers_the_targets_greedy_text(target_dir, draft_dir):
+    """`serve --draft`: the static batcher runs each prompt speculatively, streamed or not,
+    and the text is the target's own; continuous batching over a draft is refused."""
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from edgezoo.runtime.server import create_app
+    from edgezoo.runtime.speculative import SpeculativeStats
+
+    spec = runtime.load(target_dir, backend="ort-cpu", draft=draft_dir, draft_tokens=3)
+    with pytest.raises(ConfigError, match="one request at a time"):
+        create_app(spec, model_name="t", batching="continuous")
+    app = create_app(spec, model_name="t")
+    assert not app.state.context.continuous
+    greedy = SP(temperature=0, max_new_tokens=16)
+    want = [spec.target.generate(p, greedy).text for p in PROMPTS[:2]]
+    body = {"model": "t", "prompt": PROMPTS[:2], "max_tokens": 16, "temperature": 0}
+    with TestClient(app, base_url="http://localhost") as client:
+        spec.last_stats = SpeculativeStats()
+        done = client.post("/v1/completions", json=body)
+        assert done.status_code == 200, done.text
+        assert [c["text"] for c in done.json()["choices"]] == want
+        assert spec.last_stats.proposed > 0  # the draft guessed: it ran speculatively
+        spec.last_stats = SpeculativeStats()
+        streamed = client.post(
+            "/v1/completions", json={**body, "prompt": PROMPTS[0], "stream": True}
+        )
+        chunks = [
+            json.loads(line[len("data: ") :])
+            for line in streamed.text.splitlines()
+            if line.startswith("data: ") and line != "data: [DONE]"
+        ]
+        assert "".join(c["choices"][0]["text"] for c in chunks) == want[0]
+        assert spec.last_stats.proposed > 0
