@@ -51,6 +51,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "quantize": ("onnx", "onnx_ir"),
     "export": ("torch", "safetensors", "onnx", "onnxscript", "optimum"),
     "serve": ("fastapi", "uvicorn", "prometheus_client"),
+    "cluster": ("ray",),
     "plots": ("matplotlib",),
     "tune": ("optuna", "sqlalchemy"),
 }

@@ -194,7 +194,55 @@ def _register_serve(subparsers: Any) -> None:
         choices=["critical", "error", "warning", "info", "debug"],
         help="uvicorn's log level (default info: one line per request)",
     )
+    _add_ray_arguments(s)
     s.set_defaults(fn=cmd_serve, extras=("serve",))
+
+
+def _add_ray_arguments(s: argparse.ArgumentParser) -> None:
+    """Scale-out on Ray Serve (runtime.ray_serve): the same app as N replicas."""
+    ray = s.add_argument_group(
+        "replicas on Ray Serve (the cluster extra)",
+        "Run the same app as Ray Serve replicas, each with its own model worker; Ray routes "
+        "requests and replaces replicas that die. Put --ray after DIR (or write --ray=ADDRESS).",
+    )
+    ray.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="serve on Ray Serve: no ADDRESS starts a private local Ray instance (stopped on "
+        "exit); 'auto' joins the cluster `ray start` runs on this machine; ray://HOST:10001 "
+        "joins a remote one",
+    )
+    ray.add_argument(
+        "--replicas",
+        type=argtypes.at_least(1),
+        default=1,
+        help="replicas to run, default 1 (with --max-replicas: how many autoscaling starts with)",
+    )
+    ray.add_argument(
+        "--min-replicas",
+        type=argtypes.at_least(0),
+        help="autoscaling: fewest replicas (default 1)",
+    )
+    ray.add_argument(
+        "--max-replicas",
+        type=argtypes.at_least(1),
+        help="switch autoscaling on: Ray adds replicas up to this many under load",
+    )
+    ray.add_argument(
+        "--target-ongoing-requests",
+        type=argtypes.positive,
+        help="autoscaling: requests per replica Ray aims at (default: the requests one "
+        "replica decodes at once, --parallel or --max-batch)",
+    )
+    ray.add_argument(
+        "--cpus-per-replica",
+        type=argtypes.positive,
+        default=1.0,
+        help="CPUs Ray reserves for each replica; with --threads 0 each replica runs this "
+        "many threads (default 1)",
+    )
 
 
 def _sampling_args(args: argparse.Namespace) -> dict:
@@ -268,8 +316,26 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from edgezoo.runtime.server import cmd_serve as serve_from_args
 
+    ray_flags = [f for f in _RAY_ONLY_FLAGS if getattr(args, f) != _RAY_ONLY_DEFAULTS.get(f)]
+    if args.ray is None and ray_flags:
+        flag = "--" + ray_flags[0].replace("_", "-")
+        raise ConfigError(f"{flag} scales out on Ray Serve: add --ray (after the model dir).")
     _announce_variant(args)
+    if args.ray is not None:
+        from edgezoo.runtime.ray_serve import cmd_serve_ray
+
+        return cmd_serve_ray(args)
     return serve_from_args(args)
+
+
+_RAY_ONLY_FLAGS = (
+    "replicas",
+    "min_replicas",
+    "max_replicas",
+    "target_ongoing_requests",
+    "cpus_per_replica",
+)
+_RAY_ONLY_DEFAULTS = {"replicas": 1, "cpus_per_replica": 1.0}
 
 
 def _announce_variant(args: argparse.Namespace) -> None:
