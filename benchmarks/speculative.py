@@ -12,6 +12,7 @@ medians are reported (this machine's timing drifts ±20 % over minutes).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from pathlib import Path
@@ -47,18 +48,31 @@ def time_method(model, prompt_ids: list[int], params: SamplingParams) -> tuple[f
     return elapsed, result.token_ids, extra
 
 
+def draft_label(path: str) -> str:
+    """``draft <dir name>``, with the run's distillation weight when it had a teacher."""
+    run = Path(path) / "run.json"
+    meta = json.loads(run.read_text()) if run.is_file() else {}
+    if meta.get("distill_from"):
+        weight = meta.get("distill_weight")
+        weight = 0.5 if weight is None else weight
+        kind = "trained alone" if weight == 0 else f"distilled (KL weight {weight})"
+        return f"draft {Path(path).name}: {kind}"
+    return f"draft {Path(path).name}"
+
+
 def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> dict:
     target = runtime.load(args.target, backend="ort-cpu", variant=variant, threads=args.threads)
     methods = {"target alone": target, "prompt lookup": SpeculativeLM(target, None, k=args.k)}
-    draft = None
-    if args.draft:
-        draft = runtime.load(args.draft, backend="ort-cpu", variant=variant, threads=args.threads)
-        methods["draft model"] = SpeculativeLM(target, draft, k=args.k)
+    drafts = {}
+    for path in filter(None, args.draft.split(",")):
+        draft = runtime.load(path, backend="ort-cpu", variant=variant, threads=args.threads)
+        drafts[draft_label(path)] = draft.variant
+        methods[draft_label(path)] = SpeculativeLM(target, draft, k=args.k)
     params = SamplingParams(temperature=0, max_new_tokens=args.max_new_tokens, ignore_eos=True)
     encoded = [target.encode([p])[0] for p in prompts]
     rates: dict[str, list[float]] = {m: [] for m in methods}
     totals = {m: {"proposed": 0, "accepted": 0} for m in methods}
-    identical = True
+    identical = dict.fromkeys(methods, True)
     for _ in range(args.rounds):
         seconds = dict.fromkeys(methods, 0.0)
         for ids in encoded:
@@ -67,7 +81,7 @@ def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> d
                 elapsed, tokens, extra = time_method(model, ids, params)
                 seconds[name] += elapsed
                 reference = reference or tokens
-                identical &= tokens == reference
+                identical[name] &= tokens == reference
                 for key, value in extra.items():
                     totals[name][key] += value
         for name in methods:
@@ -76,7 +90,7 @@ def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> d
     return {
         "variant": variant,
         "target_variant": target.variant,
-        "draft_variant": draft.variant if draft is not None else None,
+        "draft_variants": drafts,
         "identical_greedy_text": identical,
         "tokens_per_s": {m: statistics.median(r) for m, r in rates.items()},
         "rounds_tokens_per_s": rates,
@@ -87,10 +101,21 @@ def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> d
     }
 
 
+def val_loss(model_dir: str) -> float | None:
+    """The run's final held-out loss (training.jsonl's "final" line)."""
+    log = Path(model_dir) / "training.jsonl"
+    if not log.is_file():
+        return None
+    finals = [json.loads(line) for line in log.read_text().splitlines() if '"final"' in line]
+    return finals[-1].get("val_loss") if finals else None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target", default="runs/spec-mini")
-    p.add_argument("--draft", default="runs/demo", help="draft model dir ('' for none)")
+    p.add_argument(
+        "--draft", default="runs/demo", help="draft model dirs, comma-separated ('' for none)"
+    )
     p.add_argument("--variants", default="gqa,gqa-int8,gqa-int4")
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -106,6 +131,7 @@ def main() -> None:
     result = {
         "target": args.target,
         "draft": args.draft,
+        "val_loss": {d: val_loss(d) for d in [args.target, *filter(None, args.draft.split(","))]},
         "k": args.k,
         "prompts": len(prompts),
         "max_new_tokens": args.max_new_tokens,
@@ -120,30 +146,24 @@ def main() -> None:
 
 def table(result: dict) -> str:
     lines = [
-        "| variant | target alone tok/s | prompt lookup tok/s (×) | acceptance | "
-        "draft model tok/s (×) | acceptance | greedy text identical |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | method | tokens/s | × target alone | acceptance | greedy text = target alone's |",
+        "|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
-        t, s, a = r["tokens_per_s"], r["speedup"], r["acceptance"]
-        draft = "-"
-        if "draft model" in t:
-            draft = (
-                f"{t['draft model']:.0f} ({s['draft model']:.2f}×) | {a.get('draft model', 0):.0%}"
+        for method, rate in r["tokens_per_s"].items():
+            accepted = r["acceptance"].get(method)
+            lines.append(
+                f"| {r['variant']} | {method} | {rate:.0f} | {r['speedup'][method]:.2f}× | "
+                f"{'-' if accepted is None else f'{accepted:.0%}'} | "
+                f"{r['identical_greedy_text'][method]} |"
             )
-        lines.append(
-            f"| {r['variant']} | {t['target alone']:.0f} | {t['prompt lookup']:.0f} "
-            f"({s['prompt lookup']:.2f}×) | {a.get('prompt lookup', 0):.0%} | "
-            f"{draft if draft != '-' else '- | -'} | {r['identical_greedy_text']} |"
-        )
+    losses = ", ".join(
+        f"{Path(d).name} {loss:.3f}" for d, loss in result.get("val_loss", {}).items() if loss
+    )
     lines.append(
-        f"\nTarget {result['target']}, draft {result['draft'] or 'none'} (same tokenizer), "
-        f"{result['k']} guesses per target call, {result['prompts']} held-out stdlib "
-        f"prompts × {result['max_new_tokens']} greedy tokens, batch 1, "
-        f"{result['threads']} threads; medians of {result['rounds']} interleaved rounds."
+        f"\nTarget {result['target']}, drafts {result['draft'] or 'none'} (same tokenizer), "
+        f"{result['k']} guesses per target call, {result['prompts']} held-out stdlib prompts × "
+        f"{result['max_new_tokens']} greedy tokens, batch 1, {result['threads']} threads; medians "
+        f"of {result['rounds']} interleaved rounds. Held-out loss: {losses or 'not recorded'}."
     )
     return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    main()
