@@ -4,12 +4,16 @@ The source is encoded once. The first decoder step (``decoder_model.onnx``) also
 each layer's cross-attention K/V, which every later step (``decoder_with_past_model.onnx``)
 reads back unchanged while its self-attention K/V grow by one token. The file layout and
 tensor names are Optimum's ``ORTModelForSeq2SeqLM``'s, so its exports run here too.
+
+The API is the language model's (``TextGenerator``): batched ``generate``, per-prompt
+``SamplingParams``, ``stream`` / ``stream_batch`` with stop strings, ``Generation``
+results — the prompt is the source, the text the target. So the server and the benchmarks
+drive it as they drive a ``LanguageModel``.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +23,11 @@ from tokenizers import Tokenizer
 
 from edgezoo import io_names
 from edgezoo.errors import CheckpointError, InputError
-from edgezoo.runtime.language_model import Generation
-from edgezoo.runtime.sampling import Sampler, SamplingParams, StopChecker
+from edgezoo.runtime.sampling import SamplingParams
 from edgezoo.runtime.session import make_session
+from edgezoo.runtime.text_generation import Generation, Row, StepFn, TextGenerator
+
+__all__ = ["GRAPH_FILES", "Generation", "Seq2SeqModel"]
 
 GRAPH_FILES = {
     "encoder": io_names.ENCODER_FILE,
@@ -30,11 +36,13 @@ GRAPH_FILES = {
 }
 
 
-class Seq2SeqModel:
+class Seq2SeqModel(TextGenerator):
     """``generate(source)`` -> ``Generation`` (a list for a list of sources).
 
     A batch decodes together: sources right-padded (the encoder mask hides the padding),
-    each row stopping at its ``</s>`` or ``max_new_tokens``."""
+    each row stopping at its ``</s>``, a stop string or ``max_new_tokens``. ``context`` is
+    the longest source (``n_positions``, the longest trained on); the target has its own
+    positions (relative, like T5's), so a long source never shortens the target's budget."""
 
     family = "s2s"
 
@@ -52,10 +60,17 @@ class Seq2SeqModel:
         self.tokenizer, self.config = tokenizer, config
         self.backend, self.variant, self.reason = backend, variant, reason
         self.eos_id = int(config.get("eos_token_id", 2))
-        self.start_id = int(config.get("decoder_start_token_id", 0))
-        self.max_source = int(config.get("n_positions") or 512)
+        self.pad_id = int(config.get("pad_token_id") or 0)
+        self.start_id = int(config.get("decoder_start_token_id", self.pad_id))
+        self.context = int(config.get("n_positions") or 512)
         past = [i.name for i in self.decoder_with_past.get_inputs() if io_names.is_past(i.name)]
         self.past_names = past  # per layer: decoder key, value, encoder key, value
+        self.self_names = [n for n in past if ".decoder." in n]  # the ones each step renews
+
+    @property
+    def max_source(self) -> int:
+        """The longest source accepted, in tokens (the name ``context`` has for LMs)."""
+        return self.context
 
     @classmethod
     def from_files(
@@ -76,78 +91,66 @@ class Seq2SeqModel:
         sessions = {role: make_session(Path(p), backend, threads) for role, p in files.items()}
         return cls(sessions, tokenizer, config, backend, **info)
 
-    def generate(
-        self,
-        source: str | Sequence[str],
-        params: SamplingParams | None = None,
-        **overrides: Any,
-    ) -> Generation | list[Generation]:
-        """Generate the target for one source text or a batch of them."""
-        single = isinstance(source, str)
-        texts = [source] if single else list(source)
-        if not texts:
-            raise InputError("generate() got no sources; pass a string or a non-empty list.")
-        ids = [enc.ids[: self.max_source] for enc in self.tokenizer.encode_batch(texts)]
-        results = self.generate_ids(ids, params, **overrides)
-        return results[0] if single else results
+    def check_ids(self, prompt_ids: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Plain int lists, each non-empty, in the vocabulary and at most ``context`` long."""
+        if len(prompt_ids) == 0:
+            raise InputError("no source given: pass a string or a non-empty list.")
+        # The embedding's rows (a padded vocabulary may have more than the tokenizer).
+        vocab = int(self.config.get("vocab_size") or self.tokenizer.get_vocab_size())
+        encoded = []
+        for row in prompt_ids:
+            ids = [int(i) for i in row]
+            if not ids:
+                raise InputError("empty source: give some text to translate / summarise.")
+            if len(ids) > self.context:
+                raise InputError(
+                    f"source is {len(ids)} tokens but this model takes at most {self.context} "
+                    f"(n_positions, the longest it was trained on): shorten or split the source."
+                )
+            if min(ids) < 0 or max(ids) >= vocab:
+                raise InputError(f"token ids must be in [0, {vocab}) for this model's vocabulary.")
+            encoded.append(ids)
+        return encoded
 
-    def generate_ids(
-        self,
-        source_ids: Sequence[Sequence[int]],
-        params: SamplingParams | None = None,
-        **overrides: Any,
-    ) -> list[Generation]:
-        """The decode loop over token ids (what ``generate`` and export validation call)."""
-        p = SamplingParams(**{**vars(params or SamplingParams()), **overrides}).validate()
-        if not source_ids or any(len(s) == 0 for s in source_ids):
-            raise InputError("every source needs at least one token.")
-        t0 = time.perf_counter()
-        ids, mask = _right_padded(source_ids)
-        (hidden,) = self.encoder.run(None, {io_names.INPUT_IDS: ids, io_names.ATTENTION_MASK: mask})
-        batch = len(source_ids)
-        step = np.full((batch, 1), self.start_id, dtype=np.int64)
-        out = self.decoder.run(
-            None,
-            {
+    def _run(
+        self, encoded: list[list[int]], params: SamplingParams, live_text: bool = False
+    ) -> Iterator[list[Row]]:
+        """The three graphs under ``_decode``: encode the right-padded sources, run the
+        first decoder step (it also returns the cross-attention K/V), then one token per
+        row per step with the growing self-attention cache."""
+        ids, mask = _right_padded(encoded)
+        start_ids = np.full((len(encoded), 1), self.start_id, dtype=np.int64)
+
+        def start() -> tuple[np.ndarray, StepFn]:
+            (hidden,) = self.encoder.run(
+                None, {io_names.INPUT_IDS: ids, io_names.ATTENTION_MASK: mask}
+            )
+            feed = {
                 io_names.ENCODER_ATTENTION_MASK: mask,
-                io_names.INPUT_IDS: step,
+                io_names.INPUT_IDS: start_ids,
                 io_names.ENCODER_HIDDEN_STATES: hidden,
-            },
-        )
-        logits, cache = out[0], dict(zip(self.past_names, out[1:], strict=True))
-        sampler, tokens, done = Sampler(p), [[] for _ in range(batch)], np.zeros(batch, bool)
-        counts = np.zeros((batch, logits.shape[-1]), dtype=np.int64)  # generated, for penalties
-        first_s, step_s = time.perf_counter() - t0, []
-        for n in range(p.max_new_tokens):
-            t = time.perf_counter()
-            picked = sampler(logits[:, -1], counts > 0, counts)
-            for r in np.flatnonzero(~done):
-                if picked[r] == self.eos_id and not p.ignore_eos:
-                    done[r] = True
-                else:
-                    tokens[r].append(int(picked[r]))
-                    counts[r, picked[r]] += 1
-            if done.all() or n == p.max_new_tokens - 1:
-                step_s.append(time.perf_counter() - t)
-                break
-            feed = {io_names.ENCODER_ATTENTION_MASK: mask, io_names.INPUT_IDS: picked[:, None]}
-            out = self.decoder_with_past.run(None, {**feed, **cache})
-            logits = out[0]
-            self_names = [n for n in self.past_names if ".decoder." in n]
-            cache.update(zip(self_names, out[1:], strict=True))
-            step_s.append(time.perf_counter() - t)
-        return [
-            self._result(row, done[i], len(source_ids[i]), first_s, step_s, p)
-            for i, row in enumerate(tokens)
-        ]
+            }
+            out = self.decoder.run(None, feed)
+            cache = dict(zip(self.past_names, out[1:], strict=True))
 
-    def _result(self, row, eos, prompt_len, first_s, step_s, p) -> Generation:
-        text = self.tokenizer.decode(row)
-        finish = "eos" if eos else "length"
-        if p.stop:
-            text, found = StopChecker(p.stop).truncate(text)
-            finish = "stop" if found else finish
-        return Generation(text, row, finish, prompt_len, first_s, sum(step_s), list(step_s))
+            def step(next_ids: np.ndarray, n: int) -> np.ndarray:
+                feed = {io_names.ENCODER_ATTENTION_MASK: mask, io_names.INPUT_IDS: next_ids}
+                out = self.decoder_with_past.run(None, {**feed, **cache})
+                cache.update(zip(self.self_names, out[1:], strict=True))
+                return out[0][:, -1]
+
+            return out[0][:, -1], step
+
+        # HF's repetition penalty counts the decoder's inputs: its start token, not the source.
+        yield from self._decode(
+            encoded,
+            params,
+            params.max_new_tokens,
+            start,
+            live_text=live_text,
+            seen_ids=[[self.start_id]] * len(encoded),
+            prompt_context=False,
+        )
 
 
 def _right_padded(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
