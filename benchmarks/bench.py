@@ -219,19 +219,31 @@ def run(
             row["ratio_to_floor"] = row["decode_ms_p50"] / row["floor_ms"]
             results["runs"].append(row)
             progress.advance(task)
+        own_rss: dict[tuple[Path, str], float | None] = {}
         for size in sizes:
             for peer in peers:
                 progress.update(task, description=f"{size} peer {peer}")
                 results["peers"].append(
-                    _peer_row(peer, prepared[size], size, new_tokens, threads, repeats, work)
+                    _peer_row(
+                        peer, prepared[size], size, new_tokens, threads, repeats, work, own_rss
+                    )
                 )
                 progress.advance(task)
     return results
 
 
 def _peer_row(
-    peer: str, model_dir: Path, size: str, new_tokens: int, threads: int, repeats: int, work: Path
+    peer: str,
+    model_dir: Path,
+    size: str,
+    new_tokens: int,
+    threads: int,
+    repeats: int,
+    work: Path,
+    own_rss: dict[tuple[Path, str], float | None],
 ) -> dict:
+    """One peer beside edgezoo on the same weights and prompt. ``own_rss`` caches edgezoo's
+    own fresh-process peak RSS per (model, precision), measured like the peer's."""
     from dataclasses import asdict
 
     from benchmarks.peers import run_peer
@@ -259,10 +271,14 @@ def _peer_row(
     )
     after, _, _ = time_decode(lm, [prompt], new_tokens, repeats)
     steps += after
+    if (model_dir, precision) not in own_rss:
+        own = run_peer("edgezoo", model_dir, prompt, new_tokens, threads, precision, 1)
+        own_rss[model_dir, precision] = own.peak_rss_mb
     result.update(
         size=size,
         edgezoo_variant=ours,
         edgezoo_decode_ms_p50=statistics.median(steps) * 1000,
+        edgezoo_peak_rss_mb=own_rss[model_dir, precision],
         greedy_agreement=sum(a == b for a, b in zip(tokens, result["tokens"], strict=False)),
     )
     if result.get("decode_ms_per_token_p50"):
@@ -292,22 +308,29 @@ def markdown(results: dict) -> str:
     if results["peers"]:
         lines += [
             "",
-            "Peers, batch 1, 32-token prompt, same weights, same run (peer ÷ edgezoo > 1 means edgezoo is faster):",
+            "Peers, batch 1, 32-token prompt, same weights, same run (peer ÷ edgezoo > 1 means edgezoo is faster). "
+            "Peak RSS: the high-water mark of a fresh process that loads the model and decodes, for the peer and for edgezoo alike:",
             "",
-            "| size | peer | precision | peer ms/token | edgezoo ms/token | peer ÷ edgezoo | greedy tokens equal | note |",
-            "|---|---|---|---|---|---|---|---|",
+            "| size | peer | precision | peer ms/token | edgezoo ms/token | peer ÷ edgezoo | greedy tokens equal | peer peak RSS MB | edgezoo peak RSS MB | note |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for p in results["peers"]:
             if p["available"]:
                 lines.append(
                     f"| {p['size']} | {p['peer']} | {p['precision']} | {p['decode_ms_per_token_p50']:.2f} | {p['edgezoo_decode_ms_p50']:.2f} | "
-                    f"{p.get('speedup_vs_peer', float('nan')):.2f}× | {p['greedy_agreement']} | {p['note'][:60]} |"
+                    f"{p.get('speedup_vs_peer', float('nan')):.2f}× | {p['greedy_agreement']} | "
+                    f"{_mb(p.get('peak_rss_mb'))} | {_mb(p.get('edgezoo_peak_rss_mb'))} | {p['note'][:60]} |"
                 )
             else:
                 lines.append(
-                    f"| {p['size']} | {p['peer']} | {p['precision']} | – | {p['edgezoo_decode_ms_p50']:.2f} | – | – | skipped: {p['note'][:80]} |"
+                    f"| {p['size']} | {p['peer']} | {p['precision']} | – | {p['edgezoo_decode_ms_p50']:.2f} | – | – | – | "
+                    f"{_mb(p.get('edgezoo_peak_rss_mb'))} | skipped: {p['note'][:80]} |"
                 )
     return "\n".join(lines) + "\n"
+
+
+def _mb(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
 
 
 def plot(results: dict, path: Path) -> None:

@@ -48,7 +48,7 @@ def one_round(model, timer: TimedSession, tokens: int) -> tuple[float, float]:
     params = SamplingParams(temperature=0, max_new_tokens=tokens, ignore_eos=True)
     timer.durations.clear()
     g = model.generate(PROMPT, params)
-    prefill, *steps = timer.durations  # call 1 is the prompt; each later call one token
+    _prefill, *steps = timer.durations  # call 1 is the prompt; each later call one token
     return g.decode_s / len(steps) * 1e3, sum(steps) / len(steps) * 1e3
 
 

@@ -69,7 +69,7 @@ def test_pytorch_eager_equals_generate_ids(lm, eager):
     assert eager.threads == 2 and "torch" in eager.note
 
 
-@pytest.mark.parametrize("peer", [p for p in PEERS if p != "pytorch-eager"])
+@pytest.mark.parametrize("peer", [p for p in PEERS if p not in ("pytorch-eager", "edgezoo")])
 def test_peer_greedy_tokens_equal_pytorch(lm, work, eager, peer):
     path, _, prompt = lm
     r = run_peer(peer, path, prompt, NEW_TOKENS, 2, "fp32", 1, work)
@@ -147,3 +147,22 @@ def test_conversion_cache_is_rebuilt_when_the_source_changes(tmp_path):
     _, seconds = peers._cached(target, peers._source_stamp(src, peer="v2"), build)
     assert seconds is not None and len(builds) == 3
     assert sorted(p.name for p in target.parent.iterdir()) == ["ct2-fp32"]  # no temp left
+
+
+def test_edgezoo_as_a_peer_decodes_like_pytorch_and_reports_its_memory(lm, work, eager, tmp_path):
+    """The `edgezoo` peer runs our runtime in a fresh process, like the others, so the bench
+    can put whole-process peak RSS side by side."""
+    import shutil
+
+    from edgezoo.export.onnx_export import to_onnx
+
+    path, _, prompt = lm
+    exported = tmp_path / "exported"
+    shutil.copytree(path, exported)
+    to_onnx(exported, greedy_steps=4, optimize=False)
+    r = run_peer("edgezoo", exported, prompt, NEW_TOKENS, 2, "fp32", 1, work)
+    assert r.available, r.note
+    assert r.tokens[:AGREE] == eager.tokens[:AGREE]
+    assert "gqa" in r.note
+    # A Python process with onnxruntime loaded holds tens of MB at least; torch's holds more.
+    assert 30 < r.peak_rss_mb < eager.peak_rss_mb, (r.peak_rss_mb, eager.peak_rss_mb)

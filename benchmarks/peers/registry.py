@@ -6,7 +6,14 @@ derived from it, so the two cannot drift apart.
 
 from __future__ import annotations
 
-from . import ctranslate2_peer, llama_cpp_peer, optimum_ort, ort_genai, pytorch_eager
+from . import (
+    ctranslate2_peer,
+    edgezoo_peer,
+    llama_cpp_peer,
+    optimum_ort,
+    ort_genai,
+    pytorch_eager,
+)
 from .common import Loader
 
 LOADERS: dict[str, Loader] = {
@@ -15,5 +22,6 @@ LOADERS: dict[str, Loader] = {
     "ort-genai": ort_genai.load,
     "ctranslate2": ctranslate2_peer.load,
     "llama-cpp": llama_cpp_peer.load,
+    "edgezoo": edgezoo_peer.load,  # ourselves in a fresh process: whole-process memory
 }
 PEERS: tuple[str, ...] = tuple(LOADERS)

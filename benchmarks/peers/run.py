@@ -65,6 +65,18 @@ def check_request(
         raise PeerUnavailable("new_tokens and threads must both be at least 1")
 
 
+def process_peak_rss_mb() -> float | None:
+    """This process's resident-memory high-water mark (Linux VmHWM): in a fresh child
+    process, the peer's whole footprint — interpreter, runtime, weights, caches."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def _run_here(
     result: PeerResult,
     model_dir: Path,
@@ -93,6 +105,7 @@ def _run_here(
         if not consistent:
             notes.append("tokens differed between repeats (non-deterministic)")
     result.available = True
+    result.peak_rss_mb = process_peak_rss_mb()
     result.note = "; ".join(notes)
     result.tokens = tokens
     result.ttft_ms, result.decode_ms_per_token_p50, result.decode_ms_per_token_p95 = (
