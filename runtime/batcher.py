@@ -72,7 +72,10 @@ class Batcher:
         self.model, self.metrics = model, metrics
         self.max_batch, self.max_queue, self.batch_wait_s = max_batch, max_queue, batch_wait_s
         self.is_lm = hasattr(model, "generate_ids")
-        self.context: int | None = getattr(model, "context", None)
+        # A decoder-only batch shares context − its longest prompt new tokens; an
+        # encoder–decoder's target has its own positions, so no source shortens it.
+        shared = getattr(model, "family", "lm") != "s2s"
+        self.context: int | None = getattr(model, "context", None) if shared else None
         self.pending: deque[Job] = deque()
         self.running: list[Job] = []
         self.arrived = asyncio.Event()

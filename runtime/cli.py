@@ -272,13 +272,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not hasattr(lm, "generate"):
         raise ConfigError(f"{args.model_dir} is a classifier: use `edgezoo classify` on it.")
     print(variant_note(args.model_dir, lm.backend, lm.variant, args.variant), file=sys.stderr)
-    if getattr(lm, "family", "") == "s2s":  # the prompt is the source; print the target alone
-        print(lm.generate(args.prompt, **_sampling_args(args)).text)
-        return 0
+    s2s = getattr(lm, "family", "") == "s2s"  # the prompt is the source: print the target alone
+    shown = "" if s2s else args.prompt
     if args.no_stream:
-        print(args.prompt + lm.generate(args.prompt, **_sampling_args(args)).text)
+        print(shown + lm.generate(args.prompt, **_sampling_args(args)).text)
         return 0
-    print(args.prompt, end="", flush=True)
+    print(shown, end="", flush=True)
     for delta in lm.stream(args.prompt, **_sampling_args(args)):
         print(delta, end="", flush=True)
     g = lm.last

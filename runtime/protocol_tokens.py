@@ -41,7 +41,8 @@ def encode_prompts(
     carries its own (``bos_token`` in the template), as with transformers'
     ``apply_chat_template``. Slow for long prompts: call it off the event loop.
     """
-    _check_chars(model, prompts, min(max_prompt_tokens or model.context, model.context - 1))
+    longest = getattr(model, "max_prompt_len", model.context - 1)  # what check_ids accepts
+    _check_chars(model, prompts, min(max_prompt_tokens or longest, longest))
     if special_tokens:
         return _within_limit(model.encode(prompts), max_prompt_tokens)  # InputError: context
     ids = [model.tokenizer.encode(p, add_special_tokens=False).ids for p in prompts]

@@ -68,8 +68,8 @@ class Seq2SeqModel(TextGenerator):
         self.self_names = [n for n in past if ".decoder." in n]  # the ones each step renews
 
     @property
-    def max_source(self) -> int:
-        """The longest source accepted, in tokens (the name ``context`` has for LMs)."""
+    def max_prompt_len(self) -> int:
+        """The longest source accepted, in tokens: all of ``context`` (the target has its own)."""
         return self.context
 
     @classmethod

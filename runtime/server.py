@@ -164,7 +164,7 @@ def serve(
     name = model_name or Path(model_dir).resolve().name
     print(f"edgezoo serve: {name} [{model.backend} · {model.variant}] on http://{host}:{port}")
     if hasattr(model, "context"):  # a language model: no request may cost more than this
-        max_prompt_tokens = max_prompt_tokens or model.context - 1
+        max_prompt_tokens = max_prompt_tokens or getattr(model, "max_prompt_len", model.context - 1)
         max_tokens_limit = max_tokens_limit or min(model.context, DEFAULT_MAX_TOKENS_LIMIT)
     app = create_app(
         model,

@@ -40,6 +40,10 @@ NO_TEMPLATE = (
     "'chat_template' to its tokenizer_config.json (re-exporting a zoo language model adds the "
     "default one), or use POST /v1/completions with a prompt you format yourself."
 )
+NOT_CHAT = (
+    "model {name!r} is an encoder-decoder (seq2seq) model: it maps a source text to a target "
+    "and has no chat format. Use POST /v1/completions with the source text as the prompt."
+)
 
 
 def _chat_prompt_ids(ctx: ServerContext, req: ChatRequest) -> list[list[int]]:
@@ -73,6 +77,8 @@ def chat_router(ctx: ServerContext, guarded: list[DependsParam]) -> APIRouter:
     async def chat_completions(request: Request) -> Any:
         if not ctx.is_lm:
             raise ApiError(400, f"{ctx.model_name!r} is a classifier: use POST /v1/classify.")
+        if getattr(ctx.model, "family", "lm") == "s2s":
+            raise ApiError(400, NOT_CHAT.format(name=ctx.model_name))
         body = await read_json(request, ctx.max_body_bytes)
         req = parse_chat(
             body,

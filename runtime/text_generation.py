@@ -200,6 +200,12 @@ class TextGenerator:
                 elif delta:
                     yield StreamDelta(i, delta, None, None)
 
+    @property
+    def max_prompt_len(self) -> int:
+        """The longest prompt ``check_ids`` accepts, in tokens: a decoder-only prompt
+        leaves room in the context for at least one new token."""
+        return self.context - 1
+
     @cached_property
     def max_token_chars(self) -> int:
         """The most characters one token can stand for (the longest vocabulary entry, in

@@ -179,3 +179,35 @@ def loss_curve(run) -> dict[int, float]:
 
     rows = [json.loads(line) for line in (Path(run) / "training.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+S2S_SOURCES = ["def add(a, b):\n    return a + b", "def name(self):\n    return self._name"]
+
+
+@pytest.fixture(scope="session")
+def s2s_exported(tmp_path_factory):
+    """A tiny untied ReLU T5 (its random greedy output is varied, not all one token),
+    exported once per run: (dir, ExportResult). The export is the slow part (~40 s), so
+    every s2s test module shares this one."""
+    import torch
+
+    from edgezoo.export.onnx_export import to_onnx
+    from edgezoo.zoo.config import T5Config
+    from edgezoo.zoo.modeldir import build_model, save_model_dir
+    from edgezoo.zoo.tokenizer import save_tokenizer, train_tokenizer
+
+    folder = tmp_path_factory.mktemp("s2s")
+    torch.manual_seed(0)
+    cfg = T5Config(
+        vocab_size=320,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        feed_forward_proj="relu",
+        tie_word_embeddings=False,
+        max_position_embeddings=64,
+    )
+    save_model_dir(build_model(cfg).eval(), folder)
+    save_tokenizer(train_tokenizer(S2S_SOURCES * 40, 320), folder, 64)
+    return folder, to_onnx(folder)

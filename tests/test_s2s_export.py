@@ -6,37 +6,20 @@ import json
 
 import pytest
 import torch
+from conftest import S2S_SOURCES
 
 from edgezoo import io_names, manifest, runtime
-from edgezoo.export.onnx_export import to_onnx
 from edgezoo.runtime.language_model import Generation
 from edgezoo.runtime.seq2seq import Seq2SeqModel
-from edgezoo.zoo.config import T5Config
-from edgezoo.zoo.modeldir import build_model, load_model, save_model_dir
-from edgezoo.zoo.tokenizer import save_tokenizer, train_tokenizer
+from edgezoo.zoo.modeldir import load_model
 
-SOURCES = ["def add(a, b):\n    return a + b", "def name(self):\n    return self._name"]
+SOURCES = S2S_SOURCES
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """An untied ReLU T5 (its random greedy output is varied, not all one token), exported."""
-    folder = tmp_path_factory.mktemp("s2s")
-    torch.manual_seed(0)
-    cfg = T5Config(
-        vocab_size=320,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        feed_forward_proj="relu",
-        tie_word_embeddings=False,
-        max_position_embeddings=64,
-    )
-    save_model_dir(build_model(cfg).eval(), folder)
-    save_tokenizer(train_tokenizer(SOURCES * 40, 320), folder, 64)
-    result = to_onnx(folder)
-    return folder, result
+def exported(s2s_exported):
+    """The session's tiny exported T5 (conftest), shared with the other s2s modules."""
+    return s2s_exported
 
 
 def test_export_writes_optimum_layout_and_records_it(exported):
