@@ -112,17 +112,20 @@ class Scaling:
 def deployment_options(opts: ReplicaOptions, scaling: Scaling) -> dict[str, Any]:
     """The options of ``serve.deployment`` for these replicas.
 
-    ``max_ongoing_requests`` is what one replica's server holds before it answers 503:
-    its queue plus the requests it is decoding. Ray sends a replica no more than that, and
-    queues at most ``max_queue`` more per proxy before it answers 503 itself, so overload
-    is refused at the front instead of piling up in the router. Autoscaling aims at
-    ``target_ongoing_requests`` per replica (default: the replica's decoding slots, the
-    load one replica batches without queueing).
+    ``max_ongoing_requests`` is the connection limit ``edgezoo serve`` gives uvicorn: the
+    replica's queue, the requests it decodes, and room for the ones it refuses itself (503
+    + Retry-After, OpenAI's error body) and for /health. Ray sends a replica no more than
+    that and queues at most ``max_queue`` more per proxy before it answers 503 itself (in
+    plain text, as uvicorn does past its limit), so a flood is refused at the front instead
+    of piling up in the router. Autoscaling aims at ``target_ongoing_requests`` per
+    replica (default: the replica's decoding slots, the load it batches without queueing).
     """
+    from edgezoo.runtime.server import connection_limit
+
     scaling.check()
     options: dict[str, Any] = {
         "name": DEPLOYMENT_NAME,
-        "max_ongoing_requests": opts.max_queue + opts.slots,
+        "max_ongoing_requests": connection_limit(opts.max_queue, opts.slots),
         "max_queued_requests": opts.max_queue,
         "ray_actor_options": {"num_cpus": scaling.cpus_per_replica},
         "health_check_period_s": HEALTH_CHECK_PERIOD_S,
@@ -296,7 +299,6 @@ def serve_on_ray(
     port: int = 8000,
     address: str = LOCAL,
     log_level: str = "info",
-    ready: Callable[[], None] | None = None,
 ) -> None:
     """Serve ``opts.model_dir`` on Ray Serve until Ctrl-C / SIGTERM, then remove the app
     (and stop the private Ray instance, if this call started one)."""
@@ -313,16 +315,12 @@ def serve_on_ray(
         start_ray(ray, address, scaling, log_level)
         signal.signal(signal.SIGTERM, _interrupt)  # ray.init installed its own
         _run_app(serve, app, host, port, log_level)
-        replicas = (
-            f"{scaling.replicas} replicas (autoscaling {scaling.min_replicas or 1}-"
-            f"{scaling.max_replicas})"
-            if scaling.autoscaling
-            else f"{scaling.replicas} replica{'s' if scaling.replicas > 1 else ''}"
-        )
+        replicas = f"{scaling.replicas} replica{'s' if scaling.replicas > 1 else ''}"
+        if scaling.autoscaling:
+            low = 1 if scaling.min_replicas is None else scaling.min_replicas
+            replicas += f" (autoscaling {low}-{scaling.max_replicas})"
         where = "a local Ray instance" if address == LOCAL else f"the Ray cluster at {address}"
         print(f"edgezoo serve: {replicas} on {where}, on http://{host}:{port}", flush=True)
-        if ready is not None:
-            ready()
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -63,7 +63,8 @@ def test_deployment_options_follow_the_server_limits():
     opts = ReplicaOptions("m", max_queue=10, max_batch=4, parallel=6)
     fixed = deployment_options(opts, Scaling(replicas=3, cpus_per_replica=2))
     assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
-    assert fixed["max_ongoing_requests"] == 16  # its queue + the 6 it decodes at once
+    # what `edgezoo serve` lets uvicorn hold: its queue + the 6 it decodes + 32 to spare
+    assert fixed["max_ongoing_requests"] == 10 + 6 + 32
     assert fixed["max_queued_requests"] == 10
     assert fixed["ray_actor_options"] == {"num_cpus": 2}
 
