@@ -40,6 +40,10 @@ class InputError(EdgeZooError):
     """A request the model cannot serve: empty prompt, prompt longer than the context, ..."""
 
 
+class DistributedError(EdgeZooError):
+    """Processes of one distributed run that cannot agree: a node missing, different commands."""
+
+
 class MissingExtraError(EdgeZooError):
     """A stage whose optional dependencies (a pip extra) are not installed."""
 

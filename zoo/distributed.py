@@ -3,7 +3,9 @@ tensor parallelism (``--tp``) on a 2-D device mesh (data-parallel × tensor-para
 
 A run is distributed exactly when torchrun set ``WORLD_SIZE`` > 1; the backend follows
 the device (NCCL on CUDA, gloo on CPU). With one process every helper is a no-op, so the
-training loop reads the same either way. Ranks of one tensor-parallel group read the same
+training loop reads the same either way. Under torchrun, on one node or several, each
+restart attempt gets a store prefix and a "restarted" flag that all ranks agree on
+(``edgezoo.zoo.attempt``), so ``--max-restarts`` works across nodes too. Ranks of one tensor-parallel group read the same
 examples: data is split over the data-parallel ranks (``dp_rank`` of ``dp_world``) only.
 """
 
@@ -29,6 +31,7 @@ class Dist:
     tp: int = 1  # tensor-parallel degree: consecutive ranks form one TP group
     mesh: Any = None  # DeviceMesh ("dp", "tp") when tp > 1
     sequence_parallel: bool = False  # with tp > 1: norms and residuals split along the sequence
+    restarted: bool = False  # torchrun restarted this job: every rank agrees, on every node
 
     @property
     def is_main(self) -> bool:
@@ -164,11 +167,6 @@ def _replicate_over(model: nn.Module, dp_mesh) -> nn.Module:
     return model
 
 
-def restarted_by_torchrun() -> bool:
-    """True when torchrun's --max-restarts brought this worker back after a failure."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-
-
 def setup(
     device: str = "auto", fsdp: bool = False, tp: int = 1, sequence_parallel: bool = False
 ) -> Dist:
@@ -195,44 +193,48 @@ def setup(
         # Processes on one machine share its cores; oversubscribing them slows everyone.
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    restarted = False
     if not torch_dist.is_initialized():
-        if use_cuda:
-            torch_dist.init_process_group(backend="nccl")
-        else:
-            torch_dist.init_process_group(
-                backend="gloo", store=_attempt_store(world), rank=rank, world_size=world
-            )
+        store, restarted = _attempt_store(world, rank)
+        backend = "nccl" if use_cuda else "gloo"
+        torch_dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
     mesh = None
     if tp > 1:
         from torch.distributed.device_mesh import init_device_mesh
 
         mesh = init_device_mesh(dev.type, (world // tp, tp), mesh_dim_names=("dp", "tp"))
-    return Dist(rank, world, local_rank, dev, fsdp, tp, mesh, sequence_parallel)
+    return Dist(rank, world, local_rank, dev, fsdp, tp, mesh, sequence_parallel, restarted)
 
 
-def _attempt_store(world: int) -> torch_dist.Store | None:
-    """torchrun's store, namespaced by restart attempt.
+def _attempt_store(world: int, rank: int) -> tuple[torch_dist.Store | None, bool]:
+    """torchrun's job store under this attempt's own prefix, and whether it is a restart.
 
-    After ``--max-restarts`` restarts the workers, gloo reads the *previous* attempt's peer
-    addresses from the agent's store and fails with "connection refused" (seen with torch
-    2.13 on CPU). A key prefix per attempt keeps each attempt's rendezvous apart. The
-    attempt count is per node, so this is right on one node (tested). Across nodes it is
-    not: a node whose own workers are healthy restarts them for a rejoining node without
-    counting a restart, the nodes' prefixes then differ and the new attempt hangs (seen
-    with two agents on loopback, depending on timing). Multi-node gloo restarts are
-    therefore not supported yet.
+    The agents' store outlives worker restarts, and a new attempt that reuses the old
+    keys reads dead peers' addresses (gloo: "connection refused", or a hang). The prefix
+    comes from ``attempt.agree``, a handshake all ranks of all nodes agree on — not from
+    ``TORCHELASTIC_RESTART_COUNT``, which each node counts for itself (see
+    ``edgezoo.zoo.attempt``). Outside torchrun (no ``TORCHELASTIC_RUN_ID``) there are no
+    restarts: ``None`` lets ``init_process_group`` read ``env://`` as usual.
     """
     import datetime
 
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
-        return None
+    from edgezoo.zoo import attempt
+
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return None, False
+    # With the agents' shared store every worker is a client; without it
+    # (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1) rank 0 hosts a fresh store per attempt, as
+    # torch's own env:// would.
+    host = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" and rank == 0
+    timeout = datetime.timedelta(minutes=10)
     store = torch_dist.TCPStore(
         os.environ["MASTER_ADDR"],
         int(os.environ["MASTER_PORT"]),
         world,
-        is_master=False,
-        timeout=datetime.timedelta(minutes=10),
+        is_master=host,
+        timeout=timeout,
+        multi_tenant=host,
     )
-    return torch_dist.PrefixStore(
-        f"edgezoo/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store
-    )
+    restart_count = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    now = attempt.agree(store, rank, world, restart_count, timeout.total_seconds())
+    return torch_dist.PrefixStore(now.prefix, store), now.restarted

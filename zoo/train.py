@@ -191,7 +191,7 @@ def _start(cfg: TrainConfig) -> tuple[TrainConfig, Dist, torch.device]:
     dist = distributed.setup(cfg.device, cfg.fsdp, cfg.tp, cfg.sequence_parallel)
     device = dist.device if dist.world > 1 else pick_device(cfg.device)
     out = Path(cfg.out)
-    if distributed.restarted_by_torchrun() and ckpt.list_checkpoints(out):
+    if dist.restarted and ckpt.list_checkpoints(out):
         cfg = replace(cfg, resume=True)  # torchrun --max-restarts brought us back: continue
     check_resumable(out, cfg)
     if cfg.batch_size % (cfg.grad_accum * dist.dp_world):
