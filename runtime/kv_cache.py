@@ -6,8 +6,8 @@ on the GPU under CUDA) instead of round-tripping through numpy.
 
 ``SharedBufferCache`` (GroupQueryAttention graphs): one buffer per layer, allocated once
 at the maximum length and bound as both ``past`` and ``present``; the kernel writes the
-new keys in place, and the logits go to a preallocated buffer, so a decode step allocates
-and copies nothing but the token ids and the mask.
+new keys in place, the token ids come from and the logits go to preallocated buffers bound
+once, so a decode step allocates and binds nothing but the mask.
 """
 
 from __future__ import annotations
@@ -73,8 +73,12 @@ class SharedBufferCache:
             self.step_logits = ort.OrtValue.ortvalue_from_shape_and_type(
                 [batch, 1, vocab], np.float32, device, 0
             )
+        # A decode step's token ids: one host buffer, bound once; a step writes into it.
+        self.step_ids_host = np.zeros((batch, 1), np.int64)
+        self.step_ids = ort.OrtValue.ortvalue_from_numpy(self.step_ids_host)
+        self.decode_bound = False  # whether the one-token ids and logits are bound now
         # One binding for the whole generation: the cache buffers are bound once as both
-        # past and present; a step only rebinds the new token ids and the mask.
+        # past and present; a decode step only rebinds the mask (its length grows).
         self.binding = sess.io_binding()
         self.binding.bind_output("logits", device)  # bound first: always output 0
         for name, buf in zip(self.kv_names, self.buffers, strict=True):
@@ -86,14 +90,20 @@ class SharedBufferCache:
     ) -> np.ndarray:
         """``mask`` is right-padded: its row sums are each row's total length."""
         binding = self.binding
-        binding.bind_cpu_input("input_ids", ids)
-        binding.bind_cpu_input("attention_mask", mask)
-        if ids.shape[1] == 1:
-            binding.bind_ortvalue_output("logits", self.step_logits)
-        else:
+        one_token = ids.shape[1] == 1
+        if one_token:
+            self.step_ids_host[...] = ids
+            if not self.decode_bound:
+                binding.bind_ortvalue_input("input_ids", self.step_ids)
+                binding.bind_ortvalue_output("logits", self.step_logits)
+                self.decode_bound = True
+        else:  # a prompt or several guesses: sized per call
+            binding.bind_cpu_input("input_ids", ids)
             binding.bind_output("logits", self.device)
+            self.decode_bound = False
+        binding.bind_cpu_input("attention_mask", mask)
         self.sess.run_with_iobinding(binding)
-        if ids.shape[1] == 1:
+        if one_token:
             return self.logits_host if self.logits_host is not None else self.step_logits.numpy()
         return binding.get_outputs()[0].numpy()
 

@@ -65,6 +65,9 @@ class LanguageModel(TextGenerator):
         eos = tokenizer.token_to_id("</s>")
         self.eos_id = eos if eos is not None else config.get("eos_token_id")
         self.pad_id = tokenizer.token_to_id("<pad>") or 0
+        # Counted once: the tokenizers library rebuilds its vocabulary map on every call
+        # (~1 ms here), which is a request's whole time to first token on a small model.
+        self.vocab_size = tokenizer.get_vocab_size()
 
     def _generate_each(
         self, encoded: list[list[int]], params: list[SamplingParams]
@@ -109,7 +112,7 @@ class LanguageModel(TextGenerator):
         """Plain int lists, each non-empty, in the vocabulary and shorter than the context."""
         if len(prompt_ids) == 0:
             raise InputError("no prompt given.")
-        vocab = self.tokenizer.get_vocab_size()
+        vocab = self.vocab_size
         encoded = []
         for row in prompt_ids:
             ids = [int(i) for i in row]

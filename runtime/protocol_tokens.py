@@ -155,7 +155,7 @@ def tokenize_body(model: Any, prompt: str, special_tokens: bool, max_chars: int)
 def detokenize_body(model: Any, body: dict[str, Any]) -> dict[str, str]:
     """``{"tokens": [int, ...]}`` -> ``{"prompt": str}``; ids outside the vocabulary are a 400."""
     tokens = body.get("tokens")
-    vocab = model.tokenizer.get_vocab_size()
+    vocab = getattr(model, "vocab_size", None) or model.tokenizer.get_vocab_size()
     if not isinstance(tokens, list) or not all(
         isinstance(t, int) and not isinstance(t, bool) for t in tokens
     ):
