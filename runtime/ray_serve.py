@@ -58,6 +58,8 @@ class ReplicaOptions:
     batching: str = "auto"
     parallel: int | None = None
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK
+    draft: str | None = None  # a draft model dir or "prompt-lookup": speculative decoding
+    draft_tokens: int = 4
 
     @property
     def slots(self) -> int:
@@ -186,6 +188,8 @@ def build_app(opts: ReplicaOptions, replica_id: str, cpus_per_replica: float = 1
         variant=opts.variant,
         threads=replica_threads(opts.threads, cpus_per_replica),
         max_batch=opts.max_batch,
+        draft=opts.draft,
+        draft_tokens=opts.draft_tokens,
     )
     max_prompt_tokens, max_tokens_limit = opts.max_prompt_tokens, opts.max_tokens_limit
     if hasattr(model, "context"):  # a language model: the same caps `edgezoo serve` sets
@@ -370,6 +374,8 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def cmd_serve_ray(args: Any) -> int:
     """`edgezoo serve ... --ray`: the parsed flags to ``serve_on_ray``."""
+    from edgezoo.runtime.cli import draft_of
+
     opts = ReplicaOptions(
         model_dir=args.model_dir,
         backend=args.backend,
@@ -385,6 +391,8 @@ def cmd_serve_ray(args: Any) -> int:
         batching=args.batching,
         parallel=args.parallel,
         prefill_chunk=args.prefill_chunk,
+        draft=draft_of(args),
+        draft_tokens=args.draft_tokens,
     )
     scaling = Scaling(
         replicas=args.replicas,

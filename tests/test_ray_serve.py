@@ -274,3 +274,11 @@ def test_two_replicas_spread_load_and_survive_a_killed_replica(lm_dir):
             if alive(pid):
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
+
+
+def test_replica_loads_the_draft_it_is_given(lm_dir):
+    """`serve --ray --prompt-lookup`: each replica loads the model with the same draft. This
+    dir has no gqa graph, so the replica says what speculative decoding needs (the server
+    side of a draft is tested in test_speculative.py)."""
+    with pytest.raises(ConfigError, match="speculative decoding needs the target's gqa graph"):
+        build_app(ReplicaOptions(str(lm_dir), draft="prompt-lookup", draft_tokens=3), "r3")
