@@ -3,10 +3,11 @@ tensor parallelism (``--tp``) on a 2-D device mesh (data-parallel × tensor-para
 
 A run is distributed exactly when torchrun set ``WORLD_SIZE`` > 1; the backend follows
 the device (NCCL on CUDA, gloo on CPU). With one process every helper is a no-op, so the
-training loop reads the same either way. Under torchrun, on one node or several, each
-restart attempt gets a store prefix and a "restarted" flag that all ranks agree on
-(``edgezoo.zoo.attempt``), so ``--max-restarts`` works across nodes too. Ranks of one tensor-parallel group read the same
+training loop reads the same either way. Ranks of one tensor-parallel group read the same
 examples: data is split over the data-parallel ranks (``dp_rank`` of ``dp_world``) only.
+Under torchrun, on one node or several, each restart attempt gets a store prefix and a
+"restarted" flag that all ranks agree on (``edgezoo.zoo.attempt``), so ``--max-restarts``
+works across nodes too.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """``edgezoo train --nproc N``: run the same training under torchrun, on this machine.
 
-Only a convenience for one node: it execs ``python -m torch.distributed.run
---standalone --nproc_per_node N [--max-restarts R] -m edgezoo.zoo.train <same flags>``. For several
-machines use torchrun itself with its c10d rendezvous (see the README); nothing here
-replaces PyTorch's launcher.
+Only a convenience for one node: it execs ``python -m torch.distributed.run --standalone
+--nproc_per_node N [--max-restarts R] -m edgezoo.zoo.train <same flags>``. For several
+machines run torchrun itself with its c10d rendezvous (docs/scaling-out.md has the
+recipe, restarts included); nothing here replaces PyTorch's launcher.
 """
 
 from __future__ import annotations
