@@ -3,6 +3,10 @@
 Widths and depths follow well-known small models (llama2.c's 15M/42M/110M, TinyLlama's
 1.1B, the BERT-tiny…large ladder) so numbers can be compared. The default vocabulary
 grows with the model: a 1M model cannot afford a 32k embedding table.
+
+Below nano, the LM family has four sub-million rungs (zepto … pico, 7k–200k parameters
+outside the embedding, each ~3× the last): small enough that a scaling sweep on two CPU
+cores can train six sizes spanning 300× to near convergence.
 """
 
 from __future__ import annotations
@@ -14,6 +18,10 @@ from edgezoo.zoo.config import BertConfig, LlamaConfig, ModelConfig, T5Config
 
 # name: (hidden, layers, heads, kv_heads, intermediate, context, vocab)
 LM_PRESETS: dict[str, tuple[int, ...]] = {
+    "zepto": (16, 2, 1, 1, 48, 256, 2048),
+    "atto": (32, 2, 2, 1, 96, 256, 2048),
+    "femto": (48, 3, 3, 1, 128, 256, 2048),
+    "pico": (64, 4, 4, 2, 192, 256, 2048),
     "nano": (128, 4, 4, 2, 256, 256, 4096),
     "micro": (192, 6, 6, 2, 512, 512, 8192),
     "mini": (288, 6, 6, 2, 768, 512, 8192),
@@ -49,6 +57,8 @@ S2S_PRESETS: dict[str, tuple[int, ...]] = {
 }
 
 FAMILIES = ("lm", "cls", "s2s")
+# Small LMs share the embedding with the LM head: untied, it would be most of the model.
+_TIED_LM = ("zepto", "atto", "femto", "pico", "nano", "micro", "mini", "small")
 
 
 def preset_names(family: str) -> list[str]:
@@ -74,7 +84,7 @@ def make_config(
             num_attention_heads=heads,
             num_key_value_heads=kv,
             max_position_embeddings=ctx,
-            tie_word_embeddings=size in ("nano", "micro", "mini", "small"),
+            tie_word_embeddings=size in _TIED_LM,
             preset=size,
         )
     elif family == "s2s":
