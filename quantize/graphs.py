@@ -12,7 +12,9 @@ and recording variants is ``quantize.pipeline``'s job.
   The fastest decode form on CPU (PERF-NOTES §2). Embeddings are quantized too
   (GatherBlockQuantized) and a tied LM head is untied first so that it can be quantized —
   otherwise the fp32 embedding dominates small models and int4 files come out bigger than
-  int8 ones. The LM head can stay at 8 bits (mixed precision, as llama.cpp and ORT GenAI).
+  int8 ones. Tables narrower than one block (T5's relative position bias, [buckets, heads])
+  stay fp32: a padded block would save nothing and cost accuracy. The LM head can stay at
+  8 bits (mixed precision, as llama.cpp and ORT GenAI).
 * ``fp16``: ORT's float16 converter, graph inputs/outputs kept fp32, norms and softmax
   kept fp32 where fp16 would overflow.
 * ``int8_static``: ``quantize_static`` in QDQ format with calibration data (MinMax,
@@ -90,6 +92,16 @@ def lm_head_node(model: onnx.ModelProto) -> str | None:
     return None
 
 
+def narrow_gathers(model: onnx.ModelProto, block_size: int) -> list[str]:
+    """Gather nodes whose constant table is narrower than one quantization block."""
+    widths = {i.name: i.dims[-1] for i in model.graph.initializer if i.dims}
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "Gather" and widths.get(n.input[0], block_size) < block_size
+    ]
+
+
 def weight_only(
     src: Path,
     dst: Path,
@@ -109,6 +121,7 @@ def weight_only(
     ops = ("MatMul", "Gather") if embeddings else ("MatMul",)
     axes = (("MatMul", 0), ("Gather", 1))
     exclude = [head] if head and head_bits and head_bits != bits else None
+    narrow = narrow_gathers(model, block_size) if embeddings else []
     with _quiet():
         q = MatMulNBitsQuantizer(
             model,
@@ -116,7 +129,7 @@ def weight_only(
             block_size=block_size,
             is_symmetric=symmetric,
             accuracy_level=accuracy_level,
-            nodes_to_exclude=exclude,
+            nodes_to_exclude=[*(exclude or []), *narrow] or None,
             op_types_to_quantize=ops,
             quant_axes=axes,
         )
@@ -144,6 +157,7 @@ def weight_only(
         "lm_head_bits": head_bits if exclude else bits if head else None,
         "embeddings_quantized": embeddings,
         "untied_lm_head": untied,
+        **({"fp32_tables": len(narrow)} if narrow else {}),
     }
 
 
