@@ -52,7 +52,7 @@ class MissingExtraError(EdgeZooError):
 # an edge install without torch answers with the pip command instead of an ImportError).
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "train": ("torch", "safetensors", "tqdm", "rich"),
-    "quantize": ("onnx", "onnx_ir"),
+    "quantize": ("onnx", "onnx_ir", "sacrebleu"),
     "export": ("torch", "safetensors", "onnx", "onnxscript", "optimum"),
     "serve": ("fastapi", "uvicorn", "prometheus_client"),
     "cluster": ("ray",),

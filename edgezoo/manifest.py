@@ -51,20 +51,39 @@ def read(model_dir: str | Path) -> dict[str, Any]:
 
 
 def _check_entry(path: Path, name: str, entry: Any) -> None:
-    """A variant names a plain file inside ``onnx/``: never a path that leaves the folder."""
+    """A variant names plain files inside ``onnx/`` (its graph, and an encoder-decoder's
+    ``graphs``): never a path that leaves the folder."""
     file = entry.get("file") if isinstance(entry, dict) else None
-    if (
-        not isinstance(file, str)
-        or not file
-        or file in (".", "..")
-        or "/" in file
-        or "\\" in file
-        or Path(file).name != file
-    ):
+    graphs = entry.get("graphs", {}) if isinstance(entry, dict) else {}
+    if not isinstance(graphs, dict) or not all(isinstance(g, dict) for g in graphs.values()):
         raise CheckpointError(
-            f"{path}: variant {name!r} names {file!r}, not a file name inside onnx/; "
+            f"{path}: variant {name!r} has graphs {graphs!r}, not role -> {{'file': ...}}; "
             "fix or delete the entry, or re-run the export."
         )
+    for f in (file, *(g.get("file") for g in graphs.values())):
+        if not _plain_name(f):
+            raise CheckpointError(
+                f"{path}: variant {name!r} names {f!r}, not a file name inside onnx/; "
+                "fix or delete the entry, or re-run the export."
+            )
+
+
+def _plain_name(file: Any) -> bool:
+    return (
+        isinstance(file, str)
+        and bool(file)
+        and file not in (".", "..")
+        and "/" not in file
+        and "\\" not in file
+        and Path(file).name == file
+    )
+
+
+def variant_files(entry: dict[str, Any]) -> list[str]:
+    """Every graph file a variant names: its ``file`` and, for an encoder-decoder, the
+    others in ``graphs`` (each with its weights beside it)."""
+    graphs = [g["file"] for g in (entry.get("graphs") or {}).values()]
+    return list(dict.fromkeys([entry["file"], *graphs]))
 
 
 def write(model_dir: str | Path, data: dict[str, Any]) -> None:
@@ -98,13 +117,15 @@ def add_variant(
     variants[name] = entry
     dropped = _drop_stale(variants, name, old, entry, keep=set(recording))
     write(model_dir, data)
-    in_use = {v["file"] for v in variants.values()}
+    in_use = {f for v in variants.values() for f in variant_files(v)}
     for gone in dropped.values():  # after the manifest stopped naming them
         # An export publishes all its graphs before recording them one by one, so a
         # graph it wrote (no source_variant) may be on disk under a dropped entry's name.
         if gone.get("source_variant") and gone["file"] not in in_use:
             aliases = [a for a in gone.get("aliases") or [] if Path(str(a)).name == a]
-            for f in (gone["file"], gone["file"] + ".data", gone["file"] + "_data", *aliases):
+            graphs = [g for g in variant_files(gone) if g not in in_use]
+            weights = [g + ext for g in graphs for ext in (".data", "_data")]
+            for f in (*graphs, *weights, *aliases):
                 (onnx_dir(model_dir) / f).unlink(missing_ok=True)
     if dropped:
         print(

@@ -217,6 +217,8 @@ def _variants(f: _Facts) -> str:
         score = (
             f"ppl {quality['perplexity']:.3f}"
             if "perplexity" in quality
+            else f"chrF {quality['chrf']:.2f}"
+            if "chrf" in quality
             else (f"acc {quality['accuracy']:.3f}" if "accuracy" in quality else "")
         )
         rows.append(

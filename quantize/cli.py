@@ -29,7 +29,8 @@ def register(subparsers: Any) -> None:
         metavar="TARGET[,TARGET...]",
         help="targets, comma-separated or repeated (--to int8,int4 = --to int8 --to int4): "
         "int8 = dynamic int8 + weight-only int8; int4 = MatMulNBits; "
-        "int8-static = calibrated QDQ; fp16 = half precision with fp32 I/O",
+        "int8-static = calibrated QDQ; fp16 = half precision with fp32 I/O "
+        "(encoder-decoder models: int8 / int4 weight-only MatMulNBits and fp16, all three graphs)",
     )
     s.add_argument(
         "--for",
@@ -114,6 +115,12 @@ def _add_gate_arguments(s: argparse.ArgumentParser) -> None:
         default=1.0,
         help="quality budget for classifiers, accuracy points",
     )
+    s.add_argument(
+        "--max-chrf-drop",
+        type=float,
+        default=1.0,
+        help="quality budget for encoder-decoder (s2s) models, chrF points on held-out pairs",
+    )
 
 
 def _margin(text: str) -> float:
@@ -139,6 +146,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         for_tensorrt=args.for_ == "tensorrt",
         ppl_budget_pct=args.max_ppl_rise,
         acc_budget_points=args.max_acc_drop,
+        chrf_budget_points=args.max_chrf_drop,
         data=args.data,
         speed_rounds=args.speed_rounds,
         speed_margin=args.speed_margin,

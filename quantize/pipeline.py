@@ -8,6 +8,10 @@ clearly faster than fp32 there (medians of interleaved rounds, by a margin: see
 ``quantize.speed``) *and* within the quality budget. ``runtime.load()`` (``variant="auto"``)
 picks the fastest recommended variant. Last, the Optimum / transformers.js file names are
 refreshed (``quantize.aliases``) and the model card's variants table rewritten.
+
+An encoder–decoder (s2s) export goes through the same steps with its three graphs as one
+variant (``quantize.seq2seq``); its quality is the chrF of greedy targets on held-out
+pairs (``quantize.seq2seq_eval``), its budget a chrF drop in points.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from edgezoo.memory import ensure_available, release_freed
 from edgezoo.model_card import write_card
 from edgezoo.onnx_files import file_facts, io_signature, publish
 from edgezoo.progress import stage
-from edgezoo.quantize import graphs
+from edgezoo.quantize import graphs, seq2seq
 from edgezoo.quantize.aliases import refresh_aliases
 from edgezoo.quantize.evaluate import (
     BENCH_THREADS,
@@ -45,7 +49,7 @@ from edgezoo.quantize.speed import (
 )
 
 TARGETS = ("int8", "int8-static", "fp16", "int4")
-DEFAULT_BUDGET = {"perplexity_pct": 2.0, "accuracy_points": 1.0}
+DEFAULT_BUDGET = {"perplexity_pct": 2.0, "accuracy_points": 1.0, "chrf_points": 1.0}
 
 
 @dataclass
@@ -61,6 +65,7 @@ class QuantizeOptions:
     for_tensorrt: bool = False
     ppl_budget_pct: float = DEFAULT_BUDGET["perplexity_pct"]
     acc_budget_points: float = DEFAULT_BUDGET["accuracy_points"]
+    chrf_budget_points: float = DEFAULT_BUDGET["chrf_points"]  # s2s: chrF drop allowed
     data: str | None = None
     logit_tolerance: float = 5.0  # sanity bound on |Δ logits| vs fp32; quality is judged on data
     speed_rounds: int = SPEED_ROUNDS  # interleaved fp32/variant timing rounds for the gate
@@ -107,21 +112,33 @@ def quantize_model(
     opts = opts or QuantizeOptions()
     model_dir = Path(model_dir)
     info = manifest.read(model_dir)
-    if info.get("family") == "s2s":  # three graphs per variant: not planned for here yet
-        raise ConfigError(
-            f"{model_dir} is an encoder-decoder (s2s) export; quantizing its encoder and decoder "
-            "graphs is not supported yet. Run it as fp32 (`edgezoo generate`)."
-        )
-    jobs = plan(info["variants"], to, opts)
+    s2s = info.get("family") == "s2s"  # three graphs per variant (quantize.seq2seq)
+    jobs = seq2seq.plan(info["variants"], to) if s2s else plan(info["variants"], to, opts)
     fp32 = [e["bytes"] for e in info["variants"].values() if e.get("precision") == "fp32"]
     fp32_bytes = max(fp32, default=0)
     ensure_available(
         QUANTIZE_MEMORY_FACTOR * fp32_bytes + QUANTIZE_MEMORY_OVERHEAD, f"quantizing to {to}"
     )
-    ev = eval_data(model_dir, opts.data) if measure_all or to == "int8-static" else EvalData()
+    needs_data = measure_all or to == "int8-static" or s2s  # s2s: the logit check's sources
+    ev = eval_data(model_dir, opts.data) if needs_data else EvalData()
     onnx_dir = manifest.onnx_dir(model_dir)
     for name, source, method in jobs:
         src_entry = manifest.read(model_dir)["variants"][source]
+        if s2s:
+            entry = seq2seq.build_variant(
+                model_dir,
+                name,
+                source,
+                method,
+                lambda src, dst, m=method: _make(src, dst, m, opts, model_dir, ev),
+                opts.logit_tolerance,
+                _precision(method),
+                _backends(src_entry, method, opts),
+                seq2seq.check_sources(model_dir, ev.pairs, ev.source_tokens),
+            )
+            manifest.add_variant(model_dir, name, entry)
+            release_freed()
+            continue
         file = f"model.{name}.onnx"
         with (
             stage(f"quantize {model_dir.name}: {name} from {source} ({method})"),
@@ -166,9 +183,11 @@ def measure_and_gate(model_dir: Path, ev: EvalData, opts: QuantizeOptions) -> di
     variants = manifest.read(model_dir)["variants"]
     names = [n for n, e in variants.items() if e.get("format") != "ort"]
     fp32 = [n for n in names if variants[n]["precision"] == "fp32"]
+    rows: dict[str, list] = {}  # s2s: greedy token ids per held-out pair, kept out of the manifest
     for name in fp32:
         with stage(f"measure {name}"):
             variants[name].update(measure(model_dir, name, ev))
+            rows[name] = variants[name].pop("greedy_rows", None)
         release_freed()
     best = min(fp32, key=lambda n: speed_of(variants[n]))
     for name in names:
@@ -176,9 +195,11 @@ def measure_and_gate(model_dir: Path, ev: EvalData, opts: QuantizeOptions) -> di
         if entry["precision"] == "fp32":
             entry.pop("gate", None), entry.pop("recommended", None)
             continue
-        reference = variants[entry.get("source_variant", best)].get("greedy_tokens")
+        source = entry.get("source_variant", best)
+        reference = rows.get(source) or variants[source].get("greedy_tokens")
         with stage(f"measure {name}"):
             entry.update(measure(model_dir, name, ev, reference))
+            entry.pop("greedy_rows", None)
         with stage(f"time {name} against {best} ({opts.speed_rounds} interleaved rounds)"):
             speed = _timed_rounds(model_dir, best, name, ev, opts)
         entry.update(_gate(entry, variants[best], best, opts, speed))
@@ -188,6 +209,7 @@ def measure_and_gate(model_dir: Path, ev: EvalData, opts: QuantizeOptions) -> di
     data["quality_budget"] = {
         "perplexity_pct": opts.ppl_budget_pct,
         "accuracy_points": opts.acc_budget_points,
+        "chrf_points": opts.chrf_budget_points,
     }
     manifest.write(model_dir, data)
     return data["variants"]
@@ -332,7 +354,14 @@ def _gate(
     if speed is None:
         speed = speed_verdict([speed_of(base)], [speed_of(entry)], opts.speed_margin)
     change, text = quality_change(entry, base)
-    budget = opts.ppl_budget_pct if "perplexity" in entry["quality"] else opts.acc_budget_points
+    quality = entry["quality"]
+    budget = (
+        opts.ppl_budget_pct
+        if "perplexity" in quality
+        else opts.chrf_budget_points
+        if "chrf" in quality
+        else opts.acc_budget_points
+    )
     verdict = {
         "speedup": speed["speedup"],
         "speed_verdict": speed["verdict"],

@@ -79,11 +79,16 @@ def interleaved(
 
 
 def round_timer(model: Any, prompt: str, text: str | None) -> Callable[[], float]:
-    """One round's timing of a loaded model: decode ms/token (LM) or ms per classify call."""
+    """One round's timing of a loaded model: decode ms/token (LM, s2s) or ms per classify
+    call. An encoder–decoder decodes past its </s> (the same 64 steps for every variant:
+    ``prompt`` is then a held-out source)."""
     if hasattr(model, "generate"):
+        past_eos = getattr(model, "family", "") == "s2s"
 
         def lm_round() -> float:
-            g = model.generate(prompt, max_new_tokens=64)
+            g = model.generate(
+                prompt, max_new_tokens=64, **({"ignore_eos": True} if past_eos else {})
+            )
             return g.decode_s / max(1, len(g.token_ids) - 1) * 1000
 
         return lm_round
