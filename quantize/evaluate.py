@@ -1,8 +1,9 @@
 """Measure one ONNX variant: quality, agreement with fp32, size and CPU batch-1 latency.
 
 Quality is judged on held-out data (perplexity for LMs, accuracy / macro-F1 for
-classifiers, chrF of greedy targets for encoder–decoders), never on random weights: on random weights quantized greedy text diverges
-within a few tokens whatever the method (PERF-NOTES §7).
+classifiers, chrF of greedy targets for encoder–decoders), never on random weights: on
+random weights quantized greedy text diverges within a few tokens whatever the method
+(PERF-NOTES §7).
 """
 
 from __future__ import annotations
