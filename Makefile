@@ -54,6 +54,7 @@ bench-results: setup
 	$(BIN)/python -m benchmarks.serve_abuse runs/demo --clients 64 --seconds 60 --rounds 2
 	$(BIN)/python -m benchmarks.serve_mixed runs/demo --clients 1,4,16,64 --seconds 15 --rounds 3
 	$(BIN)/python -m benchmarks.speculative --target runs/demo --draft "" --rounds 5
+	$(BIN)/python -m benchmarks.s2s_bench --sizes nano,micro --precisions fp32,int8,int4 --rounds 5
 	$(BIN)/python -m benchmarks.runtime_memory --sizes nano,small --rounds 3
 	$(BIN)/python -m benchmarks.export_cost
 	$(BIN)/python -m benchmarks.train_throughput --big ""

@@ -38,6 +38,7 @@ SECTIONS = [
     ),
     ("serve-abuse", "The server under 10 % hostile traffic", "serve_abuse.md"),
     ("speculative", "Speculative decoding: prompt lookup and draft models", "speculative.md"),
+    ("s2s", "Encoder-decoder (s2s) decode: edgezoo beside Optimum and CTranslate2", "s2s_bench.md"),
     (
         "memory",
         "Runtime memory: peak RSS per size × precision, prepacking on/off",

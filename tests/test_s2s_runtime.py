@@ -142,3 +142,16 @@ def test_bad_completion_requests_get_400s(client, model):
     assert f"at most {model.context}" in long.json()["error"]["message"]
     too_many = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 65})
     assert too_many.status_code == 400
+
+
+@pytest.mark.parametrize("peer", ["optimum-ort", "ctranslate2"])
+def test_peers_in_the_s2s_benchmark_decode_our_greedy_tokens(peer, s2s_exported, model, tmp_path):
+    """The benchmark's peer runners (EOS ignored, ids mapped back) give our tokens exactly."""
+    pytest.importorskip({"optimum-ort": "optimum.onnxruntime", "ctranslate2": "ctranslate2"}[peer])
+    from benchmarks.s2s_bench import LOADERS
+
+    loaded = LOADERS[peer](s2s_exported[0], "fp32", 1, tmp_path)
+    for source in SOURCES:
+        ids = model.tokenizer.encode(source).ids
+        want = model.generate_ids([ids], max_new_tokens=12, ignore_eos=True)[0].token_ids
+        assert loaded.run(ids, 12) == want
