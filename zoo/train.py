@@ -5,7 +5,9 @@ AdamW with linear warmup and cosine decay, gradient clipping and accumulation, p
 evaluation, atomic checkpoints every N steps and exact resume. Which examples a step sees
 depends only on (seed, step), so a resumed run replays the uninterrupted one exactly on CPU.
 On CUDA: bf16 autocast, fused AdamW and optional ``torch.compile``. What is settled before
-the first step lives in ``train_setup``; what a step optimises, in ``train_tasks``.
+the first step lives in ``train_setup``; what a step optimises, in ``train_tasks``; the
+optimizer, schedule and precision in ``train_optim``; the log and progress bar in
+``train_log``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -38,6 +39,8 @@ from edgezoo.zoo.presets import FAMILIES, make_config
 from edgezoo.zoo.tensor_parallel import check_tp
 from edgezoo.zoo.tokenizer import save_tokenizer
 from edgezoo.zoo.train_config import TrainConfig, add_arguments, config_from_args
+from edgezoo.zoo.train_log import LOG_FILE, progress_bar, truncate_log, write_record
+from edgezoo.zoo.train_optim import autocast_for, lr_lambda, make_optimizer, pick_device
 from edgezoo.zoo.train_setup import (
     RUN_FILE,
     check_resumable,
@@ -50,8 +53,6 @@ from edgezoo.zoo.train_tasks import ClassifyTask, LMTask, Seq2SeqTask
 
 if TYPE_CHECKING:
     from edgezoo.zoo.distributed import Dist
-
-LOG_FILE = "training.jsonl"
 
 # Called at each mid-run evaluation with (step, metrics); raising stops the run there
 # (``edgezoo tune`` raises optuna.TrialPruned to cut a trial that is behind).
@@ -66,54 +67,6 @@ class TrainResult:
     steps: int
     metrics: dict[str, float]
     tokens_per_s: float
-
-
-# ---------------------------------------------------------------- device & precision ---
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` takes CUDA when visible; asking for CUDA without it fails now, not mid-run."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            "--device cuda was asked for but no CUDA device is visible; use --device cpu."
-        )
-    return torch.device(name)
-
-
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA GPUs that support it; fp32 everywhere else (CPU stays exact)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def make_optimizer(
-    model: nn.Module, cfg: TrainConfig, device: torch.device
-) -> torch.optim.Optimizer:
-    """AdamW decaying only matrices (not norms, biases); shared with the throughput benchmark."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    extra = {"fused": True} if device.type == "cuda" else {}
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, **extra)
-
-
-def lr_lambda(warmup: int, total: int, min_ratio: float):
-    """Linear warmup to 1, then cosine down to ``min_ratio`` at ``total``."""
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return f
 
 
 @dataclass
@@ -270,7 +223,7 @@ def _open_log(run: _Run, tok: Tokenizer, context: int) -> None:
         atomic.write_json(run.out / RUN_FILE, asdict(run.cfg))
         template = DEFAULT_CHAT_TEMPLATE if run.cfg.family == "lm" else None
         save_tokenizer(tok, run.out, context, chat_template=template)
-        _truncate_log(run.out / LOG_FILE, run.start_step)
+        truncate_log(run.out / LOG_FILE, run.start_step)
         run.log = open(run.out / LOG_FILE, "a")
 
 
@@ -338,7 +291,7 @@ def _run_steps(run: _Run) -> tuple[dict[str, float], float]:
     (``_saved_on_interrupt``).
     """
     cfg, start, steps = run.cfg, run.start_step, run.steps
-    progress = _progress(cfg.progress and run.dist.is_main, start, steps)
+    progress = progress_bar(cfg.progress and run.dist.is_main, start, steps)
     t_start, step, metrics = time.perf_counter(), start, {}
     last_log = (t_start, start)  # when and at which step the last log line was written
     with _saved_on_interrupt(run):
@@ -351,7 +304,7 @@ def _run_steps(run: _Run) -> tuple[dict[str, float], float]:
                 if done % cfg.eval_every == 0 and done != steps:
                     metrics = _evaluate(run)
                     if run.log:
-                        _log(run.log, {"step": done, "event": "eval", **metrics})
+                        write_record(run.log, {"step": done, "event": "eval", **metrics})
                     _report_eval(run, done, metrics)
                 if done % cfg.checkpoint_every == 0 and done != steps:
                     _save(run, done)
@@ -446,7 +399,7 @@ def _log_step(
     now = time.perf_counter()
     t_last, step_last = last_log
     tps = (done - step_last) * run.tokens_per_step / max(now - t_last, 1e-9)
-    _log(
+    write_record(
         run.log,
         {
             "step": done,
@@ -497,7 +450,7 @@ def _write_model_dir(
 ) -> None:
     """Weights, the log's last line and eval.json; rank 0 only."""
     save_model_dir(final, run.out)
-    _log(
+    write_record(
         run.log,
         {"step": run.steps, "event": "final", **metrics, "train_tokens_per_s": tokens_per_s},
     )
@@ -505,51 +458,6 @@ def _write_model_dir(
         run.out / "eval.json", {"step": run.steps, "data": run.cfg.resolved_data(), **metrics}
     )
     run.log.close()
-
-
-def _progress(enabled: bool, start: int, total: int):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, disable=None
-    )
-
-
-def _log(f, record: dict[str, Any]) -> None:
-    f.write(json.dumps(record) + "\n")
-    f.flush()
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """On resume, drop log lines after the checkpoint so the log reads as one run.
-
-    A run killed mid-write leaves a torn last line (no newline, not JSON): it is dropped
-    with a warning and the file rewritten whole, so new lines start on a line of their own.
-    """
-    if not path.is_file():
-        return
-    kept, torn = [], 0
-    for line in path.read_text(errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
-        if not isinstance(record, dict):
-            torn += 1
-            continue
-        if record.get("step", 0) <= step:
-            kept.append(line)
-    if torn:
-        warnings.warn(
-            f"{path}: dropped {torn} unreadable line(s) (a run killed mid-write); "
-            "the log continues from the checkpoint",
-            stacklevel=2,
-        )
-    atomic.write_text(path, "".join(line + "\n" for line in kept))
 
 
 def main(argv: list[str] | None = None) -> int:
