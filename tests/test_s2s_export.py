@@ -88,10 +88,11 @@ def test_edgezoo_generate_prints_the_target_and_sampling_is_seeded(exported, cap
     assert len(set(penalised.token_ids)) == len(penalised.token_ids)  # no token twice
 
 
-def test_quantize_refuses_an_s2s_export_clearly(exported):
+def test_quantize_refuses_calibrated_int8_for_an_s2s_export_clearly(exported):
+    """int8 / int4 / fp16 of s2s exports: tests/test_s2s_quantize.py."""
     from edgezoo.errors import ConfigError
     from edgezoo.quantize.pipeline import quantize_model
 
     folder, _ = exported
     with pytest.raises(ConfigError, match="encoder-decoder"):
-        quantize_model(folder, "int8")
+        quantize_model(folder, "int8-static")
