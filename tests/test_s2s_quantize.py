@@ -190,6 +190,20 @@ def test_optimum_and_transformers_js_names_link_to_the_graphs(quantized):
         "encoder_model.onnx",
         "decoder_with_past_model.onnx",
     ]
+    optimum = pytest.importorskip("optimum.onnxruntime")
+    theirs = optimum.ORTModelForSeq2SeqLM.from_pretrained(
+        model_dir,
+        subfolder="onnx",
+        encoder_file_name="encoder_model_quantized.onnx",
+        decoder_file_name="decoder_model_quantized.onnx",
+        decoder_with_past_file_name="decoder_with_past_model_quantized.onnx",
+    )
+    ours = runtime.load(model_dir, backend="ort-cpu", variant="int8")
+    ids = torch.tensor([ours.tokenizer.encode("4 0 9 6").ids])
+    row = theirs.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8)
+    row = row[0].tolist()[1:]  # after the decoder start token, up to </s>
+    row = row[: row.index(2)] if 2 in row else row
+    assert row == ours.generate("4 0 9 6", max_new_tokens=8).token_ids
 
 
 def _copy(model_dir, tmp_path):
