@@ -23,6 +23,8 @@ from tokenizers import Tokenizer
 
 from edgezoo import io_names
 from edgezoo.errors import CheckpointError, InputError
+from edgezoo.runtime import backends
+from edgezoo.runtime.s2s_binding import BoundDecoder
 from edgezoo.runtime.sampling import SamplingParams
 from edgezoo.runtime.session import make_session
 from edgezoo.runtime.text_generation import Generation, Row, StepFn, TextGenerator
@@ -63,9 +65,7 @@ class Seq2SeqModel(TextGenerator):
         self.pad_id = int(config.get("pad_token_id") or 0)
         self.start_id = int(config.get("decoder_start_token_id", self.pad_id))
         self.context = int(config.get("n_positions") or 512)
-        past = [i.name for i in self.decoder_with_past.get_inputs() if io_names.is_past(i.name)]
-        self.past_names = past  # per layer: decoder key, value, encoder key, value
-        self.self_names = [n for n in past if ".decoder." in n]  # the ones each step renews
+        self.device = backends.device_type(backend)  # where the K/V stay between steps
 
     @property
     def max_prompt_len(self) -> int:
@@ -117,29 +117,14 @@ class Seq2SeqModel(TextGenerator):
     ) -> Iterator[list[Row]]:
         """The three graphs under ``_decode``: encode the right-padded sources, run the
         first decoder step (it also returns the cross-attention K/V), then one token per
-        row per step with the growing self-attention cache."""
+        row per step with the growing self-attention cache (``BoundDecoder``: the K/V stay
+        ``OrtValue``s from one run to the next)."""
         ids, mask = _right_padded(encoded)
-        start_ids = np.full((len(encoded), 1), self.start_id, dtype=np.int64)
 
         def start() -> tuple[np.ndarray, StepFn]:
-            (hidden,) = self.encoder.run(
-                None, {io_names.INPUT_IDS: ids, io_names.ATTENTION_MASK: mask}
-            )
-            feed = {
-                io_names.ENCODER_ATTENTION_MASK: mask,
-                io_names.INPUT_IDS: start_ids,
-                io_names.ENCODER_HIDDEN_STATES: hidden,
-            }
-            out = self.decoder.run(None, feed)
-            cache = dict(zip(self.past_names, out[1:], strict=True))
-
-            def step(next_ids: np.ndarray, n: int) -> np.ndarray:
-                feed = {io_names.ENCODER_ATTENTION_MASK: mask, io_names.INPUT_IDS: next_ids}
-                out = self.decoder_with_past.run(None, {**feed, **cache})
-                cache.update(zip(self.self_names, out[1:], strict=True))
-                return out[0][:, -1]
-
-            return out[0][:, -1], step
+            steps = BoundDecoder(self.encoder, self.decoder, self.decoder_with_past, self.device)
+            first = steps.start(ids, mask, self.start_id)
+            return first, lambda next_ids, n: steps.step(next_ids)
 
         # HF's repetition penalty counts the decoder's inputs: its start token, not the source.
         yield from self._decode(
