@@ -47,8 +47,11 @@ bench-results: setup
 		--peers pytorch-eager,optimum-ort,ort-genai,ort-genai:int4,ctranslate2,ctranslate2:int8,llama-cpp,llama-cpp:int4
 	$(BIN)/python -m benchmarks.bench --sizes nano,micro,mini,small --precisions fp32,int8,int4 --batches 1 --prompts 32 \
 		--peers ort-genai,ort-genai:int4,llama-cpp,llama-cpp:int8,llama-cpp:int4 --out benchmarks/results/bench_loop
-	$(BIN)/python -m benchmarks.sweep --flops 4e12 --bench benchmarks/results/bench.json --work runs/sweep
-	$(BIN)/python -m benchmarks.quantize_sizes --work runs/sweep --finetune-steps 60
+	$(BIN)/python -m benchmarks.sweep --mode compute --flops 4e12 --bench benchmarks/results/bench.json --work runs/sweep
+	$(BIN)/python -m benchmarks.sweep --mode tokens
+	$(BIN)/python -m benchmarks.sweep --mode isoflop
+	$(BIN)/python -m benchmarks.sweep --mode lr
+	$(BIN)/python -m benchmarks.quantize_sizes --finetune-steps 60
 	$(BIN)/python -m benchmarks.prune_speed --sizes mini,small,medium --rounds 5
 	$(BIN)/python -m benchmarks.serve_load runs/demo --seconds 6 --rounds 5
 	$(BIN)/python -m benchmarks.serve_abuse runs/demo --clients 64 --seconds 60 --rounds 2

@@ -19,12 +19,24 @@ SECTIONS = [
         "The current decode loop and graph against ONNX Runtime GenAI and llama.cpp (small sizes)",
         "bench_loop.md",
     ),
-    ("sweep", "Scaling sweep: loss vs size at equal compute", "sweep.md"),
+    (
+        "sweep-tokens",
+        "Scaling sweep: loss vs size at equal tokens, a power law and its prediction",
+        "sweep_tokens.md",
+    ),
+    (
+        "sweep-isoflop",
+        "IsoFLOP: the compute-optimal size per budget, N* ∝ C^a",
+        "sweep_isoflop.md",
+    ),
+    ("sweep-lr", "The sweep's learning-rate rule against ½× and 2×", "sweep_lr.md"),
     (
         "quantize",
-        "Every variant of the sweep's trained models: size, quality, speed, gate",
+        "Every variant of the equal-tokens sweep's trained models: size, quality, speed, gate; "
+        "quality vs latency Pareto front",
         "quantize_sizes.md",
     ),
+    ("sweep", "Scaling sweep at equal compute (what undertraining looks like)", "sweep.md"),
     (
         "prune",
         "Structured pruning (25 % attention + 30 % MLP): decode speed per size",
@@ -65,7 +77,7 @@ def main() -> None:
         "# Benchmarks\n",
         "Numbers measured on this project's development machine (2 vCPUs, no GPU). Timing here is noisy:",
         "compare ratios within one table (one run), not across tables. Regenerate everything with",
-        "`make bench-results` (installs the `peers` extra, then runs the demo, `python -m benchmarks.bench`, `python -m benchmarks.sweep`, the\n"
+        "`make bench-results` (installs the `peers` extra, then runs the demo, `python -m benchmarks.bench`, `python -m benchmarks.sweep` (tokens, IsoFLOP, lr check, equal compute), the\n"
         "per-size quantization, pruning-speed, server-load, export-cost, training, DDP and TP benchmarks, then this script).\n",
         "No table here ran on a GPU. `bash benchmarks/gpu_check.sh` runs every GPU path (CUDA and TensorRT",
         "backends, bf16 + `torch.compile` training with MFU, NCCL) in one go when a GPU is lent: see",

@@ -1,89 +1,44 @@
-"""``python -m benchmarks.sweep``: does quality keep improving with size, and at what latency?
+"""``python -m benchmarks.sweep``: does quality keep improving with size, and where is the optimum?
 
-Trains several presets on the same corpus with the *same compute* (FLOPs ≈ 6·N·tokens, so
-bigger models see fewer tokens), all with one vocabulary so their losses are comparable,
-then fits L(N) = a·N^(−α) + c over non-embedding parameters N and reports α, R² and the
-extrapolated loss of the next preset (``--check-next`` trains it to compare). With a bench
-results file it also draws the latency-vs-quality Pareto front over sizes × precisions.
+Three modes, one tokenizer and one set of held-out windows for every run in a mode:
+
+* ``--mode tokens`` (default): every size sees the same tokens, at the width/batch rule's
+  learning rate and at twice it (the better counts: a two-point lr grid per size); fits L(N) = a·N^(−α) + c on all sizes but the largest, predicts the
+  largest, and bootstraps α, c and the prediction over held-out windows and over sizes.
+* ``--mode isoflop``: per compute budget C, 4+ sizes with D = C/(6N) tokens; a parabola
+  of loss in log N per budget gives N*(C); N* ∝ C^a over the budgets.
+* ``--mode compute``: the original equal-compute ladder (bigger models see fewer tokens).
+* ``--mode lr``: the check on the lr rule — the four smallest sizes at ½×, 1× and 2× its
+  lr on the tokens sweep's tokens (the 1× runs are the sweep's own).
+
+N is the non-embedding parameter count. Runs live in ``--work`` and are reused when asked
+for again with the same settings (``isoflop`` reuses the tokens sweep's runs).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from edgezoo import atomic
+from benchmarks import sweep_plan
+from benchmarks.sweep_fit import fit_power_law, predict  # noqa: F401  (the fit's public home)
 
 RESULTS = Path(__file__).parent / "results"
 
-
-def non_embedding_params(size: str, vocab: int) -> int:
-    from edgezoo.zoo.presets import count_params, make_config
-
-    cfg = make_config("lm", size, vocab_size=vocab)
-    head = 0 if cfg.tie_word_embeddings else vocab * cfg.hidden_size
-    return count_params(cfg) - vocab * cfg.hidden_size - head
-
-
-def fit_power_law(n: np.ndarray, loss: np.ndarray) -> dict[str, float]:
-    """Least squares of log(L − c) on log N over a grid of c; keeps the best R² in L."""
-    best = None
-    for c in np.linspace(0.0, loss.min() * 0.99, 200):
-        slope, intercept = np.polyfit(np.log(n), np.log(loss - c), 1)
-        pred = np.exp(intercept) * n**slope + c
-        r2 = 1 - np.sum((loss - pred) ** 2) / np.sum((loss - loss.mean()) ** 2)
-        if best is None or r2 > best["r2"]:
-            best = {
-                "a": float(np.exp(intercept)),
-                "alpha": float(-slope),
-                "c": float(c),
-                "r2": float(r2),
-            }
-    return best
-
-
-def predict(fit: dict[str, float], n: float) -> float:
-    return fit["a"] * n ** (-fit["alpha"]) + fit["c"]
-
-
-def train_size(
-    size: str, flops: float, vocab: int, context: int, batch: int, work: Path, data: str | None
-) -> dict:
-    from edgezoo.zoo.train import TrainConfig, train
-
-    n = non_embedding_params(size, vocab)
-    tokens = flops / (6 * n)
-    steps = max(10, math.ceil(tokens / (batch * context)))
-    out = work / f"sweep-{size}"
-    cfg = TrainConfig(
-        family="lm",
-        size=size,
-        data=data,
-        out=str(out),
-        steps=steps,
-        batch_size=batch,
-        context=context,
-        vocab_size=vocab,
-        warmup_steps=max(2, steps // 20),
-        eval_every=10**9,
-        checkpoint_every=max(10, steps // 2),
-        log_every=max(1, steps // 20),
-        lr=3e-3 if n < 20e6 else 1e-3,
-        resume=(out / "run.json").exists(),
-    )
-    result = train(cfg)
-    return {
-        "size": size,
-        "non_embedding_params": n,
-        "tokens": steps * batch * context,
-        "steps": steps,
-        "val_loss": result.metrics["val_loss"],
-        "train_tokens_per_s": result.tokens_per_s,
-    }
+DEFAULTS = {
+    "tokens": {"sizes": "zepto,atto,femto,pico,nano,micro", "out": "sweep_tokens"},
+    "isoflop": {"sizes": "zepto,atto,femto,pico,nano,micro", "out": "sweep_isoflop"},
+    "compute": {"sizes": "nano,micro,mini,small,medium", "out": "sweep"},
+    "lr": {"sizes": "zepto,atto,femto,pico", "out": "sweep_lr"},
+}
+LR_FACTORS = (0.5, 1.0, 2.0)  # --mode lr: around the rule
+LR_GRID = (1.0, 2.0)  # --mode tokens: every size at the rule's lr and twice it; the better counts
+TOKENS = 786_432  # 1536 steps of 4 × 128: ~120 tokens per non-embedding parameter for zepto
+ISOFLOP_TOKENS = 393_216  # the centre sizes' tokens: budgets C = 6·N·this
 
 
 def pareto(bench: dict, losses: dict[str, float]) -> list[dict]:
@@ -98,140 +53,161 @@ def pareto(bench: dict, losses: dict[str, float]) -> list[dict]:
         for r in bench["runs"]
         if r["batch"] == 1 and r["size"] in losses
     ]
-    return [
+    return pareto_front(points)
+
+
+def pareto_front(points: list[dict]) -> list[dict]:
+    """The points no other point beats on both ``ms`` and ``loss``, fastest first."""
+    front = [
         p
         for p in points
         if not any(q["ms"] <= p["ms"] and q["loss"] <= p["loss"] and q != p for q in points)
     ]
+    return sorted(front, key=lambda p: p["ms"])
 
 
-def plot(runs: list[dict], fit: dict, path: Path, front: list[dict] | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2 if front else 1, figsize=(11 if front else 6, 4))
-    a = axes[0] if front else axes
-    n = np.array([r["non_embedding_params"] for r in runs])
-    a.plot(n, [r["val_loss"] for r in runs], "o", label="trained (compute-matched)")
-    grid = np.geomspace(n.min(), n.max() * 4, 50)
-    a.plot(
-        grid,
-        [predict(fit, x) for x in grid],
-        "-",
-        label=f"fit: α={fit['alpha']:.2f}, c={fit['c']:.2f}, R²={fit['r2']:.3f}",
-    )
-    a.set(
-        xscale="log",
-        xlabel="non-embedding parameters",
-        ylabel="validation loss (nats/token)",
-        title="loss vs size",
-    )
-    a.legend(fontsize=8)
-    if front:
-        b = axes[1]
-        b.plot([p["ms"] for p in front], [p["loss"] for p in front], "o-")
-        for p in front:
-            b.annotate(f"{p['size']} {p['precision']}", (p["ms"], p["loss"]), fontsize=7)
-        b.set(
-            xscale="log",
-            xlabel="ms / token (batch 1)",
-            ylabel="validation loss",
-            title="latency vs quality Pareto front",
-        )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+def chosen_lrs(tokens_json: Path) -> dict[str, float]:
+    """size → the lr the tokens sweep's grid chose; empty (the rule for all) without one."""
+    if not tokens_json.is_file():
+        return {}
+    return {r["size"]: r["lr"] for r in json.loads(tokens_json.read_text())["runs"]}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=tuple(DEFAULTS), default="tokens")
+    p.add_argument("--sizes", help="presets (`edgezoo models`); default per mode")
     p.add_argument(
-        "--sizes", default="nano,micro,mini,small,medium", help="≥ 5 presets for a meaningful fit"
+        "--tokens",
+        type=int,
+        help=f"tokens mode: tokens per size (default {TOKENS:,}); isoflop: the centres' tokens, "
+        f"budget C = 6·N·tokens (default {ISOFLOP_TOKENS:,}); lr: as tokens mode",
     )
     p.add_argument(
-        "--flops",
-        type=float,
-        default=1.3e13,
-        help="training compute per size (default ≈ 3 min each on 2 CPU cores)",
+        "--centres",
+        default="atto,femto,pico",
+        help="isoflop: one budget per centre size, through its tokens-mode run (≥ 3)",
     )
+    p.add_argument("--per-budget", type=int, default=4, help="isoflop: sizes per budget")
+    p.add_argument(
+        "--lr-from",
+        default=str(RESULTS / "sweep_tokens.json"),
+        help="isoflop: take each size's lr from this tokens sweep's grid (else the rule's)",
+    )
+    p.add_argument("--flops", type=float, default=4e12, help="compute mode: FLOPs per size")
     p.add_argument(
         "--vocab-size",
         type=int,
-        default=4096,
-        help="one vocabulary for all sizes, so losses compare",
+        help="one vocabulary for all sizes (default 2048; compute mode 4096)",
     )
-    p.add_argument("--context", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--data", help="corpus (default: the built-in stdlib corpus)")
+    p.add_argument("--context", type=int, help="default 128 (compute mode 256)")
     p.add_argument(
-        "--check-next", help="also train this preset and compare with the fit's prediction"
+        "--batch-size",
+        type=int,
+        help="sequences per step (default 4: at equal tokens, femto reached 5.46 at batch 4 "
+        "vs 5.86 at 16 — tiny models need steps more than big batches; compute mode 16)",
     )
-    p.add_argument("--bench", help="a bench results .json for the latency-vs-quality Pareto front")
-    p.add_argument("--work", default="runs/sweep")
-    p.add_argument("--out", default=str(RESULTS / "sweep"))
+    p.add_argument("--data", help="corpus (default: the built-in stdlib corpus)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--bench", help="compute mode: bench .json for a latency-vs-quality front")
+    p.add_argument("--work", help="where runs live (default runs/sweep-tokens; compute runs/sweep)")
+    p.add_argument("--out", help="results path without suffix (default benchmarks/results/...)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per run (1: on a shared 2-core machine, 2 threads ran 4× slower)",
+    )
+    p.add_argument("--train-only", action="store_true", help="train the runs, write no report")
 
 
 def main(args: argparse.Namespace) -> int:
-    sizes = [s for s in args.sizes.split(",") if s]
-    work = Path(args.work)
-    runs = [
-        train_size(s, args.flops, args.vocab_size, args.context, args.batch_size, work, args.data)
-        for s in sizes
-    ]
-    fit = fit_power_law(
-        np.array([r["non_embedding_params"] for r in runs], float),
-        np.array([r["val_loss"] for r in runs]),
-    )
-    report = {"flops_per_size": args.flops, "vocab_size": args.vocab_size, "runs": runs, "fit": fit}
-    if args.check_next:
-        nxt = train_size(
-            args.check_next,
-            args.flops,
-            args.vocab_size,
-            args.context,
-            args.batch_size,
+    import torch
+
+    from benchmarks import sweep_report, sweep_train
+    from edgezoo.zoo import corpus
+    from edgezoo.zoo.tokenizer import tokenizer_fingerprint
+
+    torch.set_num_threads(args.threads)
+    mode = args.mode
+    compute = mode == "compute"
+    vocab = args.vocab_size or (4096 if compute else 2048)
+    context = args.context or (256 if compute else 128)
+    work = Path(args.work or ("runs/sweep" if compute else "runs/sweep-tokens"))
+    out = Path(args.out or RESULTS / DEFAULTS[mode]["out"])
+    source = args.data or corpus.LM_CORPUS
+    sizes = [s for s in (args.sizes or DEFAULTS[mode]["sizes"]).split(",") if s]
+    shapes = [sweep_plan.shape(s, vocab) for s in sizes]
+    batch = args.batch_size or (16 if compute else 4)
+    tokens = args.tokens or (ISOFLOP_TOKENS if mode == "isoflop" else TOKENS)
+
+    tok = sweep_train.shared_tokenizer(work, source, vocab)
+    windows = sweep_train.eval_windows(source, tok, context)
+
+    def train(plan: sweep_plan.PlannedRun) -> dict:
+        return sweep_train.run(
+            plan,
             work,
-            args.data,
+            source=source,
+            vocab=vocab,
+            context=context,
+            batch=batch,
+            windows=windows,
+            tokenizer=tok,
         )
-        nxt["predicted_loss"] = predict(fit, nxt["non_embedding_params"])
-        report["check"] = nxt
-    front = None
-    if args.bench:
-        front = pareto(
-            json.loads(Path(args.bench).read_text()), {r["size"]: r["val_loss"] for r in runs}
-        )
-        report["pareto"] = front
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(out.with_suffix(".json"), report)
-    plot(runs, fit, out.with_suffix(".png"), front)
-    lines = ["| size | non-emb params | tokens | val loss |", "|---|---|---|---|"]
-    lines += [
-        f"| {r['size']} | {r['non_embedding_params'] / 1e6:.2f}M | {r['tokens'] / 1e6:.2f}M | {r['val_loss']:.3f} |"
-        for r in runs
-    ]
-    lines.append(
-        f"\nL(N) = {fit['a']:.3g}·N^({-fit['alpha']:+.3f}) + {fit['c']:.3f}, R² = {fit['r2']:.3f}"
-    )
-    if fit["alpha"] <= 0:
-        lines.append(
-            "At this compute the loss does not fall with size: the larger models see too few tokens per "
-            "parameter (compute-optimal training wants ~20 tokens per parameter). Raise --flops to see "
-            "the larger models overtake the smaller ones."
-        )
-    if "check" in report:
-        c = report["check"]
-        lines.append(
-            f"{c['size']}: predicted {c['predicted_loss']:.3f}, trained {c['val_loss']:.3f}"
-        )
-    atomic.write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
+
+    setup = {
+        "mode": mode,
+        "data": source,
+        "vocab_size": vocab,
+        "context": context,
+        "batch_size": batch,
+        "threads": args.threads,
+        "eval_windows": len(windows),
+        "eval_tokens": sum(len(w) - 1 for w in windows),
+        "tokenizer": tokenizer_fingerprint(tok),
+        "lr_rule": f"lr = min({sweep_plan.MAX_LR:g}, {sweep_plan.BASE_LR:g} × "
+        f"{sweep_plan.BASE_WIDTH} / width × √(batch / {sweep_plan.BASE_BATCH}))",
+    }
+    rng = np.random.default_rng(0)
+    if mode == "tokens":
+        grid = [
+            [train(replace(p, lr=p.lr * f)) for f in LR_GRID]
+            for p in sweep_plan.tokens_plan(shapes, tokens, batch, context)
+        ]
+        if not args.train_only:
+            sweep_report.tokens_report(grid, setup, out, args.bootstrap, rng)
+    elif mode == "isoflop":
+        centres = [c for c in args.centres.split(",") if c]
+        plan = sweep_plan.isoflop_plan(shapes, centres, tokens, args.per_budget, batch, context)
+        chosen = chosen_lrs(Path(args.lr_from))
+        setup["lr_rule"] = f"each size at the lr its tokens-sweep grid chose ({args.lr_from})"
+        budgets = {
+            c: [train(replace(p, lr=chosen.get(p.size, p.lr))) for p in runs]
+            for c, runs in plan.items()
+        }
+        if not args.train_only:
+            sweep_report.isoflop_report(budgets, setup, out, args.bootstrap, rng)
+    elif mode == "lr":
+        base = sweep_plan.tokens_plan_unchecked(shapes, tokens, batch, context)
+        runs = [train(replace(p, lr=p.lr * f)) for p in base for f in LR_FACTORS]
+        if not args.train_only:
+            sweep_report.lr_report(runs, setup, out)
+    else:
+        runs = [
+            train(p)
+            for p in sweep_plan.compute_plan(shapes, args.flops, batch, context, fixed_lr=True)
+        ]
+        if not args.train_only:
+            bench = json.loads(Path(args.bench).read_text()) if args.bench else None
+            sweep_report.compute_report(runs, setup, args.flops, out, bench)
     return 0
 
 
 if __name__ == "__main__":
+    from edgezoo.errors import run_guarded
+
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.sweep", description=__doc__.splitlines()[0]
     )
     add_arguments(parser)
-    raise SystemExit(main(parser.parse_args()))
+    raise SystemExit(run_guarded(lambda: main(parser.parse_args())))
