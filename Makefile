@@ -56,7 +56,13 @@ bench-results: setup
 	$(BIN)/python -m benchmarks.serve_load runs/demo --seconds 6 --rounds 5
 	$(BIN)/python -m benchmarks.serve_abuse runs/demo --clients 64 --seconds 60 --rounds 2
 	$(BIN)/python -m benchmarks.serve_mixed runs/demo --clients 1,4,16,64 --seconds 15 --rounds 3
-	$(BIN)/python -m benchmarks.speculative --target runs/demo --draft "" --rounds 5
+	$(BIN)/edgezoo train --size pico --distill-from runs/demo --distill-weight 0 --steps 200 --context 128 --out runs/draft/pico-kl0.0 --no-progress
+	$(BIN)/edgezoo train --size pico --distill-from runs/demo --distill-weight 0.7 --steps 200 --context 128 --out runs/draft/pico-kl0.7 --no-progress
+	$(BIN)/edgezoo export runs/draft/pico-kl0.0 && $(BIN)/edgezoo export runs/draft/pico-kl0.7
+	$(BIN)/python -m benchmarks.speculative --target runs/demo --draft runs/draft/pico-kl0.0,runs/draft/pico-kl0.7 --draft-variant gqa --rounds 3
+	$(BIN)/python -m benchmarks.step_overhead --sizes nano,micro,mini,small
+	$(BIN)/python -m benchmarks.ray_replicas runs/demo --seconds 8 --rounds 3
+	$(BIN)/python -m benchmarks.s2s_quant --steps 1500
 	$(BIN)/python -m benchmarks.s2s_bench --sizes nano,micro --precisions fp32,int8,int4 --rounds 5
 	$(BIN)/python -m benchmarks.runtime_memory --sizes nano,small --rounds 3
 	$(BIN)/python -m benchmarks.export_cost

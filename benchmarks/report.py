@@ -49,7 +49,18 @@ SECTIONS = [
         "serve_mixed.md",
     ),
     ("serve-abuse", "The server under 10 % hostile traffic", "serve_abuse.md"),
-    ("speculative", "Speculative decoding: prompt lookup and draft models", "speculative.md"),
+    (
+        "speculative",
+        "Speculative decoding: prompt lookup, and drafts trained alone vs distilled",
+        "speculative.md",
+    ),
+    (
+        "step-overhead",
+        "A decode step: the ONNX Runtime call vs the Python loop around it",
+        "step_overhead.md",
+    ),
+    ("ray", "Ray Serve replicas: plain vs 1 vs 2 replicas on one machine", "ray_replicas.md"),
+    ("s2s-quant", "Encoder-decoder (s2s) variants: held-out chrF, size, speed", "s2s_quant.md"),
     ("s2s", "Encoder-decoder (s2s) decode: edgezoo beside Optimum and CTranslate2", "s2s_bench.md"),
     (
         "memory",

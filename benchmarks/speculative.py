@@ -65,7 +65,8 @@ def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> d
     methods = {"target alone": target, "prompt lookup": SpeculativeLM(target, None, k=args.k)}
     drafts = {}
     for path in filter(None, args.draft.split(",")):
-        draft = runtime.load(path, backend="ort-cpu", variant=variant, threads=args.threads)
+        draft_variant = variant if args.draft_variant == "same" else args.draft_variant
+        draft = runtime.load(path, backend="ort-cpu", variant=draft_variant, threads=args.threads)
         drafts[draft_label(path)] = draft.variant
         methods[draft_label(path)] = SpeculativeLM(target, draft, k=args.k)
     params = SamplingParams(temperature=0, max_new_tokens=args.max_new_tokens, ignore_eos=True)
@@ -117,6 +118,11 @@ def main() -> None:
         "--draft", default="runs/demo", help="draft model dirs, comma-separated ('' for none)"
     )
     p.add_argument("--variants", default="gqa,gqa-int8,gqa-int4")
+    p.add_argument(
+        "--draft-variant",
+        default="same",
+        help="the drafts' variant: 'same' as the target's, or one for every row (e.g. gqa)",
+    )
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--k", type=int, default=4, help="guesses checked per target call")
