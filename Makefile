@@ -60,6 +60,8 @@ bench-results: setup
 	$(BIN)/edgezoo train --size pico --distill-from runs/demo --distill-weight 0.7 --steps 200 --context 128 --out runs/draft/pico-kl0.7 --no-progress
 	$(BIN)/edgezoo export runs/draft/pico-kl0.0 && $(BIN)/edgezoo export runs/draft/pico-kl0.7
 	$(BIN)/python -m benchmarks.speculative --target runs/demo --draft runs/draft/pico-kl0.0,runs/draft/pico-kl0.7 --draft-variant gqa --rounds 3
+	$(BIN)/python -m benchmarks.bench --sizes nano,micro,mini,small --precisions fp32,int8,int4 --batches 1 --prompts 32 --repeats 3 \
+		--peers ort-genai,ort-genai:int8,ort-genai:int4 --out benchmarks/results/peers_rss
 	$(BIN)/python -m benchmarks.step_overhead --sizes nano,micro,mini,small
 	$(BIN)/python -m benchmarks.ray_replicas runs/demo --seconds 8 --rounds 3
 	$(BIN)/python -m benchmarks.s2s_quant --steps 1500

@@ -54,6 +54,7 @@ SECTIONS = [
         "Speculative decoding: prompt lookup, and drafts trained alone vs distilled",
         "speculative.md",
     ),
+    ("peers-rss", "Peak memory beside ONNX Runtime GenAI, fresh processes", "peers_rss.md"),
     (
         "step-overhead",
         "A decode step: the ONNX Runtime call vs the Python loop around it",
