@@ -60,10 +60,11 @@ def register(subparsers: Any) -> None:
     )
     s.add_argument(
         "--head-bits",
-        type=int,
-        default=8,
-        choices=(0, 4, 8),
-        help="LM head bits in int4 variants (0 = same as the rest)",
+        default="auto",
+        choices=("auto", "0", "4", "8"),
+        help="LM head bits in int4 variants: auto (default) builds both and keeps the 4-bit "
+        "head when held-out perplexity stays within --max-ppl-rise of the source, else 8; "
+        "4 or 8 to fix it; 0 = same as the rest",
     )
     s.add_argument(
         "--fp32-embeddings", action="store_true", help="leave the embedding table in fp32"
@@ -139,7 +140,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         block_size=args.block_size,
         symmetric=not args.asymmetric,
         accuracy_level=args.accuracy_level,
-        head_bits=None if args.head_bits == 0 else args.head_bits,
+        head_bits={"auto": "auto", "0": None, "4": 4, "8": 8}[args.head_bits],
         embeddings=not args.fp32_embeddings,
         calibration=args.calibration,
         calibration_samples=args.calibration_samples,

@@ -40,6 +40,7 @@ from edgezoo.quantize.evaluate import (
     quality_change,
     speed_of,
 )
+from edgezoo.quantize.head_choice import AUTO, choose_head_bits
 from edgezoo.quantize.speed import (
     SPEED_MARGIN,
     SPEED_ROUNDS,
@@ -58,7 +59,10 @@ class QuantizeOptions:
     block_size: int = 32
     symmetric: bool = True
     accuracy_level: int = 4
-    head_bits: int | None = 8  # keep the LM head at int8 in int4 variants (None: same bits)
+    # LM head bits in int4 variants: "auto" builds both and keeps int4 when the held-out
+    # perplexity stays within ppl_budget_pct of the source (8 without held-out data);
+    # 8 or 4 to fix it, None for the same bits as the rest.
+    head_bits: int | str | None = AUTO
     embeddings: bool = True
     calibration: str = "minmax"
     calibration_samples: int = 32
@@ -146,7 +150,19 @@ def quantize_model(
         ):
             staged = Path(tmp) / file
             t0 = time.perf_counter()
-            details = _make(onnx_dir / src_entry["file"], staged, method, opts, model_dir, ev)
+            src_file = onnx_dir / src_entry["file"]
+            if method == "weight-only-4" and opts.head_bits == AUTO and ev.lm_windows:
+                details = choose_head_bits(
+                    src_file,
+                    staged,
+                    lambda dst, bits, src=src_file: _weight_only(src, dst, 4, opts, bits),
+                    model_dir,
+                    ev.lm_windows,
+                    opts.ppl_budget_pct,
+                    src_entry["graph"],
+                )
+            else:
+                details = _make(src_file, staged, method, opts, model_dir, ev)
             build_s = time.perf_counter() - t0
             delta = _logit_delta(onnx_dir / src_entry["file"], staged, src_entry)
             if not delta <= opts.logit_tolerance:
@@ -226,16 +242,8 @@ def _make(
         }
     if method.startswith("weight-only"):
         bits = int(method.rsplit("-", 1)[1])
-        return graphs.weight_only(
-            src,
-            dst,
-            bits,
-            opts.block_size,
-            opts.symmetric,
-            opts.accuracy_level,
-            opts.head_bits if bits == 4 else None,
-            opts.embeddings and bits == 4,
-        )
+        head = 8 if opts.head_bits == AUTO else opts.head_bits  # auto without data: int8
+        return _weight_only(src, dst, bits, opts, head if bits == 4 else None)
     if method == "fp16":
         graphs.fp16(src, dst)
         return {"keep_io_types": True, "kept_fp32": graphs.FP16_KEEP_FP32}
@@ -244,6 +252,19 @@ def _make(
         src, dst, graphs.FeedReader(feeds), opts.calibration, opts.per_channel, opts.for_tensorrt
     )
     return {**details, "calibration_samples": len(feeds)}
+
+
+def _weight_only(src: Path, dst: Path, bits: int, opts: QuantizeOptions, head: int | None) -> dict:
+    return graphs.weight_only(
+        src,
+        dst,
+        bits,
+        opts.block_size,
+        opts.symmetric,
+        opts.accuracy_level,
+        head,
+        opts.embeddings and bits == 4,
+    )
 
 
 def _calibration_feeds(src: Path, ev: EvalData, samples: int) -> list[dict[str, np.ndarray]]:

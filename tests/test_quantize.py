@@ -49,12 +49,48 @@ def test_every_target_writes_a_measured_variant(lm_dir):
     assert sizes["gqa-int4"] < sizes["gqa-int8"] < sizes["gqa"]
     assert sizes["fp16"] < 0.75 * sizes["fp32"]
     assert variants["gqa-int4"]["quantization"]["embeddings_quantized"]
-    assert variants["gqa-int4"]["quantization"]["lm_head_bits"] == 8
+    # --head-bits auto: the head's bits follow the measured rule, and the graph has them
+    for name in ("gqa-int4", "int4"):
+        q = variants[name]["quantization"]
+        choice, ppl = q["lm_head_choice"], q["lm_head_choice"]["perplexity"]
+        within = ppl["head_int4"] <= ppl["source"] * (1 + choice["budget_pct"] / 100)
+        assert choice["chosen_bits"] == (4 if within else 8) == q["lm_head_bits"]
+        assert _head_bits(lm_dir / "onnx" / variants[name]["file"]) == q["lm_head_bits"]
     # near-lossless variants stay close to fp32 in quality on the same data
     base = variants["gqa"]["quality"]["perplexity"]
     assert abs(variants["gqa-int8"]["quality"]["perplexity"] / base - 1) < 0.01
     assert abs(variants["fp16"]["quality"]["perplexity"] / base - 1) < 0.001
     assert "| gqa-int4 | gqa | int4 |" in variants_table(variants)
+
+
+def _head_bits(path) -> int:
+    """The ``bits`` of the MatMulNBits that produces the logits."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    (head,) = [n for n in graph.node if "logits" in n.output]
+    return next(a.i for a in head.attribute if a.name == "bits")
+
+
+@pytest.mark.parametrize("budget_pct, bits", [(1e6, 4), (-100.0, 8)])
+def test_head_bits_auto_keeps_int4_only_within_the_budget(
+    lm_dir, text_corpus, tmp_path, budget_pct, bits
+):
+    from edgezoo.quantize.evaluate import eval_data
+    from edgezoo.quantize.graphs import weight_only
+    from edgezoo.quantize.head_choice import choose_head_bits
+
+    src = lm_dir / "onnx" / "model.gqa.onnx"
+    staged = tmp_path / "model.x.onnx"
+    details = choose_head_bits(
+        src,
+        staged,
+        lambda dst, head: weight_only(src, dst, 4, head_bits=head),
+        lm_dir,
+        eval_data(lm_dir, str(text_corpus)).lm_windows,
+        budget_pct,
+        "gqa",
+    )
+    assert details["lm_head_choice"]["chosen_bits"] == bits == details["lm_head_bits"]
+    assert _head_bits(staged) == bits
 
 
 def test_quantized_graphs_use_the_expected_ops(lm_dir):
