@@ -173,3 +173,7 @@ def table(result: dict) -> str:
         f"of {result['rounds']} interleaved rounds. Held-out loss: {losses or 'not recorded'}."
     )
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
