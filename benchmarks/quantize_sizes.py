@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 
 from edgezoo import atomic, manifest
@@ -146,6 +147,7 @@ def main() -> None:
     p.add_argument("--finetune-steps", type=int, default=100)
     p.add_argument("--out", default=str(RESULTS / "quantize_sizes"))
     args = p.parse_args()
+    sweep_shown = os.path.relpath(args.sweep)  # results name a repository path, not this machine's
     rows = []
     wanted = [s for s in args.sizes.split(",") if s] if args.sizes else None
     for size, model_dir in sweep_models(Path(args.sweep), wanted).items():
@@ -183,7 +185,7 @@ def main() -> None:
     front = pareto_front(points)
     out = Path(args.out)
     atomic.write_json(
-        out.with_suffix(".json"), {"sweep": args.sweep, "rows": rows, "pareto": front}
+        out.with_suffix(".json"), {"sweep": sweep_shown, "rows": rows, "pareto": front}
     )
     plot(points, front, out.with_suffix(".png"))
     lines = [
@@ -210,7 +212,7 @@ def main() -> None:
         + "."
     )
     lines.append(
-        f"\nModels: the equal-tokens sweep's ({args.sweep}). Perplexity from `edgezoo quantize` on "
+        f"\nModels: the equal-tokens sweep's ({sweep_shown}). Perplexity from `edgezoo quantize` on "
         "the model's held-out stdlib tokens in its training-context windows; latency batch 1, "
         "2 threads, ort-cpu, on a shared 2-core machine (ratios within a row are what hold)."
     )

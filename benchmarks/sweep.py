@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -84,10 +85,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--centres",
-        default="atto,femto,pico",
-        help="isoflop: one budget per centre size, through its tokens-mode run (≥ 3)",
+        default="femto,pico,nano",
+        help="isoflop: one budget per centre size, C = 6·N·tokens (≥ 3)",
     )
     p.add_argument("--per-budget", type=int, default=4, help="isoflop: sizes per budget")
+    p.add_argument(
+        "--below",
+        type=int,
+        default=2,
+        help="isoflop: how many of a budget's sizes are smaller than its centre",
+    )
     p.add_argument(
         "--lr-from",
         default=str(RESULTS / "sweep_tokens.json"),
@@ -178,9 +185,13 @@ def main(args: argparse.Namespace) -> int:
             sweep_report.tokens_report(grid, setup, out, args.bootstrap, rng)
     elif mode == "isoflop":
         centres = [c for c in args.centres.split(",") if c]
-        plan = sweep_plan.isoflop_plan(shapes, centres, tokens, args.per_budget, batch, context)
+        plan = sweep_plan.isoflop_plan(
+            shapes, centres, tokens, args.per_budget, batch, context, args.below
+        )
         chosen = chosen_lrs(Path(args.lr_from))
-        setup["lr_rule"] = f"each size at the lr its tokens-sweep grid chose ({args.lr_from})"
+        shown = os.path.relpath(args.lr_from)
+        setup["lr_rule"] = f"each size at the lr its tokens-sweep grid chose ({shown})"
+        setup["centre_tokens"] = tokens
         budgets = {
             c: [train(replace(p, lr=chosen.get(p.size, p.lr))) for p in runs]
             for c, runs in plan.items()

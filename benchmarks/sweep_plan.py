@@ -103,28 +103,36 @@ def tokens_plan_unchecked(
 
 
 def isoflop_plan(
-    shapes: list[Shape], centres: list[str], tokens: int, per_budget: int, batch: int, context: int
+    shapes: list[Shape],
+    centres: list[str],
+    tokens: int,
+    per_budget: int,
+    batch: int,
+    context: int,
+    below: int = 2,
 ) -> dict[float, list[PlannedRun]]:
     """Per centre size, the budget C = 6·N·``tokens`` and ``per_budget`` consecutive sizes
-    around it (one smaller, the rest larger), each with D = C / (6·N) tokens.
+    from ``below`` sizes under the centre up, each with D = C / (6·N) tokens.
 
-    Budgets through the tokens sweep's runs reuse them as one point each; the one smaller
-    size (more tokens per parameter than the centre) is the costly point. Where the fitted
-    parabola's minimum falls outside the sizes, the report says so."""
+    A centre's run is the one a tokens sweep of ``tokens`` trains, so the two share it. Why
+    two sizes below: at these budgets the smaller sizes, with more tokens each, won (with
+    one below, every budget's best size was its smallest); the costly point is the
+    smallest size, ~13× the centre's tokens. Where the fitted parabola's minimum still falls
+    outside the sizes, the report says so."""
     if per_budget < 4:
         raise ConfigError("an IsoFLOP parabola wants at least 4 sizes per budget; use 4 or more")
     if len(centres) < 3:
         raise ConfigError("fitting N*(C) ∝ C^a with an interval needs at least 3 budgets")
     ordered = sorted(shapes, key=lambda s: s.non_embedding_params)
+    if len(ordered) < per_budget:
+        raise ConfigError(f"{per_budget} sizes per budget but only {len(ordered)} sizes given")
     names = [s.size for s in ordered]
     plan: dict[float, list[PlannedRun]] = {}
     for centre in centres:
         if centre not in names:
             raise ConfigError(f"IsoFLOP centre {centre!r} is not among the sizes {names}")
         i = names.index(centre)
-        start = min(max(0, i - 1), len(ordered) - per_budget)
-        if start < 0:
-            raise ConfigError(f"{per_budget} sizes per budget but only {len(ordered)} sizes given")
+        start = min(max(0, i - below), len(ordered) - per_budget)
         c = 6.0 * ordered[i].non_embedding_params * tokens
         chosen = ordered[start : start + per_budget]
         plan[c] = [planned(s, c / (6.0 * s.non_embedding_params), batch, context) for s in chosen]

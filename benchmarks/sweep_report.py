@@ -22,8 +22,13 @@ def _matrix(runs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     tokens = np.array(runs[0]["window_tokens"], float)
     for r in runs:
         if r["window_tokens"] != runs[0]["window_tokens"]:
-            raise ValueError(f"{r['key']} was scored on other windows than {runs[0]['key']}")
+            raise ValueError(f"{_key(r)} was scored on other windows than {_key(runs[0])}")
     return np.array([r["window_loss_sums"] for r in runs], float), tokens
+
+
+def _key(run: dict) -> str:
+    """A run's key: its folder's name (records written before the key was stored lack it)."""
+    return run.get("key") or Path(run["model_dir"]).name
 
 
 def _lean(run: dict) -> dict:
@@ -31,6 +36,21 @@ def _lean(run: dict) -> dict:
     return {
         k: v for k, v in run.items() if k not in ("window_loss_sums", "window_tokens", "settings")
     }
+
+
+def _edge_note(grid: dict[str, dict[str, float]], runs: list[dict]) -> list[str]:
+    """Sizes whose best lr was the grid's largest: their optimum may lie above it."""
+    top = [
+        r["size"]
+        for r in runs
+        if len(grid.get(r["size"], {})) > 1 and f"{r['lr']:.3g}" == max(grid[r["size"]], key=float)
+    ]
+    if not top:
+        return []
+    return [
+        f"- The grid's larger lr won for {', '.join(top)}: their best lr may lie above it, so "
+        "their losses are upper bounds of what tuning would give."
+    ]
 
 
 def _grid_cell(tried: dict[str, float], chosen: float) -> str:
@@ -164,6 +184,17 @@ def tokens_markdown(report: dict) -> str:
         f"the largest fitted size): predicted {check['predicted_loss']:.3f}, trained "
         f"{check['val_loss']:.3f}, error {check['error_pct']:+.2f} % "
         f"(windows {_ci(bw['error_pct'], 2)} %; prediction by sizes {_ci(bs['predicted'])}).",
+        *(
+            [
+                "- c sits at its bound 0: the fitted sizes read as a pure power law with no "
+                "floor in sight, so the window interval on α is that of a 2-parameter fit; "
+                "with the floor free to move, α and c trade off — the size interval is the "
+                "honest spread."
+            ]
+            if fit["c"] <= 1e-9
+            else []
+        ),
+        *_edge_note(report.get("lr_grid", {}), runs),
         f"- Loss falls with every size: {'yes' if report['monotonic'] else 'no'}.",
         f"- Aims: monotonic {yes[aims['monotonic']]}; R² ≥ 0.95 {yes[aims['r2_at_least_0.95']]}; "
         f"largest within 5 % {yes[aims['largest_within_5pct']]}.",
@@ -217,7 +248,7 @@ def _plot_tokens(runs: list[dict], result: dict, path: Path) -> None:
         x, y = _curve(r)
         b.plot(x, y, color=f"C{i}", label=f"{r['size']} (lr {r['lr']:.2g})", lw=1)
     b.set(xlabel="training tokens", ylabel="training loss", ylim=(None, 7))
-    b.set_title("training curves", fontsize=10)
+    b.set_title("training loss at logged steps (one batch; the same batches for all)", fontsize=9)
     b.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -232,7 +263,7 @@ def _isoflop_fit(budgets: dict[float, list[dict]], losses: dict[str, float]) -> 
     rows = []
     for c, runs in sorted(budgets.items()):
         n = np.array([r["non_embedding_params"] for r in runs], float)
-        mins = fit_.parabola_minimum(n, np.array([losses[r["key"]] for r in runs]))
+        mins = fit_.parabola_minimum(n, np.array([losses[_key(r)] for r in runs]))
         d_star = c / (6 * mins["n_star"])
         rows.append(
             {"flops": c, **mins, "d_star": d_star, "tokens_per_param": d_star / mins["n_star"]}
@@ -245,7 +276,7 @@ def _isoflop_fit(budgets: dict[float, list[dict]], losses: dict[str, float]) -> 
 def isoflop_analysis(
     budgets: dict[float, list[dict]], draws: int, rng: np.random.Generator
 ) -> dict:
-    every = {r["key"]: r for runs in budgets.values() for r in runs}
+    every = {_key(r): r for runs in budgets.values() for r in runs}
     keys = sorted(every)
     sums, tokens = _matrix([every[k] for k in keys])
     point = _isoflop_fit(budgets, {k: every[k]["val_loss"] for k in keys})
@@ -322,8 +353,9 @@ def isoflop_markdown(report: dict) -> str:
             ]
         ),
         "",
-        f"Setup: per budget C, each size trained on D = C/(6N) tokens (N non-embedding), one "
-        f"budget through each tokens-sweep run it reuses; batch {report['batch_size']} × context "
+        f"Setup: per budget C, each size trained on D = C/(6N) tokens (N non-embedding); a "
+        f"budget is C = 6·N·{report.get('centre_tokens', 0):,} for a centre size, with two "
+        f"smaller sizes and one larger; batch {report['batch_size']} × context "
         f"{report['context']}, {report['lr_rule']}, one {report['vocab_size']}-token vocabulary, "
         f"loss over {report['eval_tokens']:,} held-out tokens; {report['bootstrap_draws']} "
         "bootstrap draws. The interval reflects evaluation noise only (one seed per run), and "

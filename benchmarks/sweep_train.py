@@ -166,6 +166,7 @@ def run(
     scored = np.array([len(w) - 1 for w in windows])
     record = {
         "settings": settings,
+        "key": plan.key,
         **asdict(plan),
         "flops": plan.flops,
         "val_loss": float(losses.sum() / scored.sum()),

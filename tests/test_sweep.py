@@ -186,11 +186,12 @@ def test_tokens_analysis_fits_the_smaller_sizes_and_predicts_the_largest():
         "lr_rule": "lr = rule",
         "threads": 1,
         "bootstrap_draws": 100,
-        "lr_grid": {"zepto": {"0.001": 4.2, "0.002": 4.1}},
+        "lr_grid": {"zepto": {"0.001": 4.2, "0.002": 4.1}, "atto": {"0.0005": 4.0, "0.001": 3.9}},
     }
     text = sweep_report.tokens_markdown(report)
     assert "(predicted)" in text and "monotonic met" in text and "**not met**" not in text
     assert "| 0.001: **4.200**, 0.002: 4.100 |" in text  # the run's own lr is the bold one
+    assert "larger lr won for atto:" in text  # its best lr is the grid's edge; zepto's is not
 
 
 # ---------------------------------------------------------------- plans, lr, presets ---
@@ -231,7 +232,7 @@ def test_tokens_plan_spans_30x_with_equal_tokens_and_a_per_size_lr():
 def test_isoflop_plan_budgets_sizes_and_reuse_of_tokens_runs():
     shapes = [sweep_plan.shape(s, 2048) for s in SIZES]
     tokens_runs = {r.key for r in sweep_plan.tokens_plan(shapes, 393216, 16, 128)}
-    plan = sweep_plan.isoflop_plan(shapes, ["atto", "femto", "pico"], 393216, 4, 16, 128)
+    plan = sweep_plan.isoflop_plan(shapes, ["femto", "pico", "nano"], 393216, 4, 16, 128)
     assert len(plan) == 3 and list(plan) == sorted(plan)
     for c, runs in plan.items():
         assert len(runs) == 4
