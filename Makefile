@@ -38,7 +38,7 @@ lint-imports: setup
 test: lint
 	$(BIN)/python -m pytest -q
 
-# Regenerate the committed benchmark results and benchmarks/README.md (about 1.5 h on 2 cores).
+# Regenerate the committed benchmark results and benchmarks/README.md (about 3 h on 2 quiet cores).
 bench-results: setup
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[peers]"
 	$(BIN)/edgezoo demo --out runs/demo
