@@ -147,7 +147,7 @@ def test_resume_refuses_changed_settings_and_fresh_runs_refuse_used_dirs(text_co
     ("kw", "match"),
     [
         ({"family": "gpt"}, "valid families: lm, cls"),
-        ({"size": "huge"}, "valid sizes: nano, micro"),
+        ({"size": "huge"}, "valid sizes: zepto, .*nano, micro"),
         ({"data": "/nonexistent/corpus"}, "does not exist"),
     ],
 )
