@@ -65,6 +65,9 @@ class Seq2SeqModel(TextGenerator):
         self.pad_id = int(config.get("pad_token_id") or 0)
         self.start_id = int(config.get("decoder_start_token_id", self.pad_id))
         self.context = int(config.get("n_positions") or 512)
+        # The embedding's rows (a padded vocabulary may have more than the tokenizer's),
+        # counted once: tokenizers rebuilds its vocabulary map on every call.
+        self.vocab_size = int(config.get("vocab_size") or tokenizer.get_vocab_size())
         self.device = backends.device_type(backend)  # where the K/V stay between steps
 
     @property
@@ -95,8 +98,7 @@ class Seq2SeqModel(TextGenerator):
         """Plain int lists, each non-empty, in the vocabulary and at most ``context`` long."""
         if len(prompt_ids) == 0:
             raise InputError("no source given: pass a string or a non-empty list.")
-        # The embedding's rows (a padded vocabulary may have more than the tokenizer).
-        vocab = int(self.config.get("vocab_size") or self.tokenizer.get_vocab_size())
+        vocab = self.vocab_size
         encoded = []
         for row in prompt_ids:
             ids = [int(i) for i in row]

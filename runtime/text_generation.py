@@ -11,6 +11,7 @@ server or a benchmark drives either through one interface.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -81,7 +82,7 @@ StepFn = Callable[[np.ndarray, int], np.ndarray]
 StartFn = Callable[[], tuple[np.ndarray, StepFn]]
 
 
-class TextGenerator:
+class TextGenerator(ABC):
     """Generate with ``generate`` / ``stream``; subclasses implement ``check_ids`` and ``_run``."""
 
     tokenizer: Tokenizer
@@ -223,15 +224,15 @@ class TextGenerator:
 
     # ------------------------------------------------------------------ subclasses ------
 
+    @abstractmethod
     def check_ids(self, prompt_ids: Sequence[Sequence[int]]) -> list[list[int]]:
         """Plain int lists, each a prompt this model accepts; ``InputError`` otherwise."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _run(
         self, encoded: list[list[int]], params: SamplingParams, live_text: bool = False
     ) -> Iterator[list[Row]]:
         """Yield the rows after every step (``_decode`` with this model's graphs)."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ the loop --------
 
