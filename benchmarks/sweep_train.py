@@ -8,10 +8,8 @@ with the same settings; a killed run resumes from its last checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -31,9 +29,9 @@ SWEEP_EVAL_TOKENS = 65_536  # 8× the training eval's: ~500 windows for the boot
 def shared_tokenizer(work: Path, source: str, vocab: int):
     """Train the sweep's tokenizer once (``WORK/tokenizer.json``) and return it.
 
-    Every run then starts from this one (``_reusing``) instead of training its own from
-    the same text (~10–20 s a run here); ``run`` checks each run's tokenizer by
-    fingerprint, so a run with another vocabulary cannot slip into a fit."""
+    Every run then trains with this one (``--tokenizer``) instead of its own from the
+    same text (~10–20 s a run here); ``run`` checks each run's tokenizer by fingerprint,
+    so a run with another vocabulary cannot slip into a fit."""
     from tokenizers import Tokenizer
 
     from edgezoo.zoo import data
@@ -46,29 +44,6 @@ def shared_tokenizer(work: Path, source: str, vocab: int):
     work.mkdir(parents=True, exist_ok=True)
     atomic.write_text(path, tok.to_str())
     return tok
-
-
-@contextlib.contextmanager
-def _reusing(tok) -> Iterator[None]:
-    """While training, hand ``train`` the sweep's tokenizer instead of training a new one.
-
-    ``edgezoo train`` has no flag for a ready tokenizer (only --init-from, which also takes
-    the weights), so the sweep swaps the trainer ``train_setup`` calls; BPE training is
-    deterministic, so the result is the tokenizer the run would have trained."""
-    from edgezoo.zoo import train_setup
-
-    original = train_setup.train_tokenizer
-
-    def ready(texts, vocab_size: int, max_chars: int = 0):
-        if vocab_size != tok.get_vocab_size():
-            return original(texts, vocab_size, max_chars)
-        return tok
-
-    train_setup.train_tokenizer = ready
-    try:
-        yield
-    finally:
-        train_setup.train_tokenizer = original
 
 
 def eval_windows(source: str, tok, context: int) -> list[np.ndarray]:
@@ -141,7 +116,7 @@ def run(
         steps=plan.steps,
         batch_size=batch,
         context=context,
-        vocab_size=vocab,
+        tokenizer=str(work / "tokenizer.json"),
         lr=plan.lr,
         min_lr_ratio=MIN_LR_RATIO,
         warmup_steps=max(2, plan.steps // 20),
@@ -154,8 +129,7 @@ def run(
     )
     fingerprint = tokenizer_fingerprint(tokenizer)
     t0 = time.perf_counter()
-    with _reusing(tokenizer):
-        result = train(cfg)
+    result = train(cfg)
     wall = time.perf_counter() - t0
     if tokenizer_fingerprint(load_tokenizer(out)) != fingerprint:
         raise DataError(

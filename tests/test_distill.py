@@ -138,3 +138,39 @@ def load_tokenizer_of(model_dir):
     from edgezoo.zoo.tokenizer import load_tokenizer
 
     return load_tokenizer(model_dir)
+
+
+def test_tokenizer_flag_trains_on_a_ready_tokenizer(teacher, text_corpus, tmp_path, monkeypatch):
+    """``--tokenizer`` (a draft trained alone, but on its target's token ids): no tokenizer
+    is trained, the model's vocabulary is the given one's, and bad paths say what to do."""
+    import json
+
+    from edgezoo.zoo import train_setup
+    from edgezoo.zoo.modeldir import load_config
+    from edgezoo.zoo.tokenizer import tokenizer_fingerprint
+
+    def no_training(texts, vocab_size, max_chars=0):
+        raise AssertionError("--tokenizer trained a tokenizer of its own")
+
+    monkeypatch.setattr(train_setup, "train_tokenizer", no_training)
+    wanted = load_tokenizer_of(teacher)
+    for name, path in (("from-dir", teacher), ("from-file", teacher / "tokenizer.json")):
+        out = tmp_path / name
+        train(lm_train_config(text_corpus, out, steps=2, vocab_size=None, tokenizer=str(path)))
+        assert tokenizer_fingerprint(load_tokenizer_of(out)) == tokenizer_fingerprint(wanted)
+        assert load_config(out).vocab_size == wanted.get_vocab_size()
+        assert json.loads((out / "run.json").read_text())["tokenizer"] == str(path)
+
+    def run(name, **kw):
+        train(lm_train_config(text_corpus, tmp_path / name, steps=2, **kw))
+
+    with pytest.raises(ConfigError, match="drop one"):
+        run("a", tokenizer=str(teacher))  # with the base config's --vocab-size 600
+    with pytest.raises(ConfigError, match="drop --tokenizer"):
+        run("b", vocab_size=None, tokenizer=str(teacher), init_from=str(teacher))
+    with pytest.raises(ConfigError, match=r"no tokenizer\.json there"):
+        run("c", vocab_size=None, tokenizer=str(tmp_path / "nowhere"))
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text('{"model": ')
+    with pytest.raises(ConfigError, match="not a tokenizer file"):
+        run("d", vocab_size=None, tokenizer=str(corrupt))

@@ -5,6 +5,8 @@ No training here except one few-step run on a tiny corpus (the reuse and scoring
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -298,7 +300,9 @@ def test_a_few_step_run_shares_the_tokenizer_scores_windows_and_is_reused(
     kwargs = dict(source=source, vocab=600, context=32, batch=4, windows=windows, tokenizer=tok)
     record = sweep_train.run(plan, tmp_path, **kwargs)
     assert record["steps"] == 3 and record["lr"] == pytest.approx(sweep_plan.lr_for_width(16, 4))
-    assert train_setup.train_tokenizer is no_second_tokenizer  # the swap is undone
+    assert json.loads((tmp_path / plan.key / "run.json").read_text())["tokenizer"] == str(
+        tmp_path / "tokenizer.json"
+    )
     model_dir = tmp_path / plan.key
     assert tokenizer_fingerprint(load_tokenizer(model_dir)) == tokenizer_fingerprint(tok)
     expected = score_windows(load_model(model_dir).eval(), windows, torch.device("cpu"), 8)

@@ -31,6 +31,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     vocab_size: int | None = None  # default: the preset's
+    tokenizer: str | None = None  # a model dir or tokenizer.json to use as is (no training)
     layers: int | None = None  # depth / width instead of the preset's (heads stay)
     width: int | None = None
     val_frac: float = 0.05
@@ -120,6 +121,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--grad-clip", type=float, default=d.grad_clip, help="clip the gradient norm to this"
     )
     p.add_argument("--vocab-size", type=int, help="tokenizer vocabulary (default: the preset's)")
+    p.add_argument(
+        "--tokenizer",
+        metavar="PATH",
+        help="use this tokenizer as is instead of training one: a model dir or a tokenizer.json "
+        "(models that must share token ids, e.g. a draft and its target; the vocabulary sets "
+        "the model's)",
+    )
     p.add_argument(
         "--layers",
         type=at_least(1),

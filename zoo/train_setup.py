@@ -22,7 +22,12 @@ from edgezoo.zoo import data, s2s_data
 from edgezoo.zoo.config import LlamaConfig, ModelConfig
 from edgezoo.zoo.modeldir import load_config
 from edgezoo.zoo.presets import make_config, resized
-from edgezoo.zoo.tokenizer import copy_tokenizer, load_tokenizer, train_tokenizer
+from edgezoo.zoo.tokenizer import (
+    TOKENIZER_FILE,
+    copy_tokenizer,
+    load_tokenizer,
+    train_tokenizer,
+)
 from edgezoo.zoo.train_config import TrainConfig
 from edgezoo.zoo.train_tasks import ClassifyTask, LMTask, Seq2SeqTask
 
@@ -40,6 +45,7 @@ RESUME_MUST_MATCH = (
     "seed",
     "context",
     "vocab_size",
+    "tokenizer",
     "val_frac",
     "lr",
     "warmup_steps",
@@ -108,9 +114,12 @@ def prepare_data(
 
 
 def _tokenizer(cfg: TrainConfig, out: Path, default_vocab: int) -> Tokenizer:
-    """The run's own tokenizer on resume, the base model's on --init-from, else a new one."""
+    """The run's own tokenizer on resume, the base model's on --init-from, a ready one on
+    --tokenizer (models that must share token ids: a draft and its target), else a new one."""
     if cfg.resume:
         return load_tokenizer(out)
+    if cfg.tokenizer:
+        return ready_tokenizer(cfg)
     if cfg.init_from:
         copy_tokenizer(cfg.init_from, out)
         return load_tokenizer(out)
@@ -130,6 +139,32 @@ def _tokenizer(cfg: TrainConfig, out: Path, default_vocab: int) -> Tokenizer:
     else:
         texts = (text for text, _ in data.read_labelled(source, cfg.text_field, cfg.label_field))
     return train_tokenizer(texts, cfg.vocab_size or default_vocab, cfg.tokenizer_chars)
+
+
+def ready_tokenizer(cfg: TrainConfig) -> Tokenizer:
+    """``--tokenizer PATH``: a model dir's tokenizer or a ``tokenizer.json`` file, as is."""
+    if cfg.vocab_size:
+        raise ConfigError(
+            "--vocab-size trains a new tokenizer, but --tokenizer gives a ready one: drop one."
+        )
+    if cfg.init_from:
+        raise ConfigError(
+            "--init-from keeps its model's tokenizer (the embedding rows are its token ids): "
+            "drop --tokenizer."
+        )
+    path = Path(cfg.tokenizer)
+    file = path / TOKENIZER_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise ConfigError(
+            f"--tokenizer {cfg.tokenizer}: no {TOKENIZER_FILE} there. Give a model dir "
+            f"(e.g. a trained run) or the path of a {TOKENIZER_FILE} file."
+        )
+    try:
+        return Tokenizer.from_file(str(file))
+    except Exception as e:  # tokenizers raises a plain Exception on bad JSON
+        raise ConfigError(
+            f"--tokenizer {cfg.tokenizer}: {file} is not a tokenizer file ({e})."
+        ) from e
 
 
 def _lm_task(cfg: TrainConfig, dist: Dist, source: str, tok: Tokenizer, context: int) -> LMTask:
