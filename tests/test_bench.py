@@ -31,6 +31,10 @@ def test_bench_writes_json_table_and_plot(tmp_path):
     int4 = next(r for r in results["runs"] if r["precision"] == "int4")
     fp32 = next(r for r in results["runs"] if r["precision"] == "fp32")
     assert int4["weight_bytes"] < fp32["weight_bytes"] / 2
+    # int4 rows compare with GenAI's int4, whose builder makes the LM head 4-bit too
+    variants = json.loads((tmp_path / "work/lm-nano/onnx/manifest.json").read_text())["variants"]
+    assert variants["gqa-int4"]["quantization"]["lm_head_bits"] == 4
+    assert variants["gqa-int8"]["quantization"].get("lm_head_bits", 8) == 8
     table = bench.markdown(results)
     assert "| nano | 1.1M | int4 | 2 | 16 |" in table and "random-init" in table
     bench.plot(results, tmp_path / "plot.png")
