@@ -7,6 +7,11 @@ Prompts are held-out stdlib documents (the corpus' own validation split), cut be
 ``def``; every prompt decodes ``--max-new-tokens`` greedy tokens (EOS ignored, so every
 method does the same work). Methods run interleaved per prompt, rounds repeat the lot;
 medians are reported (this machine's timing drifts ±20 % over minutes).
+
+``--peer ort-genai`` (the default) also decodes every prompt with ONNX Runtime GenAI on the
+same target weights at the row's precision (its own model builder; a fresh process per
+prompt, once per round, between our methods' rounds), so each method's speed is given
+against the peer a user would otherwise pick, and its greedy tokens are compared.
 """
 
 from __future__ import annotations
@@ -60,6 +65,35 @@ def draft_label(path: str) -> str:
     return f"draft {Path(path).name}"
 
 
+PEER_PRECISION = {"gqa": "fp32", "gqa-int8": "int8", "gqa-int4": "int4"}
+
+
+def peer_round(args: argparse.Namespace, variant: str, encoded: list[list[int]]) -> dict:
+    """One pass of ``--peer`` over the prompts: seconds in all, its tokens, or why not."""
+    from benchmarks.peers import run_peer
+
+    precision = PEER_PRECISION.get(variant)
+    if precision is None:
+        return {"note": f"no {args.peer} precision matches variant {variant}"}
+    seconds, tokens = 0.0, []
+    for ids in encoded:
+        r = run_peer(
+            args.peer,
+            Path(args.target),
+            ids,
+            args.max_new_tokens,
+            args.threads,
+            precision,
+            1,
+            Path(args.work),
+        )
+        if not r.available or r.decode_ms_per_token_mean is None:
+            return {"note": r.note}
+        seconds += (r.ttft_ms + r.decode_ms_per_token_mean * (len(r.tokens) - 1)) / 1e3
+        tokens.append(r.tokens)
+    return {"seconds": seconds, "tokens": tokens, "note": r.note}
+
+
 def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> dict:
     target = runtime.load(args.target, backend="ort-cpu", variant=variant, threads=args.threads)
     methods = {"target alone": target, "prompt lookup": SpeculativeLM(target, None, k=args.k)}
@@ -74,8 +108,10 @@ def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> d
     rates: dict[str, list[float]] = {m: [] for m in methods}
     totals = {m: {"proposed": 0, "accepted": 0} for m in methods}
     identical = dict.fromkeys(methods, True)
+    peer_rates, peer = [], {}
     for _ in range(args.rounds):
         seconds = dict.fromkeys(methods, 0.0)
+        alone_tokens = []
         for ids in encoded:
             reference = None
             for name, model in methods.items():
@@ -85,9 +121,18 @@ def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> d
                 identical[name] &= tokens == reference
                 for key, value in extra.items():
                     totals[name][key] += value
+            alone_tokens.append(reference)
         for name in methods:
             rates[name].append(len(encoded) * args.max_new_tokens / seconds[name])
+        peer_failed = bool(peer) and "seconds" not in peer
+        if args.peer and not peer_failed:
+            same = peer.get("identical", True)
+            peer = peer_round(args, variant, encoded)
+            if "seconds" in peer:
+                peer_rates.append(len(encoded) * args.max_new_tokens / peer["seconds"])
+                peer["identical"] = same and peer["tokens"] == alone_tokens
     alone = statistics.median(rates["target alone"])
+    peer_rate = statistics.median(peer_rates) if peer_rates else None
     return {
         "variant": variant,
         "target_variant": target.variant,
@@ -98,6 +143,14 @@ def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> d
         "speedup": {m: statistics.median(r) / alone for m, r in rates.items()},
         "acceptance": {
             m: t["accepted"] / t["proposed"] for m, t in totals.items() if t["proposed"]
+        },
+        "peer": {
+            "name": args.peer,
+            "tokens_per_s": peer_rate,
+            "rounds_tokens_per_s": peer_rates,
+            "greedy_tokens_equal": peer.get("identical"),
+            "note": peer.get("note", ""),
+            "vs_peer": {m: statistics.median(r) / peer_rate for m, r in rates.items() if peer_rate},
         },
     }
 
@@ -111,7 +164,7 @@ def val_loss(model_dir: str) -> float | None:
     return finals[-1].get("val_loss") if finals else None
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target", default="runs/spec-mini")
     p.add_argument(
@@ -128,8 +181,14 @@ def main() -> None:
     p.add_argument("--k", type=int, default=4, help="guesses checked per target call")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--peer",
+        default="ort-genai",
+        help="the runtime to compare with on the same target weights ('' for none)",
+    )
+    p.add_argument("--work", default="runs/bench/peers-spec", help="the peer's converted models")
     p.add_argument("--out", default=str(RESULTS / "speculative"))
-    args = p.parse_args()
+    args = p.parse_args(argv)
     prompts = heldout_prompts(args.prompts)
     rows = [run_variant(args, v, prompts) for v in args.variants.split(",")]
     for row in rows:
@@ -143,6 +202,7 @@ def main() -> None:
         "max_new_tokens": args.max_new_tokens,
         "rounds": args.rounds,
         "threads": args.threads,
+        "peer": args.peer or None,
         "rows": rows,
     }
     atomic.write_json(Path(args.out).with_suffix(".json"), result)
@@ -151,17 +211,34 @@ def main() -> None:
 
 
 def table(result: dict) -> str:
+    peer_name = result.get("peer") or "peer"
     lines = [
-        "| variant | method | tokens/s | × target alone | acceptance | greedy text = target alone's |",
-        "|---|---|---|---|---|---|",
+        f"| variant | method | tokens/s | × target alone | × {peer_name} | acceptance | "
+        "greedy text = target alone's |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
+        peer = r.get("peer", {})
+        vs_peer = peer.get("vs_peer", {})
         for method, rate in r["tokens_per_s"].items():
             accepted = r["acceptance"].get(method)
+            ratio = vs_peer.get(method)
             lines.append(
                 f"| {r['variant']} | {method} | {rate:.0f} | {r['speedup'][method]:.2f}× | "
+                f"{'-' if ratio is None else f'{ratio:.2f}×'} | "
                 f"{'-' if accepted is None else f'{accepted:.0%}'} | "
                 f"{r['identical_greedy_text'][method]} |"
+            )
+        if peer.get("tokens_per_s"):
+            rate = peer["tokens_per_s"]
+            alone = r["tokens_per_s"]["target alone"]
+            lines.append(
+                f"| {r['variant']} | {peer_name} (same weights) | {rate:.0f} | "
+                f"{rate / alone:.2f}× | 1.00× | - | {peer['greedy_tokens_equal']} |"
+            )
+        elif peer.get("note"):
+            lines.append(
+                f"| {r['variant']} | {peer_name}: not run | - | - | - | - | {peer['note']} |"
             )
     losses = ", ".join(
         f"{Path(d).name} {loss:.3f}" for d, loss in result.get("val_loss", {}).items() if loss
@@ -172,6 +249,12 @@ def table(result: dict) -> str:
         f"{result['max_new_tokens']} greedy tokens, batch 1, {result['threads']} threads; medians "
         f"of {result['rounds']} interleaved rounds. Held-out loss: {losses or 'not recorded'}."
     )
+    if result.get("peer"):
+        lines.append(
+            f"{peer_name} decodes the same prompts on the same target weights (its own model "
+            "builder, the row's precision) in a fresh process per prompt; its tokens/s is the "
+            "prompt's time to first token plus its mean step time × the other tokens."
+        )
     return "\n".join(lines) + "\n"
 
 

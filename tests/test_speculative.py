@@ -203,3 +203,33 @@ def test_server_with_a_draft_answers_the_targets_greedy_text(target_dir, draft_d
         ]
         assert "".join(c["choices"][0]["text"] for c in chunks) == want[0]
         assert spec.last_stats.proposed > 0
+
+
+def test_benchmark_puts_each_method_beside_a_peer_on_the_same_weights(
+    target_dir, draft_dir, tmp_path, monkeypatch
+):
+    """``benchmarks.speculative --peer``: the peer decodes the same prompts on the target's
+    weights in its own process; its rate, token check and every method's ratio are recorded.
+    (The ``edgezoo`` peer stands in for GenAI: the same runtime, so its tokens must match.)"""
+    import json
+
+    from benchmarks import speculative as bench
+
+    monkeypatch.setattr(bench, "heldout_prompts", lambda n, chars=400: PROMPTS[:n])
+    out = tmp_path / "spec"
+    bench.main(
+        [
+            *("--target", str(target_dir), "--draft", str(draft_dir), "--variants", "gqa"),
+            *("--prompts", "2", "--max-new-tokens", "8", "--rounds", "1", "--k", "2"),
+            *("--peer", "edgezoo", "--work", str(tmp_path / "work"), "--out", str(out)),
+        ]
+    )
+    row = json.loads(out.with_suffix(".json").read_text())["rows"][0]
+    peer = row["peer"]
+    assert peer["name"] == "edgezoo" and peer["tokens_per_s"] > 0, peer["note"]
+    assert peer["greedy_tokens_equal"] is True
+    assert set(peer["vs_peer"]) == set(row["tokens_per_s"]) == set(row["identical_greedy_text"])
+    for method, rate in row["tokens_per_s"].items():
+        assert peer["vs_peer"][method] == pytest.approx(rate / peer["tokens_per_s"])
+        assert row["identical_greedy_text"][method] is True
+    assert "| gqa | edgezoo (same weights) |" in out.with_suffix(".md").read_text()

@@ -30,6 +30,7 @@ class PeerResult:
     ttft_ms: float | None = None  # prefill of the prompt + first token
     decode_ms_per_token_p50: float | None = None
     decode_ms_per_token_p95: float | None = None
+    decode_ms_per_token_mean: float | None = None
     tokens: list[int] = field(default_factory=list)  # generated ids (greedy)
     peak_rss_mb: float | None = None  # the peer's process high-water mark (VmHWM), if isolated
 

@@ -97,7 +97,7 @@ def _run_here(
         notes = [loaded.note]
         if capped < new_tokens:
             notes.append(f"new_tokens capped to {capped} by the context length {limit}")
-        tokens, ttft_ms, p50, p95, consistent = measure(
+        tokens, ttft_ms, p50, p95, mean, consistent = measure(
             loaded.decode, prompt_ids, capped, max(1, repeats)
         )
         if len(tokens) < capped:
@@ -113,3 +113,4 @@ def _run_here(
         p50,
         p95,
     )
+    result.decode_ms_per_token_mean = mean
