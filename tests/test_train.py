@@ -293,3 +293,35 @@ def test_nonsense_training_flags_are_refused_at_parse_time(capsys, flag, value):
 def test_zero_steps_through_the_api_is_refused(text_corpus, tmp_path):
     with pytest.raises(ConfigError, match="steps=0 would train nothing"):
         train(lm_train_config(text_corpus, tmp_path / "run", steps=0))
+
+
+def test_precision_picks_the_autocast():
+    from edgezoo.zoo.train_optim import autocast_for
+
+    cpu, x = torch.device("cpu"), torch.randn(4, 4)
+    with autocast_for(cpu, "bf16"):
+        assert (x @ x).dtype == torch.bfloat16
+    for precision in ("auto", "fp32"):  # CPU stays exact unless bf16 is asked for
+        with autocast_for(cpu, precision):
+            assert (x @ x).dtype == torch.float32
+    with pytest.raises(ConfigError, match="use one of auto, fp32, bf16"):
+        autocast_for(cpu, "fp16")
+
+
+def test_bf16_training_on_cpu_tracks_fp32(text_corpus, tmp_path):
+    """--precision bf16 on CPU really runs in bf16 (the curve is not fp32's bit for bit) and
+    learns the same (every step's loss within bf16 rounding of fp32's); a bad value is
+    refused before the run folder exists."""
+    curves = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        train_mod.train(lm_train_config(text_corpus, out, steps=6, precision=precision))
+        curves[precision] = loss_curve(out)
+        assert json.loads((out / "run.json").read_text())["precision"] == precision
+    fp32, bf16 = curves["fp32"], curves["bf16"]
+    assert fp32.keys() == bf16.keys() and fp32 != bf16
+    assert all(abs(fp32[k] - bf16[k]) < 0.05 for k in fp32), (fp32, bf16)
+    assert bf16[6] < bf16[1] - 0.1  # it learns
+    with pytest.raises(ConfigError, match="--precision"):
+        train_mod.train(lm_train_config(text_corpus, tmp_path / "bad", precision="fp8"))
+    assert not (tmp_path / "bad").exists()

@@ -143,6 +143,7 @@ def _start(cfg: TrainConfig) -> tuple[TrainConfig, Dist, torch.device]:
     make_config(cfg.family, cfg.size)  # validates the size early, listing valid ones
     dist = distributed.setup(cfg.device, cfg.fsdp, cfg.tp, cfg.sequence_parallel)
     device = dist.device if dist.world > 1 else pick_device(cfg.device)
+    autocast_for(device, cfg.precision)  # an unusable --precision fails before anything is written
     out = Path(cfg.out)
     if dist.restarted and ckpt.list_checkpoints(out):
         cfg = replace(cfg, resume=True)  # torchrun --max-restarts brought us back: continue
@@ -348,7 +349,7 @@ def _step(run: _Run, step: int) -> tuple[float, torch.Tensor]:
         idx = run.task.sampler.items(first + m * micro, micro)
         with (
             dist.no_sync_unless(run.train_model, m == cfg.grad_accum - 1),
-            autocast_for(device),
+            autocast_for(device, cfg.precision),
         ):
             loss = run.task.loss(run.train_model, idx, device) / cfg.grad_accum
         loss.backward()

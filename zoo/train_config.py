@@ -43,6 +43,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"
     compile: bool = False
+    precision: str = "auto"  # forward-pass autocast: auto (bf16 on capable GPUs), fp32, bf16
     fsdp: bool = False
     tp: int = 1  # tensor-parallel degree (Llama family, under torchrun)
     sequence_parallel: bool = False  # with tp > 1: shard norms/residuals along the sequence
@@ -187,6 +188,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default=d.precision,
+        help="forward-pass autocast. auto: bf16 on GPUs that support it, fp32 elsewhere (CPU "
+        "stays exact); bf16: also on CPU, faster on CPUs with AMX or AVX-512 BF16; fp32: never. "
+        "Weights and optimizer state stay fp32",
+    )
     p.add_argument(
         "--fsdp",
         action="store_true",

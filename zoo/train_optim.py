@@ -24,10 +24,24 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA GPUs that support it; fp32 everywhere else (CPU stays exact)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def autocast_for(device: torch.device, precision: str = "auto"):
+    """The forward pass's autocast for ``--precision``.
+
+    auto: bf16 on CUDA GPUs that support it, fp32 elsewhere (CPU stays exact); bf16: also on
+    CPU, where matmuls then run in bf16 (fast on CPUs with AMX or AVX-512 BF16); fp32: never.
+    Weights, gradients and optimizer state stay fp32 in every case."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}.")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if precision == "bf16" and device.type == "cuda" and not cuda_bf16:
+        raise ConfigError("--precision bf16: this GPU has no bf16 support; use fp32 (or auto).")
+    if precision == "bf16" or cuda_bf16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
