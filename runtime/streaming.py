@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, decoders
 
 REPLACEMENT = "\ufffd"  # what a lossy UTF-8 decode makes of an incomplete character
 
@@ -41,6 +41,7 @@ class TextStreamer:
         # context; ids[read_offset:] are pending (pushed but not yet emitted).
         self.ids: list[int] = list(prompt_ids)[-context_tokens:] if context_tokens > 0 else []
         self.read_offset = len(self.ids)
+        self.byte_level = isinstance(tokenizer.decoder, decoders.ByteLevel)
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
@@ -63,6 +64,20 @@ class TextStreamer:
         new_text = self._decode(self.ids)
         self._advance()
         return new_text[len(prefix_text) :]
+
+    def push_all(self, ids: Sequence[int]) -> str:
+        """``push`` every id then ``flush``, joined: for callers that want only the final
+        text (a whole generation, not streamed).
+
+        With a byte-level decoder (every zoo tokenizer) this takes two decodes instead of two
+        per id — a byte-level decode of a window is the bytes of its tokens, so the stream
+        joined is the decode of the whole (tested on random ids). Other decoders (byte
+        fallback, "▁" spaces) can place U+FFFD differently on invalid byte runs, so they
+        stream as usual."""
+        if not self.byte_level:
+            return "".join(self.push(i) for i in ids) + self.flush()
+        self.ids.extend(int(i) for i in ids)
+        return self.flush()
 
     def _advance(self) -> None:
         """Mark all ids emitted; the chunk just emitted becomes the next window's context."""

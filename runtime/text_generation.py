@@ -344,7 +344,7 @@ class TextGenerator(ABC):
                     row.finish = "length"
             if row.finish:
                 if not live:  # decode once, at the end: same text as streaming would give
-                    row.text = "".join(row.streamer.push(t) for t in row.ids)
+                    row.text = row.streamer.push_all(row.ids)
                 row.text += row.streamer.flush()
                 if stops.stop:
                     row.text, found = stops.truncate(row.text)

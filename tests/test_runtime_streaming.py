@@ -153,3 +153,21 @@ def test_prompt_context_keeps_leading_space(sentencepiece_like):
     # without a prompt the stream still equals decoding the generated ids alone
     alone = _stream(TextStreamer(tok), generated)
     assert "".join(alone) == tok.decode(generated) == "world 🙂 日本"
+
+
+def test_push_all_is_the_stream_joined(byte_bpe, sentencepiece_like):
+    """The final text in one go is exactly what streaming gives, for real text and for
+    random ids after random prompts (invalid byte runs included): in two decodes for a
+    byte-level tokenizer, token by token for the others."""
+    for text in TEXTS:
+        ids = byte_bpe.encode(text).ids
+        assert TextStreamer(byte_bpe).push_all(ids) == text
+    assert TextStreamer(byte_bpe).byte_level and not TextStreamer(sentencepiece_like).byte_level
+    rng = random.Random(2)
+    for tok in (byte_bpe, sentencepiece_like):
+        vocab = tok.get_vocab_size()
+        for _ in range(300):
+            prompt = [rng.randrange(vocab) for _ in range(rng.randint(0, 8))]
+            ids = [rng.randrange(vocab) for _ in range(rng.randint(1, 40))]
+            streamed = "".join(_stream(TextStreamer(tok, prompt_ids=prompt), ids))
+            assert TextStreamer(tok, prompt_ids=prompt).push_all(ids) == streamed, (prompt, ids)
