@@ -197,6 +197,7 @@ def run(
     repeats: int,
     peers: list[str],
     work: Path,
+    peer_prompts: tuple[int, ...] = (32,),
 ) -> dict:
     from rich.progress import Progress
 
@@ -232,15 +233,24 @@ def run(
             row["ratio_to_floor"] = row["decode_ms_p50"] / row["floor_ms"]
             results["runs"].append(row)
             progress.advance(task)
-        own_rss: dict[tuple[Path, str], float | None] = {}
+        own_rss: dict[tuple[Path, str, int], float | None] = {}
         for size in sizes:
             for peer in peers:
-                progress.update(task, description=f"{size} peer {peer}")
-                results["peers"].append(
-                    _peer_row(
-                        peer, prepared[size], size, new_tokens, threads, repeats, work, own_rss
+                for prompt in peer_prompts:
+                    progress.update(task, description=f"{size} peer {peer} p{prompt}")
+                    results["peers"].append(
+                        _peer_row(
+                            peer,
+                            prepared[size],
+                            size,
+                            prompt,
+                            new_tokens,
+                            threads,
+                            repeats,
+                            work,
+                            own_rss,
+                        )
                     )
-                )
                 progress.advance(task)
     return results
 
@@ -249,14 +259,17 @@ def _peer_row(
     peer: str,
     model_dir: Path,
     size: str,
+    prompt_len: int,
     new_tokens: int,
     threads: int,
     repeats: int,
     work: Path,
-    own_rss: dict[tuple[Path, str], float | None],
+    own_rss: dict[tuple[Path, str, int], float | None],
 ) -> dict:
-    """One peer beside edgezoo on the same weights and prompt. ``own_rss`` caches edgezoo's
-    own fresh-process peak RSS per (model, precision), measured like the peer's."""
+    """One peer beside edgezoo on the same weights and ``prompt_len``-token prompt: decode
+    step and time to first token (the prompt's prefill) of both. ``own_rss`` caches
+    edgezoo's own fresh-process peak RSS per (model, precision, prompt), measured like the
+    peer's."""
     from dataclasses import asdict
 
     from benchmarks.peers import run_peer
@@ -266,10 +279,10 @@ def _peer_row(
     precision = "int4" if peer.endswith(":int4") else "int8" if peer.endswith(":int8") else "fp32"
     ours = {"fp32": "gqa", "int8": "gqa-int8", "int4": "gqa-int4"}[precision]
     lm = load_variant(model_dir, ours, threads=threads)
-    prompt = [1, *rng.integers(4, lm.tokenizer.get_vocab_size(), 31).tolist()]
+    prompt = [1, *rng.integers(4, lm.tokenizer.get_vocab_size(), prompt_len - 1).tolist()]
     # edgezoo runs before and after the peer, its steps pooled: a burst of noise on this
     # shared machine then weighs on one side's median no more than on the other's.
-    steps, _, tokens = time_decode(lm, [prompt], new_tokens, repeats)
+    steps, ttft, tokens = time_decode(lm, [prompt], new_tokens, repeats)
     result = asdict(
         run_peer(
             peer.split(":")[0],
@@ -282,22 +295,27 @@ def _peer_row(
             work / "peers" / size,
         )
     )
-    after, _, _ = time_decode(lm, [prompt], new_tokens, repeats)
+    after, ttft_after, _ = time_decode(lm, [prompt], new_tokens, repeats)
     steps += after
-    if (model_dir, precision) not in own_rss:
+    ttft += ttft_after
+    if (model_dir, precision, prompt_len) not in own_rss:
         own = run_peer("edgezoo", model_dir, prompt, new_tokens, threads, precision, 1)
-        own_rss[model_dir, precision] = own.peak_rss_mb
+        own_rss[model_dir, precision, prompt_len] = own.peak_rss_mb
     result.update(
         size=size,
+        prompt=prompt_len,
         edgezoo_variant=ours,
         edgezoo_decode_ms_p50=statistics.median(steps) * 1000,
-        edgezoo_peak_rss_mb=own_rss[model_dir, precision],
+        edgezoo_ttft_ms=statistics.median(ttft) * 1000,
+        edgezoo_peak_rss_mb=own_rss[model_dir, precision, prompt_len],
         greedy_agreement=sum(a == b for a, b in zip(tokens, result["tokens"], strict=False)),
     )
     if result.get("decode_ms_per_token_p50"):
         result["speedup_vs_peer"] = (
             result["decode_ms_per_token_p50"] / result["edgezoo_decode_ms_p50"]
         )
+    if result.get("ttft_ms"):
+        result["ttft_speedup_vs_peer"] = result["ttft_ms"] / result["edgezoo_ttft_ms"]
     result.pop("tokens")
     return result
 
@@ -321,29 +339,38 @@ def markdown(results: dict) -> str:
     if results["peers"]:
         lines += [
             "",
-            "Peers, batch 1, 32-token prompt, same weights, same run (peer ÷ edgezoo > 1 means edgezoo is faster). "
+            "Peers, batch 1, same weights, same run (peer ÷ edgezoo > 1 means edgezoo is faster). "
+            "TTFT: the prompt's prefill and first token. "
             "Peak RSS: the high-water mark of a fresh process that loads the model and decodes, for the peer and for edgezoo alike:",
             "",
-            "| size | peer | precision | peer ms/token | edgezoo ms/token | peer ÷ edgezoo | greedy tokens equal | peer peak RSS MB | edgezoo peak RSS MB | note |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| size | peer | precision | prompt | peer ms/token | edgezoo ms/token | peer ÷ edgezoo | peer TTFT ms | edgezoo TTFT ms | TTFT peer ÷ edgezoo | greedy tokens equal | peer peak RSS MB | edgezoo peak RSS MB | note |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for p in results["peers"]:
+            head = f"| {p['size']} | {p['peer']} | {p['precision']} | {p.get('prompt', 32)} |"
+            ours = f"{p['edgezoo_decode_ms_p50']:.2f}"
+            our_ttft = _num(p.get("edgezoo_ttft_ms"), ".1f")
             if p["available"]:
                 lines.append(
-                    f"| {p['size']} | {p['peer']} | {p['precision']} | {p['decode_ms_per_token_p50']:.2f} | {p['edgezoo_decode_ms_p50']:.2f} | "
-                    f"{p.get('speedup_vs_peer', float('nan')):.2f}× | {p['greedy_agreement']} | "
+                    f"{head} {p['decode_ms_per_token_p50']:.2f} | {ours} | "
+                    f"{_num(p.get('speedup_vs_peer'), '.2f', '×')} | {_num(p.get('ttft_ms'), '.1f')} | "
+                    f"{our_ttft} | {_num(p.get('ttft_speedup_vs_peer'), '.2f', '×')} | {p['greedy_agreement']} | "
                     f"{_mb(p.get('peak_rss_mb'))} | {_mb(p.get('edgezoo_peak_rss_mb'))} | {p['note'][:60]} |"
                 )
             else:
                 lines.append(
-                    f"| {p['size']} | {p['peer']} | {p['precision']} | – | {p['edgezoo_decode_ms_p50']:.2f} | – | – | – | "
+                    f"{head} – | {ours} | – | – | {our_ttft} | – | – | – | "
                     f"{_mb(p.get('edgezoo_peak_rss_mb'))} | skipped: {p['note'][:80]} |"
                 )
     return "\n".join(lines) + "\n"
 
 
 def _mb(value: float | None) -> str:
-    return "–" if value is None else f"{value:.0f}"
+    return _num(value, ".0f")
+
+
+def _num(value: float | None, spec: str, unit: str = "") -> str:
+    return "–" if value is None else f"{value:{spec}}{unit}"
 
 
 def plot(results: dict, path: Path) -> None:
@@ -431,6 +458,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batches", default="1,4,16")
     p.add_argument("--prompts", default="32,128,512", help="prompt lengths in tokens")
+    p.add_argument(
+        "--peer-prompts",
+        default="32",
+        help="prompt lengths of the peer rows (their TTFT is the prompt's prefill), e.g. 32,512",
+    )
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=2, help="fixed for every runtime and recorded")
     p.add_argument("--repeats", type=int, default=3)
@@ -464,6 +496,7 @@ def main(args: argparse.Namespace) -> int:
         args.repeats,
         split(args.peers),
         Path(args.work),
+        tuple(int(x) for x in split(args.peer_prompts)),
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

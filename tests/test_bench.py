@@ -20,8 +20,9 @@ def test_bench_writes_json_table_and_plot(tmp_path):
         new_tokens=8,
         threads=2,
         repeats=1,
-        peers=[],
+        peers=["edgezoo"],  # our own runtime in a fresh process: a peer with no extra install
         work=tmp_path / "work",
+        peer_prompts=(16, 40),
     )
     assert results["copy_bandwidth_gbs"] > 0 and results["machine"]["cores"] >= 1
     assert len(results["runs"]) == 4
@@ -35,7 +36,13 @@ def test_bench_writes_json_table_and_plot(tmp_path):
     variants = json.loads((tmp_path / "work/lm-nano/onnx/manifest.json").read_text())["variants"]
     assert variants["gqa-int4"]["quantization"]["lm_head_bits"] == 4
     assert variants["gqa-int8"]["quantization"].get("lm_head_bits", 8) == 8
+    assert [p["prompt"] for p in results["peers"]] == [16, 40]
+    for p in results["peers"]:  # the same runtime and graph: the same tokens
+        assert p["available"] and p["greedy_agreement"] == 8, p["note"]
+        assert p["ttft_ms"] > 0 and p["edgezoo_ttft_ms"] > 0 and p["peak_rss_mb"] > 0
+        assert p["ttft_speedup_vs_peer"] == pytest.approx(p["ttft_ms"] / p["edgezoo_ttft_ms"])
     table = bench.markdown(results)
+    assert "| nano | edgezoo | fp32 | 40 |" in table
     assert "| nano | 1.1M | int4 | 2 | 16 |" in table and "random-init" in table
     bench.plot(results, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 10_000
