@@ -99,13 +99,20 @@ class SharedBufferCache:
                 self.decode_bound = True
         else:  # a prompt or several guesses: sized per call
             binding.bind_cpu_input("input_ids", ids)
-            binding.bind_output("logits", self.device)
             self.decode_bound = False
+            if self.logits_host is not None:
+                # ORT writes a prompt's logits (512 tokens × 32k vocabulary: 65 MB) straight
+                # into the array returned, instead of into its own tensor then copied to numpy:
+                # one copy of them at the peak, not two.
+                logits = np.empty((*ids.shape, self.logits_host.shape[-1]), np.float32)
+                binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
+            else:
+                binding.bind_output("logits", self.device)
         binding.bind_cpu_input("attention_mask", mask)
         self.sess.run_with_iobinding(binding)
         if one_token:
             return self.logits_host if self.logits_host is not None else self.step_logits.numpy()
-        return binding.get_outputs()[0].numpy()
+        return logits if self.logits_host is not None else binding.get_outputs()[0].numpy()
 
 
 class HostConcatCache:
