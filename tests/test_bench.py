@@ -41,6 +41,8 @@ def test_bench_writes_json_table_and_plot(tmp_path):
         assert p["available"] and p["greedy_agreement"] == 8, p["note"]
         assert p["ttft_ms"] > 0 and p["edgezoo_ttft_ms"] > 0 and p["peak_rss_mb"] > 0
         assert p["ttft_speedup_vs_peer"] == pytest.approx(p["ttft_ms"] / p["edgezoo_ttft_ms"])
+        fresh = p["edgezoo_fresh_decode_ms_p50"]
+        assert p["speedup_vs_peer_fresh"] == pytest.approx(p["decode_ms_per_token_p50"] / fresh)
     table = bench.markdown(results)
     assert "| nano | edgezoo | fp32 | 40 |" in table
     assert "| nano | 1.1M | int4 | 2 | 16 |" in table and "random-init" in table
