@@ -60,8 +60,14 @@ bench-results: setup
 	$(BIN)/edgezoo train --size pico --distill-from runs/demo --distill-weight 0.7 --steps 200 --context 128 --out runs/draft/pico-kl0.7 --no-progress
 	$(BIN)/edgezoo export runs/draft/pico-kl0.0 && $(BIN)/edgezoo export runs/draft/pico-kl0.7
 	$(BIN)/python -m benchmarks.speculative --target runs/demo --draft runs/draft/pico-kl0.0,runs/draft/pico-kl0.7 --draft-variant gqa --rounds 3
-	$(BIN)/python -m benchmarks.bench --sizes nano,micro,mini,small --precisions fp32,int8,int4 --batches 1 --prompts 32 --repeats 3 \
-		--peers ort-genai,ort-genai:int8,ort-genai:int4 --out benchmarks/results/peers_rss
+	$(BIN)/edgezoo train --size small --tokenizer runs/demo --steps 500 --batch-size 8 --context 256 --lr 1e-3 --warmup-steps 25 --out runs/spec-small-base --no-progress
+	$(BIN)/edgezoo train --size small --init-from runs/spec-small-base --precision bf16 --steps 500 --batch-size 16 --context 256 --lr 1.5e-3 --warmup-steps 20 --out runs/spec-small --no-progress
+	$(BIN)/edgezoo export runs/spec-small && $(BIN)/edgezoo quantize runs/spec-small --to int8,int4 --speed-rounds 3
+	$(BIN)/edgezoo train --size nano --init-from runs/demo --distill-from runs/spec-small --distill-weight 0.7 --precision bf16 --steps 300 --batch-size 16 --context 256 --lr 1e-3 --warmup-steps 10 --out runs/draft/nano-kl0.7 --no-progress
+	$(BIN)/edgezoo export runs/draft/nano-kl0.7
+	$(BIN)/python -m benchmarks.speculative --target runs/spec-small --draft runs/demo,runs/draft/nano-kl0.7 --draft-variant gqa --rounds 3 --out benchmarks/results/speculative_small
+	$(BIN)/python -m benchmarks.bench --sizes nano,micro,mini,small,medium --precisions fp32,int8,int4 --batches 1 --prompts 32 --repeats 3 --work runs/bench \
+		--peers ort-genai,ort-genai:int8,ort-genai:int4 --peer-prompts 32,512 --out benchmarks/results/peers_genai
 	$(BIN)/python -m benchmarks.step_overhead --sizes nano,micro,mini,small
 	$(BIN)/python -m benchmarks.ray_replicas runs/demo --seconds 8 --rounds 3
 	$(BIN)/python -m benchmarks.s2s_quant --steps 1500

@@ -54,7 +54,17 @@ SECTIONS = [
         "Speculative decoding: prompt lookup, and drafts trained alone vs distilled",
         "speculative.md",
     ),
-    ("peers-rss", "Peak memory beside ONNX Runtime GenAI, fresh processes", "peers_rss.md"),
+    (
+        "speculative-small",
+        "Speculative decoding on a trained `small` target, beside ONNX Runtime GenAI",
+        "speculative_small.md",
+    ),
+    (
+        "peers-genai",
+        "Beside ONNX Runtime GenAI, nano → medium × fp32/int8/int4: decode step, TTFT at 32 "
+        "and 512 tokens, peak memory of fresh processes",
+        "peers_genai.md",
+    ),
     (
         "step-overhead",
         "A decode step: the ONNX Runtime call vs the Python loop around it",
