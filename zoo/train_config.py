@@ -13,6 +13,8 @@ from edgezoo.argtypes import at_least, fraction, positive
 from edgezoo.zoo import corpus
 from edgezoo.zoo.presets import FAMILIES
 
+PRECISIONS = ("auto", "fp32", "bf16")  # --precision: the forward pass's autocast (train_optim)
+
 
 @dataclass
 class TrainConfig:
@@ -190,7 +192,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     p.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16"),
+        choices=PRECISIONS,
         default=d.precision,
         help="forward-pass autocast. auto: bf16 on GPUs that support it, fp32 elsewhere (CPU "
         "stays exact); bf16: also on CPU, faster on CPUs with AMX or AVX-512 BF16; fp32: never. "

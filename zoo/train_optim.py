@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from edgezoo.errors import ConfigError
-from edgezoo.zoo.train_config import TrainConfig
+from edgezoo.zoo.train_config import PRECISIONS, TrainConfig
 
 
 def pick_device(name: str) -> torch.device:
@@ -22,9 +22,6 @@ def pick_device(name: str) -> torch.device:
             "--device cuda was asked for but no CUDA device is visible; use --device cpu."
         )
     return torch.device(name)
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def autocast_for(device: torch.device, precision: str = "auto"):
