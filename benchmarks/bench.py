@@ -281,7 +281,7 @@ def _peer_row(
 
     rng = np.random.default_rng(0)
     precision = "int4" if peer.endswith(":int4") else "int8" if peer.endswith(":int8") else "fp32"
-    ours = {"fp32": "gqa", "int8": "gqa-int8", "int4": "gqa-int4"}[precision]
+    ours = PRECISION_VARIANTS[precision]
     lm = load_variant(model_dir, ours, threads=threads)
     prompt = [1, *rng.integers(4, lm.tokenizer.get_vocab_size(), prompt_len - 1).tolist()]
     # edgezoo runs before and after the peer, its steps pooled: a burst of noise on this

@@ -65,14 +65,12 @@ def draft_label(path: str) -> str:
     return f"draft {Path(path).name}"
 
 
-PEER_PRECISION = {"gqa": "fp32", "gqa-int8": "int8", "gqa-int4": "int4"}
-
-
 def peer_round(args: argparse.Namespace, variant: str, encoded: list[list[int]]) -> dict:
     """One pass of ``--peer`` over the prompts: seconds in all, its tokens, or why not."""
     from benchmarks.peers import run_peer
+    from benchmarks.peers.edgezoo_peer import VARIANTS
 
-    precision = PEER_PRECISION.get(variant)
+    precision = {v: k for k, v in VARIANTS.items()}.get(variant)
     if precision is None:
         return {"note": f"no {args.peer} precision matches variant {variant}"}
     seconds, tokens = 0.0, []

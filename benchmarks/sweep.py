@@ -192,6 +192,7 @@ def main(args: argparse.Namespace) -> int:
         shown = os.path.relpath(args.lr_from)
         setup["lr_rule"] = f"each size at the lr its tokens-sweep grid chose ({shown})"
         setup["centre_tokens"] = tokens
+        setup["sizes_below_centre"] = args.below
         budgets = {
             c: [train(replace(p, lr=chosen.get(p.size, p.lr))) for p in runs]
             for c, runs in plan.items()

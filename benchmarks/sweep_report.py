@@ -354,8 +354,9 @@ def isoflop_markdown(report: dict) -> str:
         ),
         "",
         f"Setup: per budget C, each size trained on D = C/(6N) tokens (N non-embedding); a "
-        f"budget is C = 6·N·{report.get('centre_tokens', 0):,} for a centre size, with two "
-        f"smaller sizes and one larger; batch {report['batch_size']} × context "
+        f"budget is C = 6·N·{report.get('centre_tokens', 0):,} for a centre size, its sizes "
+        f"starting {report.get('sizes_below_centre', 2)} below the centre (fewer where the "
+        f"ladder ends); batch {report['batch_size']} × context "
         f"{report['context']}, {report['lr_rule']}, one {report['vocab_size']}-token vocabulary, "
         f"loss over {report['eval_tokens']:,} held-out tokens; {report['bootstrap_draws']} "
         "bootstrap draws. The interval reflects evaluation noise only (one seed per run), and "
