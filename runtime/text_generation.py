@@ -82,8 +82,25 @@ StepFn = Callable[[np.ndarray, int], np.ndarray]
 StartFn = Callable[[], tuple[np.ndarray, StepFn]]
 
 
+def plain_greedy(params: SamplingParams) -> bool:
+    """Greedy with nothing that reads or changes the logits but the arg-max (no penalties,
+    no logprobs, no stop strings)."""
+    return (
+        params.greedy
+        and params.repetition_penalty == 1.0
+        and not params.presence_penalty
+        and not params.frequency_penalty
+        and params.logprobs is None
+        and not params.stop
+    )
+
+
 class TextGenerator(ABC):
     """Generate with ``generate`` / ``stream``; subclasses implement ``check_ids`` and ``_run``."""
+
+    # One greedy prompt without stop strings runs ``_decode_greedy_row``, the loop with
+    # nothing else in it (False: everything runs the general loop — tests compare the two).
+    lean_loop: bool = True
 
     tokenizer: Tokenizer
     eos_id: int | None
@@ -279,6 +296,10 @@ class TextGenerator(ABC):
         t0 = time.perf_counter()
         last, step_fn = start()
         timing.first_token_s = time.perf_counter() - t0
+        if self.lean_loop and batch == 1 and not live and plain_greedy(params):
+            self._decode_greedy_row(rows[0], last, step_fn, max_new, params.ignore_eos, t0)
+            yield rows
+            return
         seen = None
         if params.repetition_penalty != 1.0:
             seen = np.zeros((batch, last.shape[-1]), bool)
@@ -312,6 +333,39 @@ class TextGenerator(ABC):
             timing.step_s.append(now - t_step)
             timing.decode_s = now - t0 - timing.first_token_s
         timing.decode_s = time.perf_counter() - t0 - timing.first_token_s
+
+    def _decode_greedy_row(
+        self,
+        row: Row,
+        last: np.ndarray,
+        step_fn: StepFn,
+        max_new: int,
+        ignore_eos: bool,
+        t0: float,
+    ) -> None:
+        """``_decode`` for one greedy row whose text nobody reads before the end — the
+        common single-prompt call. Same tokens, text and timing as the general loop, without
+        its per-step batch bookkeeping (penalty hooks, padding finished rows, stop and
+        streaming checks): ~40 µs a step, a seventh of a ``nano`` model's step here."""
+        clock, timing, ids = time.perf_counter, row.timing, row.ids
+        eos = None if ignore_eos else self.eos_id
+        next_ids = np.zeros((1, 1), np.int64)
+        for step in range(max_new):
+            t_step = clock()
+            token = int(last.argmax())  # [1, vocab]: the first max wins, as np.argmax per row
+            if token == eos:
+                row.finish = "eos"
+                break
+            ids.append(token)
+            if step + 1 == max_new:
+                row.finish = "length"
+                break
+            next_ids[0, 0] = token
+            last = step_fn(next_ids, step)
+            now = clock()
+            timing.step_s.append(now - t_step)
+        row.text = row.streamer.push_all(ids)
+        timing.decode_s = clock() - t0 - timing.first_token_s
 
     def _advance(
         self,

@@ -76,6 +76,33 @@ def test_generation_reports_its_timing(lm_dir):
     assert first.decode_s >= sum(first.step_s)
 
 
+@pytest.mark.parametrize("graph", ["portable", "gqa"])
+def test_the_lean_greedy_loop_gives_what_the_general_loop_gives(lm_dir, graph, monkeypatch):
+    """One greedy prompt runs ``_decode_greedy_row``: same tokens, text, finish reason and
+    number of timed steps as the general loop, at the end of text, at the token budget and
+    at the end of the context."""
+    lm = runtime.load(lm_dir[0], backend="ort-cpu", graph=graph)
+    prompt = lm.encode(["def f("])
+    lm.eos_id = lm.generate_ids(prompt, max_new_tokens=8, ignore_eos=True)[0].token_ids[5]
+    cases = [
+        {"max_new_tokens": 40},  # ends at the new end-of-text token
+        {"max_new_tokens": 12, "ignore_eos": True},  # the budget
+        {"max_new_tokens": 500, "ignore_eos": True},  # the context
+    ]
+    runs = {}
+    for lean in (True, False):
+        monkeypatch.setattr(type(lm), "lean_loop", lean)
+        runs[lean] = [lm.generate_ids(prompt, **case)[0] for case in cases]
+    for fast, general in zip(runs[True], runs[False], strict=True):
+        assert fast.token_ids == general.token_ids and fast.text == general.text
+        assert fast.finish_reason == general.finish_reason
+        assert len(fast.step_s) == len(general.step_s)
+        assert fast.decode_s >= sum(fast.step_s)
+    assert [g.finish_reason for g in runs[True]] == ["eos", "length", "length"]
+    assert len(runs[True][1].step_s) == 11 and min(runs[True][1].step_s) > 0
+    assert len(runs[True][2].token_ids) == lm.context - len(prompt[0])
+
+
 def test_generate_ids_takes_token_ids_and_matches_text_prompts(lm_dir):
     lm = runtime.load(lm_dir[0], backend="ort-cpu")
     ids = lm.encode(PROMPTS[:2])
