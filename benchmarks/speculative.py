@@ -24,7 +24,7 @@ from pathlib import Path
 
 from edgezoo import atomic, runtime
 from edgezoo.runtime.sampling import SamplingParams
-from edgezoo.runtime.speculative import SpeculativeLM
+from edgezoo.runtime.speculative import MAX_DRAFT_TOKENS_FACTOR, SpeculativeLM
 from edgezoo.zoo.data import is_validation, iter_documents
 
 RESULTS = Path(__file__).parent / "results"
@@ -94,13 +94,18 @@ def peer_round(args: argparse.Namespace, variant: str, encoded: list[list[int]])
 
 def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> dict:
     target = runtime.load(args.target, backend="ort-cpu", variant=variant, threads=args.threads)
-    methods = {"target alone": target, "prompt lookup": SpeculativeLM(target, None, k=args.k)}
+    max_k = args.max_k or MAX_DRAFT_TOKENS_FACTOR * args.k
+    methods = {
+        "target alone": target,
+        f"prompt lookup, fixed {args.k}": SpeculativeLM(target, None, k=args.k, max_k=args.k),
+        "prompt lookup": SpeculativeLM(target, None, k=args.k, max_k=max_k),
+    }
     drafts = {}
     for path in filter(None, args.draft.split(",")):
         draft_variant = variant if args.draft_variant == "same" else args.draft_variant
         draft = runtime.load(path, backend="ort-cpu", variant=draft_variant, threads=args.threads)
         drafts[draft_label(path)] = draft.variant
-        methods[draft_label(path)] = SpeculativeLM(target, draft, k=args.k)
+        methods[draft_label(path)] = SpeculativeLM(target, draft, k=args.k, max_k=max_k)
     params = SamplingParams(temperature=0, max_new_tokens=args.max_new_tokens, ignore_eos=True)
     encoded = [target.encode([p])[0] for p in prompts]
     rates: dict[str, list[float]] = {m: [] for m in methods}
@@ -176,7 +181,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--k", type=int, default=4, help="guesses checked per target call")
+    p.add_argument("--k", type=int, default=4, help="guesses checked per target call at first")
+    p.add_argument(
+        "--max-k",
+        type=int,
+        default=None,
+        help="the most guesses per call as the count adapts (default: 3 x --k)",
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
@@ -196,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         "draft": args.draft,
         "val_loss": {d: val_loss(d) for d in [args.target, *filter(None, args.draft.split(","))]},
         "k": args.k,
+        "max_k": args.max_k or MAX_DRAFT_TOKENS_FACTOR * args.k,
         "prompts": len(prompts),
         "max_new_tokens": args.max_new_tokens,
         "rounds": args.rounds,
@@ -206,6 +218,16 @@ def main(argv: list[str] | None = None) -> None:
     atomic.write_json(Path(args.out).with_suffix(".json"), result)
     atomic.write_text(Path(args.out).with_suffix(".md"), table(result))
     print(table(result))
+
+
+def guesses(result: dict) -> str:
+    """How many guesses a target call checked, as the table's note says it."""
+    if "max_k" not in result:  # results from before the count adapted
+        return f"{result['k']} guesses per target call"
+    return (
+        f"guesses per target call: {result['k']} at first, then 2 more after a call that kept "
+        f'all, 1 fewer after a miss, at most {result["max_k"]} ("fixed": always {result["k"]})'
+    )
 
 
 def table(result: dict) -> str:
@@ -243,7 +265,7 @@ def table(result: dict) -> str:
     )
     lines.append(
         f"\nTarget {result['target']}, drafts {result['draft'] or 'none'} (same tokenizer), "
-        f"{result['k']} guesses per target call, {result['prompts']} held-out stdlib prompts × "
+        f"{guesses(result)}, {result['prompts']} held-out stdlib prompts × "
         f"{result['max_new_tokens']} greedy tokens, batch 1, {result['threads']} threads; medians "
         f"of {result['rounds']} interleaved rounds. Held-out loss: {losses or 'not recorded'}."
     )

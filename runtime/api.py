@@ -32,6 +32,7 @@ def load(
     verbose: bool = False,
     draft: str | Path | None = None,
     draft_tokens: int = 4,
+    max_draft_tokens: int | None = None,
 ) -> LanguageModel | Classifier | Seq2SeqModel | SpeculativeLM:
     """Load a model dir (or an .onnx file beside its tokenizer) for inference: a
     ``LanguageModel``, a ``Classifier`` or, for an encoder–decoder, a ``Seq2SeqModel``.
@@ -46,8 +47,10 @@ def load(
 
     ``draft``: decode speculatively, with a smaller model dir that has the same tokenizer or
     with ``"prompt-lookup"`` (guesses copied from earlier in the text, no second model);
-    ``draft_tokens`` guesses are checked per target call. Greedy output is the target's
-    own (``runtime.speculative``).
+    ``draft_tokens`` guesses are checked per target call at first; the count adapts
+    (2 more after a call that kept every guess, 1 fewer after a miss) up to
+    ``max_draft_tokens`` (default 3 × ``draft_tokens``; equal: fixed). Greedy output is
+    the target's own (``runtime.speculative``).
     """
     model = _load(path, backend, variant, threads, graph, fp16, max_batch, verbose)
     if draft is None:
@@ -59,11 +62,11 @@ def load(
             f"{path} is not a decoder-only LM: speculative decoding is for language models."
         )
     if str(draft) == "prompt-lookup":
-        return SpeculativeLM(model, None, k=draft_tokens)
+        return SpeculativeLM(model, None, k=draft_tokens, max_k=max_draft_tokens)
     draft_lm = _load(draft, backend, "auto", threads, "gqa", False, max_batch, False)
     if not isinstance(draft_lm, LanguageModel):
         raise ConfigError(f"draft {draft} is a classifier, not a language model.")
-    return SpeculativeLM(model, draft_lm, k=draft_tokens)
+    return SpeculativeLM(model, draft_lm, k=draft_tokens, max_k=max_draft_tokens)
 
 
 def _load(

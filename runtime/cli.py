@@ -42,7 +42,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_speculative_arguments(parser: argparse.ArgumentParser) -> None:
-    """--draft / --prompt-lookup / --draft-tokens, shared by generate and serve."""
+    """--draft / --prompt-lookup / --draft-tokens / --max-draft-tokens, shared by generate
+    and serve."""
     speculate = parser.add_mutually_exclusive_group()
     speculate.add_argument(
         "--draft",
@@ -59,7 +60,16 @@ def add_speculative_arguments(parser: argparse.ArgumentParser) -> None:
         "--draft-tokens",
         type=argtypes.at_least(1),
         default=4,
-        help="guesses checked per call when decoding speculatively",
+        help="guesses checked per call when decoding speculatively, at first: the count "
+        "grows by 2 after a call that kept every guess and drops by 1 after a miss",
+    )
+    parser.add_argument(
+        "--max-draft-tokens",
+        type=argtypes.at_least(1),
+        default=None,
+        metavar="N",
+        help="the most guesses one call may check (default: 3 x --draft-tokens; "
+        "equal to --draft-tokens: a fixed count)",
     )
 
 
@@ -268,6 +278,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         threads=args.threads,
         draft=draft,
         draft_tokens=args.draft_tokens,
+        max_draft_tokens=args.max_draft_tokens,
     )
     if not hasattr(lm, "generate"):
         raise ConfigError(f"{args.model_dir} is a classifier: use `edgezoo classify` on it.")

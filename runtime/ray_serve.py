@@ -60,6 +60,7 @@ class ReplicaOptions:
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK
     draft: str | None = None  # a draft model dir or "prompt-lookup": speculative decoding
     draft_tokens: int = 4
+    max_draft_tokens: int | None = None
 
     @property
     def slots(self) -> int:
@@ -190,6 +191,7 @@ def build_app(opts: ReplicaOptions, replica_id: str, cpus_per_replica: float = 1
         max_batch=opts.max_batch,
         draft=opts.draft,
         draft_tokens=opts.draft_tokens,
+        max_draft_tokens=opts.max_draft_tokens,
     )
     max_prompt_tokens, max_tokens_limit = opts.max_prompt_tokens, opts.max_tokens_limit
     if hasattr(model, "context"):  # a language model: the same caps `edgezoo serve` sets
@@ -393,6 +395,7 @@ def cmd_serve_ray(args: Any) -> int:
         prefill_chunk=args.prefill_chunk,
         draft=draft_of(args),
         draft_tokens=args.draft_tokens,
+        max_draft_tokens=args.max_draft_tokens,
     )
     scaling = Scaling(
         replicas=args.replicas,

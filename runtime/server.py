@@ -135,6 +135,7 @@ def serve(
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     draft: str | Path | None = None,
     draft_tokens: int = 4,
+    max_draft_tokens: int | None = None,
 ) -> None:
     """Load ``model_dir`` and serve it until Ctrl-C / SIGTERM (then finish in-flight work).
 
@@ -160,6 +161,7 @@ def serve(
         max_batch=max_batch,
         draft=draft,
         draft_tokens=draft_tokens,
+        max_draft_tokens=max_draft_tokens,
     )
     name = model_name or Path(model_dir).resolve().name
     print(f"edgezoo serve: {name} [{model.backend} · {model.variant}] on http://{host}:{port}")
@@ -181,7 +183,11 @@ def serve(
         prefill_chunk=prefill_chunk,
     )
     mode = "continuous" if app.state.context.continuous else "static"
-    spec = f", speculative ({model.proposer_name}, {draft_tokens} guesses)" if draft else ""
+    spec = (
+        f", speculative ({model.proposer_name}, {draft_tokens} guesses at first, adapting)"
+        if draft
+        else ""
+    )
     print(f"edgezoo serve: {mode} batching{spec}", flush=True)
     uvicorn.run(
         app,
@@ -223,5 +229,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         prefill_chunk=args.prefill_chunk,
         draft=draft_of(args),
         draft_tokens=args.draft_tokens,
+        max_draft_tokens=args.max_draft_tokens,
     )
     return 0

@@ -16,6 +16,7 @@ from edgezoo.errors import ConfigError
 from edgezoo.export.onnx_export import to_onnx
 from edgezoo.runtime.sampling import SamplingParams as SP
 from edgezoo.runtime.speculative import (
+    DraftLength,
     DraftModel,
     PromptLookup,
     SpeculativeLM,
@@ -69,7 +70,7 @@ def draft(draft_dir):
     return runtime.load(draft_dir, backend="ort-cpu", variant="gqa")
 
 
-@pytest.mark.parametrize("k", [1, 3, 8])
+@pytest.mark.parametrize("k", [1, 3, 8, "adaptive"])
 @pytest.mark.parametrize("proposer", ["self", "draft", "lookup"])
 def test_greedy_text_is_the_targets_own(target, draft, proposer, k):
     params = SP(temperature=0, max_new_tokens=50, ignore_eos=True)
@@ -81,12 +82,38 @@ def test_greedy_text_is_the_targets_own(target, draft, proposer, k):
             "draft": lambda: DraftModel(draft, target),
             "lookup": PromptLookup,
         }[proposer]
-        got, stats = speculative_generate(target, ids, params, make(), k)
+        length = DraftLength(2, 12) if k == "adaptive" else DraftLength(k, k)
+        got, stats = speculative_generate(target, ids, params, make(), length)
         assert got.token_ids == want.token_ids and got.text == want.text
         assert got.finish_reason == "length"
         if proposer == "self":  # a draft that is the target is always right
             assert stats.acceptance == 1.0
-            assert stats.target_calls <= -(-50 // (k + 1)) + 1
+            if k == "adaptive":  # 1 from the prompt, then 3 + 5 + 7 + 9 + 11 + 13, then 1
+                assert stats.target_calls == 7 and length.k == 12
+            else:
+                assert stats.target_calls <= -(-50 // (k + 1)) + 1
+
+
+def test_the_draft_length_grows_on_full_acceptance_and_shrinks_on_a_miss():
+    length = DraftLength(4, 9)
+    seen = []
+    for proposed, accepted in [(4, 4), (6, 6), (8, 8), (9, 9), (9, 3), (8, 0), (0, 0), (7, 7)]:
+        length.update(proposed, accepted)
+        seen.append(length.k)
+    # +2 capped at 9, -1 on a miss, unchanged when nothing was proposed (no lookup match)
+    assert seen == [6, 8, 9, 9, 8, 7, 7, 9]
+    for _ in range(20):
+        length.update(length.k, 0)
+    assert length.k == 1
+    assert DraftLength(4).most == 12  # 3 x the start by default
+    fixed = DraftLength(3, 3)
+    for proposed, accepted in [(3, 0), (3, 3), (2, 1)]:
+        fixed.update(proposed, accepted)
+        assert fixed.k == 3
+    with pytest.raises(ConfigError, match="draft_tokens"):
+        DraftLength(5, 4)
+    with pytest.raises(ConfigError, match="draft_tokens"):
+        DraftLength(0)
 
 
 def test_stop_strings_eos_and_the_context_end_as_for_the_target(target, draft):
@@ -98,7 +125,7 @@ def test_stop_strings_eos_and_the_context_end_as_for_the_target(target, draft):
         SP(temperature=0, max_new_tokens=500),  # runs into the context: length
     ):
         want = target.generate_ids([ids], params)[0]
-        got, _ = speculative_generate(target, ids, params, DraftModel(draft, target), 4)
+        got, _ = speculative_generate(target, ids, params, DraftModel(draft, target))
         assert (got.text, got.token_ids, got.finish_reason) == (
             want.text,
             want.token_ids,
@@ -158,14 +185,27 @@ def test_load_with_a_draft_and_the_errors(target_dir, draft_dir, tmp_path, token
     other.save(str(odd / "tokenizer.json"))
     with pytest.raises(ConfigError, match="tokenizer differs"):
         runtime.load(target_dir, backend="ort-cpu", draft=odd)
+    fixed = runtime.load(target_dir, backend="ort-cpu", draft=draft_dir, max_draft_tokens=4)
+    assert (
+        fixed.generate(PROMPTS[0], greedy).token_ids
+        == spec.target.generate(PROMPTS[0], greedy).token_ids
+    )
+    with pytest.raises(ConfigError, match="1 <= draft_tokens <= max_draft_tokens"):
+        runtime.load(target_dir, backend="ort-cpu", draft=draft_dir, max_draft_tokens=2)
 
 
 def test_generate_cli_with_prompt_lookup_reports_acceptance(target_dir):
     cmd = [sys.executable, "-m", "edgezoo.cli", "generate", str(target_dir), PROMPTS[1]]
     cmd += ["--backend", "ort-cpu", "--prompt-lookup", "--max-new-tokens", "12"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        cmd + ["--max-draft-tokens", "8"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "prompt lookup:" in done.stderr and "guesses accepted" in done.stderr
+    bad = subprocess.run(
+        cmd + ["--max-draft-tokens", "3"], capture_output=True, text=True, timeout=120
+    )
+    assert bad.returncode != 0 and "max_draft_tokens" in bad.stderr
 
 
 def test_server_with_a_draft_answers_the_targets_greedy_text(target_dir, draft_dir):
