@@ -3,6 +3,10 @@
 Write to a temporary file in the same folder, fsync it, then ``os.replace`` it over the
 target (atomic on POSIX and Windows within one filesystem), then fsync the folder so the
 rename itself survives a power cut.
+
+``tempfile``, ``shutil`` and ``hashlib`` are imported where they are used: the edge runtime
+imports this module at load but never writes, and those three (OpenSSL's libcrypto with
+hashlib) would add ~5 MB to every runtime process.
 """
 
 from __future__ import annotations
@@ -10,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,8 @@ def fsync_dir(path: str | os.PathLike) -> None:
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside ``target``; on success it replaces ``target`` atomically."""
     target = Path(target)
+    import tempfile
+
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -85,6 +89,9 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     If ``target`` exists it is moved aside first and deleted only after the new one is in
     place, so at every instant one complete version exists on disk.
     """
+    import shutil
+    import tempfile
+
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
@@ -120,6 +127,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def ensure_free_disk(folder: str | os.PathLike, needed_bytes: int, what: str) -> None:
     """Fail *before* writing when the disk cannot hold ``needed_bytes`` (with 10 % slack)."""
+    import shutil
+
     from edgezoo.errors import ResourceError
 
     folder = Path(folder)

@@ -7,7 +7,6 @@ through this package and has no onnx.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -144,6 +143,8 @@ def file_facts(path: Path) -> dict:
     The hash covers the data file too: two exports with the same graph and different
     weights must not share a TensorRT engine cache (keyed by this hash)."""
     weights = (data_file(path), path.with_name(path.name + "_data"))  # ours, optimum's
+    import hashlib  # here, not at the top: the runtime imports this module but hashes only for TensorRT
+
     files = [path, *(f for f in weights if f.exists())]
     digest = hashlib.sha256()
     for f in files:

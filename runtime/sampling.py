@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -274,7 +275,12 @@ class Sampler:
 
     def __init__(self, params: SamplingParams) -> None:
         self.params = params.validate()
-        self.rng = np.random.default_rng(params.seed)
+
+    @cached_property
+    def rng(self) -> np.random.Generator:
+        """Made on the first draw: greedy decoding never imports ``numpy.random``, which
+        (with the hashlib / OpenSSL it pulls in) is ~7 MB of a runtime process' memory."""
+        return np.random.default_rng(self.params.seed)
 
     def __call__(
         self,

@@ -289,6 +289,26 @@ def test_runtime_runs_without_torch(lm_dir):
     assert out.stdout.strip() == "5"
 
 
+def test_greedy_decoding_loads_no_module_it_does_not_use(lm_dir):
+    """Every imported library stays resident: a greedy generation must not pull in
+    numpy.random (~7 MB with the OpenSSL hashlib loads), tempfile/shutil (writers only) or
+    onnx. Sampling still gets its generator."""
+    code = textwrap.dedent(f"""
+        import sys
+        from edgezoo import runtime
+        lm = runtime.load({str(lm_dir[0])!r}, backend="ort-cpu")
+        lm.generate("def f():", max_new_tokens=5)
+        lm.generate(["def f():", "import"], max_new_tokens=5)
+        unused = ("numpy.random", "hashlib", "tempfile", "shutil", "onnx")
+        print(sorted(m for m in unused if m in sys.modules))
+        lm.generate("def f():", max_new_tokens=5, temperature=0.8, seed=1)
+        print("numpy.random" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["[]", "True"]
+
+
 @pytest.mark.gpu
 def test_cuda_backend_matches_cpu(lm_dir):
     cpu = runtime.load(lm_dir[0], backend="ort-cpu").generate(PROMPTS[0], max_new_tokens=16)

@@ -198,12 +198,12 @@ def test_generate_cli_with_prompt_lookup_reports_acceptance(target_dir):
     cmd = [sys.executable, "-m", "edgezoo.cli", "generate", str(target_dir), PROMPTS[1]]
     cmd += ["--backend", "ort-cpu", "--prompt-lookup", "--max-new-tokens", "12"]
     done = subprocess.run(
-        cmd + ["--max-draft-tokens", "8"], capture_output=True, text=True, timeout=120
+        [*cmd, "--max-draft-tokens", "8"], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
     assert "prompt lookup:" in done.stderr and "guesses accepted" in done.stderr
     bad = subprocess.run(
-        cmd + ["--max-draft-tokens", "3"], capture_output=True, text=True, timeout=120
+        [*cmd, "--max-draft-tokens", "3"], capture_output=True, text=True, timeout=120
     )
     assert bad.returncode != 0 and "max_draft_tokens" in bad.stderr
 
