@@ -49,6 +49,18 @@ class SamplingParams:
         # temperature that small means "take the most likely token" anyway.
         return self.temperature < GREEDY_BELOW
 
+    @property
+    def logits_only(self) -> bool:
+        """No penalties and no logprobs: each token depends on its own step's logits alone.
+        Speculative decoding and the lean greedy loop need that (penalties need every
+        intermediate distribution, logprobs every token's)."""
+        return (
+            self.repetition_penalty == 1.0
+            and not self.presence_penalty
+            and not self.frequency_penalty
+            and self.logprobs is None
+        )
+
     def validate(self) -> SamplingParams:
         """Raise ``ConfigError`` naming the bad value and its valid range; return self."""
         # `not (x >= 0)` rather than `x < 0` so that NaN is rejected too.

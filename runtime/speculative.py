@@ -162,17 +162,6 @@ class SpeculativeStats:
         return self.accepted / self.proposed if self.proposed else 0.0
 
 
-def speculative_ok(params: SamplingParams) -> bool:
-    """Penalties need every intermediate distribution and logprobs every token's: those
-    requests run on the plain loop."""
-    return (
-        params.repetition_penalty == 1
-        and not params.presence_penalty
-        and not params.frequency_penalty
-        and params.logprobs is None
-    )
-
-
 def speculative_deltas(
     target: Any,
     prompt_ids: list[int],
@@ -184,7 +173,7 @@ def speculative_deltas(
     """Continue one prompt on ``target`` with ``proposer``'s guesses checked ``length.k``
     at a time (adapting as it goes); yields text as it is accepted (the last delta has the
     ``Generation``)."""
-    if not speculative_ok(params):
+    if not params.logits_only:
         raise ConfigError(
             "speculative decoding applies no repetition/presence/frequency penalties and "
             "records no logprobs; leave them out or load the model without a draft."
@@ -325,7 +314,7 @@ class SpeculativeLM:
     ) -> list[Generation]:
         params = self.target._params(params, overrides)
         encoded = self.target.check_ids(prompt_ids)
-        if not speculative_ok(params):
+        if not params.logits_only:
             return self.target.generate_ids(encoded, params)
         results = []
         for ids in encoded:
@@ -339,7 +328,7 @@ class SpeculativeLM:
         """The static batcher's streaming call: each prompt speculatively, in turn."""
         params = self.target._params(params, overrides)
         encoded = self.target.check_ids(prompt_ids)
-        if not speculative_ok(params):
+        if not params.logits_only:
             yield from self.target.stream_batch_ids(encoded, params)
             return
         for row, ids in enumerate(encoded):
@@ -366,7 +355,7 @@ class SpeculativeLM:
         self, prompt: str, params: SamplingParams | None = None, **overrides: Any
     ) -> Iterator[tuple[str, str | None]]:
         params = self.target._params(params, overrides)
-        if not speculative_ok(params):
+        if not params.logits_only:
             yield from self.target.stream_events(prompt, params)
             self.last = self.target.last
             return

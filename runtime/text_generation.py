@@ -82,19 +82,6 @@ StepFn = Callable[[np.ndarray, int], np.ndarray]
 StartFn = Callable[[], tuple[np.ndarray, StepFn]]
 
 
-def plain_greedy(params: SamplingParams) -> bool:
-    """Greedy with nothing that reads or changes the logits but the arg-max (no penalties,
-    no logprobs, no stop strings)."""
-    return (
-        params.greedy
-        and params.repetition_penalty == 1.0
-        and not params.presence_penalty
-        and not params.frequency_penalty
-        and params.logprobs is None
-        and not params.stop
-    )
-
-
 class TextGenerator(ABC):
     """Generate with ``generate`` / ``stream``; subclasses implement ``check_ids`` and ``_run``."""
 
@@ -296,7 +283,7 @@ class TextGenerator(ABC):
         t0 = time.perf_counter()
         last, step_fn = start()
         timing.first_token_s = time.perf_counter() - t0
-        if self.lean_loop and batch == 1 and not live and plain_greedy(params):
+        if self.lean_loop and batch == 1 and not live and params.greedy and params.logits_only:
             self._decode_greedy_row(rows[0], last, step_fn, max_new, params.ignore_eos, t0)
             yield rows
             return
