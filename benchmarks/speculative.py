@@ -103,7 +103,9 @@ def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> d
     drafts = {}
     for path in filter(None, args.draft.split(",")):
         draft_variant = variant if args.draft_variant == "same" else args.draft_variant
-        draft = runtime.load(path, backend="ort-cpu", variant=draft_variant, threads=args.threads)
+        draft = runtime.load(
+            path, backend="ort-cpu", variant=draft_variant, threads=args.threads, spin=False
+        )
         drafts[draft_label(path)] = draft.variant
         methods[draft_label(path)] = SpeculativeLM(target, draft, k=args.k, max_k=max_k)
     params = SamplingParams(temperature=0, max_new_tokens=args.max_new_tokens, ignore_eos=True)

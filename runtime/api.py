@@ -33,6 +33,7 @@ def load(
     draft: str | Path | None = None,
     draft_tokens: int = 4,
     max_draft_tokens: int | None = None,
+    spin: bool = True,
 ) -> LanguageModel | Classifier | Seq2SeqModel | SpeculativeLM:
     """Load a model dir (or an .onnx file beside its tokenizer) for inference: a
     ``LanguageModel``, a ``Classifier`` or, for an encoder–decoder, a ``Seq2SeqModel``.
@@ -51,8 +52,12 @@ def load(
     (2 more after a call that kept every guess, 1 fewer after a miss) up to
     ``max_draft_tokens`` (default 3 × ``draft_tokens``; equal: fixed). Greedy output is
     the target's own (``runtime.speculative``).
+
+    ``spin=False``: ONNX Runtime's threads sleep as soon as a run ends instead of busy-waiting
+    for the next one — for a model that takes turns with another in this process (a draft
+    model you pass to ``SpeculativeLM`` yourself; ``draft=`` does it for you).
     """
-    model = _load(path, backend, variant, threads, graph, fp16, max_batch, verbose)
+    model = _load(path, backend, variant, threads, graph, fp16, max_batch, verbose, spin)
     if draft is None:
         return model
     from edgezoo.runtime.speculative import SpeculativeLM
@@ -63,7 +68,9 @@ def load(
         )
     if str(draft) == "prompt-lookup":
         return SpeculativeLM(model, None, k=draft_tokens, max_k=max_draft_tokens)
-    draft_lm = _load(draft, backend, "auto", threads, "gqa", False, max_batch, False)
+    # The draft's threads sleep between its runs: spinning, they would take the cores the
+    # target's run needs next (speculative decoding 2x slower on 2 cores, measured).
+    draft_lm = _load(draft, backend, "auto", threads, "gqa", False, max_batch, False, spin=False)
     if not isinstance(draft_lm, LanguageModel):
         raise ConfigError(f"draft {draft} is a classifier, not a language model.")
     return SpeculativeLM(model, draft_lm, k=draft_tokens, max_k=max_draft_tokens)
@@ -78,8 +85,9 @@ def _load(
     fp16: bool,
     max_batch: int,
     verbose: bool,
+    spin: bool = True,
 ) -> LanguageModel | Classifier | Seq2SeqModel:
-    """``load`` without a draft."""
+    """``load`` without a draft. ``spin``: see ``make_session`` (off for a draft)."""
     chosen, why_backend = backends.resolve_backend(backend)
     files = locate(path, chosen, variant, graph)
     tokenizer = load_tokenizer(files.model_dir)
@@ -106,6 +114,7 @@ def _load(
         profile=profile,
         fp16=fp16,
         int8=files.entry.get("precision") == "int8",
+        spin=spin,
     )
     if verbose:
         print(f"edgezoo runtime: {reason}")

@@ -10,6 +10,7 @@ from edgezoo.errors import CheckpointError
 from edgezoo.runtime import backends
 
 DEFAULT_THREADS = 0  # 0 = ONNX Runtime's choice (one per physical core)
+ALLOW_SPINNING = "session.intra_op.allow_spinning"  # the session config key
 
 
 def make_session(
@@ -22,7 +23,13 @@ def make_session(
     fp16: bool = False,
     int8: bool = False,
     optimization: str = "all",
+    spin: bool = True,
 ) -> ort.InferenceSession:
+    """``spin``: whether the intra-op threads busy-wait for the next run after one ends
+    (ORT's default: the fastest back-to-back runs). A session that alternates with another
+    in the same process — a draft model beside its target — must not: its spinning threads
+    take the cores the other session is running on (measured: a nano draft's spinning
+    pool halved a small target's speculative decode on 2 cores)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = {
         "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -35,6 +42,7 @@ def make_session(
     if threads:
         opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
+    opts.add_session_config_entry(ALLOW_SPINNING, "1" if spin else "0")
     providers = backends.providers_for(
         backend, model_sha256=model_sha256, profile=profile, fp16=fp16, int8=int8
     )
@@ -50,3 +58,12 @@ def make_session(
             f"ONNX Runtime cannot load {path.name}: {first_line}. The file may be truncated or corrupt; "
             "re-run `edgezoo export` (and `edgezoo quantize`) to rebuild it."
         ) from e
+
+
+def spins(session: ort.InferenceSession) -> bool:
+    """Whether ``session``'s intra-op threads busy-wait between runs (ORT's default)."""
+    try:
+        entry = session.get_session_options().get_session_config_entry(ALLOW_SPINNING)
+    except RuntimeError:  # not set: ONNX Runtime's default, spinning
+        return True
+    return entry != "0"

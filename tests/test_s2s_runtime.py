@@ -47,6 +47,15 @@ def test_a_batch_decodes_as_each_source_alone(model):
     assert [g.token_ids for g in each] == [alone[0].token_ids[:3], alone[1].token_ids[:7]]
 
 
+def test_only_the_decoder_that_runs_every_step_keeps_its_threads_spinning(model):
+    """The encoder and the first decoder step run once per request: their threads must
+    sleep after it, not busy-wait on the cores the with-past steps run on."""
+    from edgezoo.runtime.session import spins
+
+    assert not spins(model.encoder) and not spins(model.decoder)
+    assert spins(model.decoder_with_past)
+
+
 def test_stream_deltas_join_to_the_generated_text(model):
     want = model.generate(SOURCES[0], max_new_tokens=16, ignore_eos=True)
     deltas = list(model.stream(SOURCES[0], max_new_tokens=16, ignore_eos=True))

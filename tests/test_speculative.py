@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from edgezoo import runtime
 from edgezoo.errors import ConfigError
 from edgezoo.export.onnx_export import to_onnx
 from edgezoo.runtime.sampling import SamplingParams as SP
+from edgezoo.runtime.session import spins
 from edgezoo.runtime.speculative import (
     DraftLength,
     DraftModel,
@@ -67,9 +69,10 @@ def target(target_dir):
 
 @pytest.fixture(scope="module")
 def draft(draft_dir):
-    return runtime.load(draft_dir, backend="ort-cpu", variant="gqa")
+    return runtime.load(draft_dir, backend="ort-cpu", variant="gqa", spin=False)
 
 
+@pytest.mark.filterwarnings("ignore:the draft model's threads")  # "self": the target drafts
 @pytest.mark.parametrize("k", [1, 3, 8, "adaptive"])
 @pytest.mark.parametrize("proposer", ["self", "draft", "lookup"])
 def test_greedy_text_is_the_targets_own(target, draft, proposer, k):
@@ -92,6 +95,31 @@ def test_greedy_text_is_the_targets_own(target, draft, proposer, k):
                 assert stats.target_calls == 7 and length.k == 12
             else:
                 assert stats.target_calls <= -(-50 // (k + 1)) + 1
+
+
+def test_prompt_lookup_proposes_what_follows_the_latest_earlier_match():
+    """The n-gram index gives what a scan of the whole text gives, as the text grows."""
+
+    def scan(seq, k, ngram):
+        for n in range(min(ngram, len(seq) - 1), 0, -1):
+            for start in range(len(seq) - n - 1, -1, -1):
+                if seq[start : start + n] == seq[-n:]:
+                    return seq[start + n : start + n + k]
+        return []
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        lookup, seq = PromptLookup(ngram=int(rng.integers(1, 5))), []
+        alphabet = int(rng.choice([2, 4, 16]))
+        for _ in range(40):
+            seq.extend(rng.integers(0, alphabet, int(rng.choice([1, 1, 3]))).tolist())
+            k = int(rng.integers(1, 7))
+            guesses, dists = lookup.propose(seq, k, SP(), None)
+            assert guesses == scan(seq, k, lookup.ngram), (trial, seq)
+            assert dists == [None] * len(guesses)
+    lookup = PromptLookup()
+    assert lookup.propose([5, 6, 7, 9, 5, 6], 3, SP(), None)[0] == [7, 9, 5]
+    assert lookup.propose([1, 2, 3], 3, SP(), None)[0] == []  # another sequence: a new index
 
 
 def test_the_draft_length_grows_on_full_acceptance_and_shrinks_on_a_miss():
@@ -185,6 +213,15 @@ def test_load_with_a_draft_and_the_errors(target_dir, draft_dir, tmp_path, token
     other.save(str(odd / "tokenizer.json"))
     with pytest.raises(ConfigError, match="tokenizer differs"):
         runtime.load(target_dir, backend="ort-cpu", draft=odd)
+    # The draft's threads sleep between runs (spinning, they take the target's cores);
+    # the target's keep ORT's default. A spinning draft passed by hand gets a warning.
+    assert spins(spec.target.session) and not spins(spec.draft.session)
+    with pytest.warns(UserWarning, match="spin=False"):
+        SpeculativeLM(spec.target, runtime.load(draft_dir, backend="ort-cpu"))
+    quiet = runtime.load(draft_dir, backend="ort-cpu", spin=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SpeculativeLM(spec.target, quiet)
     fixed = runtime.load(target_dir, backend="ort-cpu", draft=draft_dir, max_draft_tokens=4)
     assert (
         fixed.generate(PROMPTS[0], greedy).token_ids
