@@ -111,7 +111,10 @@ def table(result: dict) -> str:
     lines.append(
         f"\nBatch 1, greedy, {result['tokens']} tokens, {result['threads']} threads, random-init "
         f"weights; medians of {result['rounds']} rounds, variants interleaved. The ORT call is "
-        "`run_with_iobinding` alone; the rest of a step is the runtime's Python loop."
+        "`run_with_iobinding` alone; the rest of a step is the runtime's Python loop. The "
+        "variants' sessions share one process, so another's idle threads may still be spinning "
+        "when one starts: every number is higher than in a fresh process with one model "
+        '(compare `peers_genai.md`\'s "edgezoo fresh" column).'
     )
     return "\n".join(lines) + "\n"
 
