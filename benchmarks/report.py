@@ -60,6 +60,11 @@ SECTIONS = [
         "speculative_small.md",
     ),
     (
+        "speculative-small-int4-draft",
+        "Speculative decoding on the trained `small` target with int4 drafts",
+        "speculative_small_int4draft.md",
+    ),
+    (
         "peers-genai",
         "Beside ONNX Runtime GenAI, nano → medium × fp32/int8/int4: decode step, TTFT at 32 "
         "and 512 tokens, peak memory of fresh processes",

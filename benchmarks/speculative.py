@@ -222,6 +222,12 @@ def main(argv: list[str] | None = None) -> None:
     print(table(result))
 
 
+def draft_variants(result: dict) -> str:
+    """ ", variant gqa-int4" when a run's drafts all ran one variant whatever the target's."""
+    seen = {v for r in result["rows"] for v in r.get("draft_variants", {}).values()}
+    return f"; variant {seen.pop()}" if len(seen) == 1 else ""
+
+
 def guesses(result: dict) -> str:
     """How many guesses a target call checked, as the table's note says it."""
     if "max_k" not in result:  # results from before the count adapted
@@ -266,7 +272,8 @@ def table(result: dict) -> str:
         f"{Path(d).name} {loss:.3f}" for d, loss in result.get("val_loss", {}).items() if loss
     )
     lines.append(
-        f"\nTarget {result['target']}, drafts {result['draft'] or 'none'} (same tokenizer), "
+        f"\nTarget {result['target']}, drafts {result['draft'] or 'none'} (same tokenizer"
+        f"{draft_variants(result)}), "
         f"{guesses(result)}, {result['prompts']} held-out stdlib prompts × "
         f"{result['max_new_tokens']} greedy tokens, batch 1, {result['threads']} threads; medians "
         f"of {result['rounds']} interleaved rounds. Held-out loss: {losses or 'not recorded'}."
