@@ -24,7 +24,7 @@ from pathlib import Path
 
 from edgezoo import atomic, runtime
 from edgezoo.runtime.sampling import SamplingParams
-from edgezoo.runtime.speculative import MAX_DRAFT_TOKENS_FACTOR, SpeculativeLM
+from edgezoo.runtime.speculative import DraftLength, SpeculativeLM
 from edgezoo.zoo.data import is_validation, iter_documents
 
 RESULTS = Path(__file__).parent / "results"
@@ -94,7 +94,7 @@ def peer_round(args: argparse.Namespace, variant: str, encoded: list[list[int]])
 
 def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> dict:
     target = runtime.load(args.target, backend="ort-cpu", variant=variant, threads=args.threads)
-    max_k = args.max_k or MAX_DRAFT_TOKENS_FACTOR * args.k
+    max_k = DraftLength(args.k, args.max_k).most
     methods = {
         "target alone": target,
         f"prompt lookup, fixed {args.k}": SpeculativeLM(target, None, k=args.k, max_k=args.k),
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         "draft": args.draft,
         "val_loss": {d: val_loss(d) for d in [args.target, *filter(None, args.draft.split(","))]},
         "k": args.k,
-        "max_k": args.max_k or MAX_DRAFT_TOKENS_FACTOR * args.k,
+        "max_k": DraftLength(args.k, args.max_k).most,
         "prompts": len(prompts),
         "max_new_tokens": args.max_new_tokens,
         "rounds": args.rounds,
@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def draft_variants(result: dict) -> str:
-    """ ", variant gqa-int4" when a run's drafts all ran one variant whatever the target's."""
+    """The drafts' variant for the table's note ("; variant gqa-int4") when they all ran
+    one, whatever the target's; "" otherwise."""
     seen = {v for r in result["rows"] for v in r.get("draft_variants", {}).values()}
     return f"; variant {seen.pop()}" if len(seen) == 1 else ""
 

@@ -183,11 +183,11 @@ def serve(
         prefill_chunk=prefill_chunk,
     )
     mode = "continuous" if app.state.context.continuous else "static"
-    spec = (
-        f", speculative ({model.proposer_name}, {draft_tokens} guesses at first, adapting)"
-        if draft
-        else ""
-    )
+    spec = ""
+    if draft:
+        length = model.length()
+        guesses = f"{length.k}" if length.fixed else f"{length.k} → {length.most}"
+        spec = f", speculative ({model.proposer_name}, {guesses} guesses per call)"
     print(f"edgezoo serve: {mode} batching{spec}", flush=True)
     uvicorn.run(
         app,

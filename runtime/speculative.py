@@ -327,14 +327,17 @@ class SpeculativeLM:
     def proposer_name(self) -> str:
         return "prompt lookup" if self.draft is None else "draft model"
 
+    def length(self) -> DraftLength:
+        """A fresh guess-count schedule (one per request)."""
+        return DraftLength(self.k, self.max_k)
+
     def _proposer(self) -> PromptLookup | DraftModel:
         return PromptLookup() if self.draft is None else DraftModel(self.draft, self.target)
 
     def deltas(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[RowDelta]:
         self.last_stats = SpeculativeStats()
-        length = DraftLength(self.k, self.max_k)
         return speculative_deltas(
-            self.target, prompt_ids, params, self._proposer(), length, self.last_stats
+            self.target, prompt_ids, params, self._proposer(), self.length(), self.last_stats
         )
 
     def generate_ids(

@@ -310,3 +310,15 @@ def test_benchmark_puts_each_method_beside_a_peer_on_the_same_weights(
         assert peer["vs_peer"][method] == pytest.approx(rate / peer["tokens_per_s"])
         assert row["identical_greedy_text"][method] is True
     assert "| gqa | edgezoo (same weights) |" in out.with_suffix(".md").read_text()
+
+
+def test_serve_with_prompt_lookup_says_how_many_guesses(target_dir, monkeypatch, capsys):
+    import uvicorn
+
+    from edgezoo.runtime.server import serve
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
+    serve(target_dir, backend="ort-cpu", draft="prompt-lookup", draft_tokens=3)
+    assert "speculative (prompt lookup, 3 → 9 guesses per call)" in capsys.readouterr().out
+    serve(target_dir, backend="ort-cpu", draft="prompt-lookup", draft_tokens=3, max_draft_tokens=3)
+    assert "speculative (prompt lookup, 3 guesses per call)" in capsys.readouterr().out
