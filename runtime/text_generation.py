@@ -333,7 +333,8 @@ class TextGenerator(ABC):
         """``_decode`` for one greedy row whose text nobody reads before the end — the
         common single-prompt call. Same tokens, text and timing as the general loop, without
         its per-step batch bookkeeping (penalty hooks, padding finished rows, stop and
-        streaming checks): ~40 µs a step, a seventh of a ``nano`` model's step here."""
+        streaming checks), which measured 17–41 µs a step beyond a bare ORT loop at
+        ``nano`` (a 0.2–0.4 ms step); this loop 0–10 µs."""
         clock, timing, ids = time.perf_counter, row.timing, row.ids
         eos = None if ignore_eos else self.eos_id
         next_ids = np.zeros((1, 1), np.int64)

@@ -72,7 +72,6 @@ def draft(draft_dir):
     return runtime.load(draft_dir, backend="ort-cpu", variant="gqa", spin=False)
 
 
-@pytest.mark.filterwarnings("ignore:the draft model's threads")  # "self": the target drafts
 @pytest.mark.parametrize("k", [1, 3, 8, "adaptive"])
 @pytest.mark.parametrize("proposer", ["self", "draft", "lookup"])
 def test_greedy_text_is_the_targets_own(target, draft, proposer, k):
