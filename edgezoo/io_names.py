@@ -13,6 +13,9 @@ POSITION_IDS = "position_ids"
 TOKEN_TYPE_IDS = "token_type_ids"
 LOGITS = "logits"
 LAST_HIDDEN_STATE = "last_hidden_state"  # an encoder's last layer, [batch, seq, hidden]
+# The GQA decoder's first position to compute logits for (a 1-element int64 input with a
+# default of 0: every position). A prompt needs only its last token's: -1.
+LOGITS_FROM = "logits_from"
 PAST_PREFIX = "past_key_values"
 PRESENT_PREFIX = "present"
 KV_KINDS = ("key", "value")

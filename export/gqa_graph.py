@@ -149,10 +149,13 @@ def _build(
         head = g.op("Transpose", [embed], perm=[1, 0], name="lm_head.transpose")[0]
     else:
         head = g.const("lm_head.weight", _weight(sd["lm_head.weight"]))
-    g.op("MatMul", [normed, head], name="lm_head")
+    g.op("MatMul", [_logits_positions(g, normed), head], name="lm_head")
     g.nodes[-1].output[0] = io_names.LOGITS
 
     inputs, outputs = _graph_io(cfg)
+    inputs.append(
+        helper.make_tensor_value_info(io_names.LOGITS_FROM, TensorProto.INT64, [1])
+    )  # its initializer (0) is the default a caller may override
     graph = helper.make_graph(g.nodes, "edgezoo-llama-gqa", inputs, outputs, g.inits)
     proto = helper.make_model(
         graph,
@@ -161,6 +164,18 @@ def _build(
     )
     proto.ir_version = 9
     return proto
+
+
+def _logits_positions(g: GraphBuilder, normed: str) -> str:
+    """The final hidden states from position ``logits_from`` on (a Slice on the sequence
+    axis). A prompt's next token needs only its last position's logits: computing all of
+    them is a [prompt, vocabulary] matrix product and output (512 tokens × 32k vocabulary:
+    65 MB) thrown away — measured 12–30 % of a 512-token prefill at ``medium``. The input
+    defaults to 0 (every position), which validation, scoring and speculative checks need."""
+    start = g.const(io_names.LOGITS_FROM, np.array([0], np.int64))
+    end = g.const("logits_positions.end", np.array([np.iinfo(np.int64).max], np.int64))
+    axis = g.const("logits_positions.axis", np.array([1], np.int64))
+    return g.op("Slice", [normed, start, end, axis], name="logits_positions")[0]
 
 
 def _attention_inputs(g: GraphBuilder, cfg: LlamaConfig, inv_freq: np.ndarray) -> _Attention:

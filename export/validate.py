@@ -93,6 +93,7 @@ def session(path: Path, threads: int = 0) -> ort.InferenceSession:
     copy of every MatMul weight, and validation runs each graph only a few times."""
     opts = ort.SessionOptions()
     opts.add_session_config_entry("session.disable_prepacking", "1")
+    opts.log_severity_level = 3  # errors only (not the note on overridable initializers)
     if threads:
         opts.intra_op_num_threads = threads
     try:

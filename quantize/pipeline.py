@@ -267,13 +267,22 @@ def _weight_only(src: Path, dst: Path, bits: int, opts: QuantizeOptions, head: i
     )
 
 
+def _cpu_session(path: Path):
+    """A quiet CPU session (errors only: not ORT's note on the GQA graph's overridable
+    ``logits_from`` input)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
 def _calibration_feeds(src: Path, ev: EvalData, samples: int) -> list[dict[str, np.ndarray]]:
     """Inputs drawn from the model's own validation data, in the graph's input layout."""
-    import onnxruntime as ort
 
     from edgezoo.runtime.api import load_tokenizer
 
-    inputs = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()
+    inputs = _cpu_session(src).get_inputs()
     feeds = []
     if ev.lm_windows is not None:
         first, *rest = ev.lm_windows  # back to one stream (windows share their edge token)
@@ -303,11 +312,10 @@ def _calibration_feeds(src: Path, ev: EvalData, samples: int) -> list[dict[str, 
 
 def _logit_delta(reference: Path, candidate: Path, entry: dict) -> float:
     """Max |Δ logits| on one fixed prompt: a sanity check that the graph still works."""
-    import onnxruntime as ort
 
     def run(path: Path) -> np.ndarray:
         try:
-            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            sess = _cpu_session(path)
         except Exception as e:  # ORT error: the variant is broken
             raise ExportError(f"{path.name} does not load in ONNX Runtime: {e}") from e
         ids = np.array([[1, 100, 200, 300, 150, 50, 7, 9]], np.int64)

@@ -53,6 +53,12 @@ class ConcatCache:
         return out[0].numpy()
 
 
+def trims_logits(sess: ort.InferenceSession) -> bool:
+    """Whether the graph can return logits from a given position on (``logits_from``: GQA
+    graphs exported by this version; older ones return every position's)."""
+    return any(i.name == io_names.LOGITS_FROM for i in sess.get_overridable_initializers())
+
+
 class SharedBufferCache:
     def __init__(self, sess: ort.InferenceSession, batch: int, max_len: int, device: str) -> None:
         self.sess, self.device = sess, device
@@ -84,11 +90,33 @@ class SharedBufferCache:
         for name, buf in zip(self.kv_names, self.buffers, strict=True):
             self.binding.bind_ortvalue_input(name, buf)
             self.binding.bind_ortvalue_output(io_names.present_of(name), buf)
+        # The first position whose logits the graph computes: bound once; 0 (all) except
+        # while a prompt runs (``last_logits``).
+        self.logits_from = np.zeros(1, np.int64)
+        self.trims = trims_logits(sess)
+        if self.trims:
+            self.binding.bind_ortvalue_input(
+                io_names.LOGITS_FROM, ort.OrtValue.ortvalue_from_numpy(self.logits_from)
+            )
+
+    def last_logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Run a right-padded batch of prompts; returns the logits after each row's last
+        token ``[batch, vocab]``, computing no earlier position's the graph can skip (all
+        positions from the shortest row's last on)."""
+        lengths = mask.sum(axis=1)
+        first = int(lengths.min()) - 1 if self.trims else 0
+        self.logits_from[0] = first
+        try:
+            logits = self.step(ids, mask)
+        finally:
+            self.logits_from[0] = 0
+        return logits[np.arange(len(ids)), lengths - 1 - first]
 
     def step(
         self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray | None = None
     ) -> np.ndarray:
-        """``mask`` is right-padded: its row sums are each row's total length."""
+        """``mask`` is right-padded: its row sums are each row's total length. Returns the
+        logits of positions ``logits_from`` on (all, unless ``last_logits`` runs)."""
         binding = self.binding
         one_token = ids.shape[1] == 1
         if one_token:
@@ -104,7 +132,8 @@ class SharedBufferCache:
                 # ORT writes a prompt's logits (512 tokens × 32k vocabulary: 65 MB) straight
                 # into the array returned, instead of into its own tensor then copied to numpy:
                 # one copy of them at the peak, not two.
-                logits = np.empty((*ids.shape, self.logits_host.shape[-1]), np.float32)
+                positions = ids.shape[1] - int(self.logits_from[0])
+                logits = np.empty((len(ids), positions, self.logits_host.shape[-1]), np.float32)
                 binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
             else:
                 binding.bind_output("logits", self.device)

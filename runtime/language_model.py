@@ -155,21 +155,16 @@ class LanguageModel(TextGenerator):
                         ).astype(np.int64)
                     return cache.step(next_ids, mask)[:, 0]
 
-                logits = cache.step(ids, prompt_mask)
-            else:
-                cache = self._concat_cache(batch)
-                positions = np.broadcast_to(
-                    np.arange(longest, dtype=np.int64), (batch, longest)
-                ).copy()
-                full_mask = np.concatenate(
-                    [prompt_mask, np.ones((batch, max_new), np.int64)], axis=1
-                )
+                return cache.last_logits(ids, prompt_mask), step
+            cache = self._concat_cache(batch)
+            positions = np.broadcast_to(np.arange(longest, dtype=np.int64), (batch, longest)).copy()
+            full_mask = np.concatenate([prompt_mask, np.ones((batch, max_new), np.int64)], axis=1)
 
-                def step(next_ids: np.ndarray, n: int) -> np.ndarray:
-                    mask = np.ascontiguousarray(full_mask[:, : longest + n + 1])
-                    return cache.step(next_ids, mask, (lengths + n)[:, None])[:, 0]
+            def step(next_ids: np.ndarray, n: int) -> np.ndarray:
+                mask = np.ascontiguousarray(full_mask[:, : longest + n + 1])
+                return cache.step(next_ids, mask, (lengths + n)[:, None])[:, 0]
 
-                logits = cache.step(ids, prompt_mask, positions)
+            logits = cache.step(ids, prompt_mask, positions)
             return logits[np.arange(batch), lengths - 1], step
 
         yield from self._decode(encoded, params, max_new, start, live_text=live_text)

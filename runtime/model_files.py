@@ -210,6 +210,7 @@ def _graph_kind_from_session(path: Path) -> tuple[str, list[str]]:
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     inputs = [i.name for i in sess.get_inputs()]
     gqa = any(io_names.is_past(n) for n in inputs) and io_names.POSITION_IDS not in inputs

@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgezoo import io_names
+from edgezoo.runtime.kv_cache import trims_logits
 
 
 class SlotCache:
@@ -31,6 +32,10 @@ class SlotCache:
         self.buffers = [np.zeros(shape, np.float32) for _ in self.kv_names]
         self.vocab = sess.get_outputs()[0].shape[-1]
         self._bindings: dict[tuple[int, int], ort.IOBinding] = {}
+        # The first position of a call whose logits the graph computes (bound once per
+        # binding; each call sets it): a prefill needs only its last token's.
+        self.logits_from = np.zeros(1, np.int64)
+        self.trims = trims_logits(sess)
 
     def _bound(self, start: int, stop: int) -> ort.IOBinding:
         """A binding whose past and present are rows ``start:stop`` of every buffer: made
@@ -44,13 +49,22 @@ class SlotCache:
                 view = ort.OrtValue.ortvalue_from_numpy(buffer[start:stop])
                 binding.bind_ortvalue_input(name, view)
                 binding.bind_ortvalue_output(io_names.present_of(name), view)
+            if self.trims:
+                binding.bind_ortvalue_input(
+                    io_names.LOGITS_FROM, ort.OrtValue.ortvalue_from_numpy(self.logits_from)
+                )
             self._bindings[(start, stop)] = binding
         return binding
 
-    def _run(self, binding: ort.IOBinding, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Run with these ids and mask; ORT writes the logits straight into the array
-        returned (a fresh one per call: callers may keep it)."""
-        logits = np.empty((*ids.shape, self.vocab), np.float32)
+    def _run(
+        self, binding: ort.IOBinding, ids: np.ndarray, mask: np.ndarray, last_only: bool = False
+    ) -> np.ndarray:
+        """Run with these ids and mask; ORT writes the logits (of every position, or of the
+        last only) straight into the array returned (a fresh one per call: callers may keep
+        it)."""
+        first = ids.shape[1] - 1 if last_only and self.trims else 0
+        self.logits_from[0] = first
+        logits = np.empty((len(ids), ids.shape[1] - first, self.vocab), np.float32)
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask)
         binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
@@ -59,18 +73,22 @@ class SlotCache:
 
     def prefill(self, row: int, chunk: np.ndarray, past_len: int) -> np.ndarray:
         """Append ``chunk`` (token ids) to row ``row``, which holds ``past_len`` tokens;
-        returns the logits of the chunk's last token ``[vocab]``."""
-        return self.extend(row, chunk, past_len)[-1]
+        returns the logits of the chunk's last token ``[vocab]`` (the only ones computed)."""
+        return self._extend(row, chunk, past_len, last_only=True)[-1]
 
     def extend(self, row: int, chunk: np.ndarray, past_len: int) -> np.ndarray:
         """``prefill`` returning the logits after every token of ``chunk`` ``[len, vocab]``
         (speculative decoding checks several proposed tokens in one call). Rolling back is
         just calling again with a smaller ``past_len``: positions past it are overwritten."""
+        return self._extend(row, chunk, past_len, last_only=False)
+
+    def _extend(self, row: int, chunk: np.ndarray, past_len: int, last_only: bool) -> np.ndarray:
         total = past_len + len(chunk)
         if total > self.max_len:
             raise ValueError(f"row would hold {total} tokens; the cache holds {self.max_len}")
         ids = np.asarray(chunk, np.int64)[None, :]
-        return self._run(self._bound(row, row + 1), ids, np.ones((1, total), np.int64))[0]
+        mask = np.ones((1, total), np.int64)
+        return self._run(self._bound(row, row + 1), ids, mask, last_only)[0]
 
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """One token for each of rows ``0..n-1`` (``lengths``: tokens each row holds before

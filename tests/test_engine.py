@@ -150,6 +150,23 @@ def test_a_cancelled_request_leaves_within_a_step(lm):
     assert [rec.finish for _, rec in reqs] == ["length", None, "length"]
 
 
+def test_a_slot_prefill_computes_only_its_last_logits(lm):
+    """``SlotCache.prefill`` asks the graph for its chunk's last position only; ``extend``
+    (speculative checks) for every one — the same numbers where they overlap."""
+    from edgezoo.runtime.slot_cache import SlotCache
+
+    chunk = np.array([5, 17, 42, 7, 99, 3])
+    every = SlotCache(lm.session, 1, 32).extend(0, chunk, 0)
+    cache = SlotCache(lm.session, 1, 32)
+    computed = []
+    run = cache._run
+    cache._run = lambda *args: computed.append(run(*args)) or computed[-1]
+    last = cache.prefill(0, chunk, 0)
+    assert every.shape[0] == 6 and computed[0].shape[:2] == (1, 1)
+    np.testing.assert_allclose(last, every[-1], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(cache.extend(0, chunk[4:], 4), every[4:], rtol=0, atol=1e-5)
+
+
 def test_the_engine_needs_the_gqa_graph_on_the_cpu():
     class Portable:
         graph, device = "portable", "cpu"

@@ -91,6 +91,31 @@ def test_gqa_graph_is_compact(exported_lm):
     assert len(ops) < 16 * 2 + 16  # ~12 per layer plus a few shared nodes
 
 
+def test_gqa_graph_computes_logits_from_the_position_asked(exported_lm):
+    """``logits_from`` (default 0: every position, as validation compares) trims the LM
+    head to the positions a caller needs: a prompt only its last (-1)."""
+    from edgezoo import io_names
+
+    path, _, _ = exported_lm
+    sess = ort.InferenceSession(
+        str(manifest.variant_file(path, "gqa")), providers=["CPUExecutionProvider"]
+    )
+    assert io_names.LOGITS_FROM in {i.name for i in sess.get_overridable_initializers()}
+    feeds = {
+        io_names.INPUT_IDS: np.array([[5, 17, 42, 7, 99, 3]], np.int64),
+        io_names.ATTENTION_MASK: np.ones((1, 6), np.int64),
+    }
+    for i in sess.get_inputs():
+        if io_names.is_past(i.name):
+            feeds[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+    every = sess.run([io_names.LOGITS], feeds)[0]
+    assert every.shape[:2] == (1, 6)
+    for start, positions in ((2, slice(2, None)), (5, slice(5, None)), (-1, slice(-1, None))):
+        feeds[io_names.LOGITS_FROM] = np.array([start], np.int64)
+        got = sess.run([io_names.LOGITS], feeds)[0]
+        np.testing.assert_allclose(got, every[:, positions], rtol=0, atol=1e-5)
+
+
 def test_encoder_export(tmp_path, tokenizer):
     cfg = BertConfig(
         vocab_size=600,

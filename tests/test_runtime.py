@@ -66,6 +66,41 @@ def test_batched_prompts_of_different_lengths_match_single_runs(lm_dir, graph):
     ]
 
 
+def test_a_prompt_run_computes_logits_from_the_shortest_rows_last_token_on(lm_dir):
+    """Right-padded prompts of 6 and 4 tokens: the graph computes logits for positions 3..5
+    only, each row's last token's are the full run's, and decode steps get theirs after."""
+    from edgezoo.runtime.kv_cache import SharedBufferCache
+
+    lm = runtime.load(lm_dir[0], backend="ort-cpu", graph="gqa")
+    ids = np.array([[5, 17, 42, 7, 99, 3], [8, 9, 10, 11, 0, 0]], np.int64)
+    mask = np.array([[1] * 6, [1] * 4 + [0] * 2], np.int64)
+    full = SharedBufferCache(lm.session, 2, 16, "cpu").step(ids, mask)
+    assert full.shape[:2] == (2, 6)
+    cache = SharedBufferCache(lm.session, 2, 16, "cpu")
+    assert cache.trims
+    computed = []
+    step = cache.step
+    cache.step = lambda *args: computed.append(step(*args)) or computed[-1]
+    last = cache.last_logits(ids, mask)
+    assert computed[0].shape[:2] == (2, 3)
+    np.testing.assert_allclose(last, full[[0, 1], [5, 3]], rtol=0, atol=1e-5)
+    next_mask = np.array([[1] * 7, [1] * 5 + [0] * 2], np.int64)
+    decoded = cache.step(np.array([[4], [4]]), next_mask)
+    assert decoded.shape[:2] == (2, 1) and cache.logits_from[0] == 0
+
+
+def test_graphs_without_logits_from_still_generate_the_same(lm_dir, monkeypatch):
+    """GQA graphs exported before ``logits_from`` return every position's logits: the
+    runtime takes each row's last from them (same tokens, batched or not)."""
+    from edgezoo.runtime import kv_cache
+
+    lm = runtime.load(lm_dir[0], backend="ort-cpu", graph="gqa")
+    trimmed = [g.token_ids for g in lm.generate(PROMPTS, max_new_tokens=16)]
+    monkeypatch.setattr(kv_cache, "trims_logits", lambda sess: False)
+    assert not kv_cache.SharedBufferCache(lm.session, 1, 8, "cpu").trims
+    assert [g.token_ids for g in lm.generate(PROMPTS, max_new_tokens=16)] == trimmed
+
+
 def test_generation_reports_its_timing(lm_dir):
     lm = runtime.load(lm_dir[0], backend="ort-cpu")
     # ignore_eos: a fixed length, one decode step per token after the first
