@@ -20,6 +20,7 @@ from pathlib import Path
 
 from edgezoo import atomic, manifest
 
+from . import page_cache
 from .bench import prepare
 
 RESULTS = Path(__file__).parent / "results"
@@ -53,6 +54,7 @@ print(json.dumps({"before_mb": before, "loaded_mb": loaded, "peak_mb": peak,
 
 def measure(model_dir: Path, variant: str, prepack: bool) -> dict:
     cmd = [sys.executable, "-c", CHILD, str(model_dir), variant, "1" if prepack else "0"]
+    page_cache.evict(model_dir)  # cold files: the peak does not depend on the last write
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -167,3 +167,52 @@ def test_edgezoo_as_a_peer_decodes_like_pytorch_and_reports_its_memory(lm, work,
     assert "gqa" in r.note
     # A Python process with onnxruntime loaded holds tens of MB at least; torch's holds more.
     assert 30 < r.peak_rss_mb < eager.peak_rss_mb, (r.peak_rss_mb, eager.peak_rss_mb)
+
+
+def _resident_pages(path) -> int:
+    """How many of ``path``'s pages are in the page cache (mincore on a mapping of it)."""
+    import ctypes
+    import mmap
+
+    size = path.stat().st_size
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as m:
+        pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+        vec = (ctypes.c_ubyte * pages)()
+        libc = ctypes.CDLL(None, use_errno=True)
+        first = ctypes.c_char.from_buffer(m)
+        ok = libc.mincore(ctypes.c_void_p(ctypes.addressof(first)), ctypes.c_size_t(size), vec)
+        del first  # release the buffer export before the map closes
+        if ok != 0:
+            pytest.skip("mincore is not available here")
+        return sum(v & 1 for v in vec)
+
+
+def _file_system(path) -> str:
+    """The type of the file system ``path`` is on (the longest mount point above it)."""
+    best, kind = "", ""
+    for line in open("/proc/mounts"):
+        mount, fs = line.split()[1], line.split()[2]
+        if str(path.resolve()).startswith(mount) and len(mount) > len(best):
+            best, kind = mount, fs
+    return kind
+
+
+def test_page_cache_eviction_leaves_model_files_cold(tmp_path):
+    """Fresh-process memory measurements start from cold files (benchmarks.page_cache)."""
+    import sys
+
+    from benchmarks import page_cache
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("posix_fadvise and mincore: Linux")
+    nested = tmp_path / "onnx"
+    nested.mkdir()
+    weights = nested / "model.onnx.data"
+    weights.write_bytes(b"\x01" * (4 << 20))
+    weights.read_bytes()  # in the page cache now
+    if _resident_pages(weights) == 0:
+        pytest.skip("this file system keeps no page cache for the file")
+    if _file_system(tmp_path) in ("tmpfs", "ramfs"):
+        pytest.skip("a file system in memory has no pages to drop")
+    assert page_cache.evict(tmp_path, None, tmp_path / "missing") == 1
+    assert _resident_pages(weights) < 1024 // 8

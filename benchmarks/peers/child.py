@@ -16,6 +16,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from ..page_cache import evict
 from .common import PeerResult
 
 RESULT_MARK = "EDGEZOO-PEER-RESULT "
@@ -49,6 +50,8 @@ def run_in_child(
         "HF_HUB_OFFLINE": "1",  # every peer reads the local dir; nothing may be downloaded
         "TRANSFORMERS_OFFLINE": "1",
     }
+    # The child maps cold files: peak RSS then does not depend on what was written last.
+    evict(Path(model_dir), None if work_dir is None else Path(work_dir))
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "benchmarks.peers", "--child"],
