@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 from edgezoo import atomic, runtime
+from edgezoo.runtime.backends import cache_root
+from edgezoo.runtime.corpus_lookup import load_index
 from edgezoo.runtime.sampling import SamplingParams
 from edgezoo.runtime.speculative import DraftLength, SpeculativeLM
 from edgezoo.zoo.data import is_validation, iter_documents
@@ -42,6 +44,18 @@ def heldout_prompts(n: int, chars: int = 400) -> list[str]:
         if len(prompts) == n:
             break
     return prompts
+
+
+def training_corpus(folder: Path) -> Path:
+    """The built-in corpus' training split (never the held-out prompts' documents) as one
+    text file per document under ``folder``: the lookup corpus of a model trained on it."""
+    if not (folder / "done").is_file():
+        with atomic.atomic_dir(folder) as tmp:
+            for i, (doc_id, text) in enumerate(iter_documents("builtin:stdlib")):
+                if not is_validation(doc_id, 0.05):
+                    (tmp / f"{i:05d}.txt").write_text(text, encoding="utf-8")
+            (tmp / "done").write_text("")
+    return folder
 
 
 def time_method(model, prompt_ids: list[int], params: SamplingParams) -> tuple[float, list, dict]:
@@ -100,6 +114,11 @@ def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> d
         f"prompt lookup, fixed {args.k}": SpeculativeLM(target, None, k=args.k, max_k=args.k),
         "prompt lookup": SpeculativeLM(target, None, k=args.k, max_k=max_k),
     }
+    if args.corpus:
+        corpus = load_index(args.corpus, target.tokenizer, cache_root())
+        methods["prompt + corpus lookup"] = SpeculativeLM(
+            target, None, k=args.k, max_k=max_k, corpus=corpus
+        )
     drafts = {}
     for path in filter(None, args.draft.split(",")):
         draft_variant = variant if args.draft_variant == "same" else args.draft_variant
@@ -190,6 +209,12 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="the most guesses per call as the count adapts (default: 3 x --k)",
     )
+    p.add_argument(
+        "--corpus",
+        default="",
+        help="also time prompt lookup with this lookup corpus ('builtin': the built-in "
+        "corpus' training split, written under runs/; '' for none)",
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
@@ -200,6 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", default="runs/bench/peers-spec", help="the peer's converted models")
     p.add_argument("--out", default=str(RESULTS / "speculative"))
     args = p.parse_args(argv)
+    if args.corpus == "builtin":
+        args.corpus = str(training_corpus(Path("runs/lookup-corpus/stdlib-train")))
     prompts = heldout_prompts(args.prompts)
     rows = [run_variant(args, v, prompts) for v in args.variants.split(",")]
     for row in rows:
@@ -215,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         "rounds": args.rounds,
         "threads": args.threads,
         "peer": args.peer or None,
+        "corpus": args.corpus or None,
         "rows": rows,
     }
     atomic.write_json(Path(args.out).with_suffix(".json"), result)
@@ -279,6 +307,12 @@ def table(result: dict) -> str:
         f"{result['max_new_tokens']} greedy tokens, batch 1, {result['threads']} threads; medians "
         f"of {result['rounds']} interleaved rounds. Held-out loss: {losses or 'not recorded'}."
     )
+    if result.get("corpus"):
+        lines.append(
+            f"Prompt + corpus lookup: prompt lookup, and when the text has no earlier match, up "
+            f"to 3 tokens that most often followed its last 2-4 tokens in {result['corpus']} "
+            "(the training split; the prompts are held out)."
+        )
     if result.get("peer"):
         lines.append(
             f"{peer_name} decodes the same prompts on the same target weights (its own model "

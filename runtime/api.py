@@ -33,6 +33,7 @@ def load(
     draft: str | Path | None = None,
     draft_tokens: int = 4,
     max_draft_tokens: int | None = None,
+    lookup_corpus: str | Path | None = None,
     spin: bool = True,
 ) -> LanguageModel | Classifier | Seq2SeqModel | SpeculativeLM:
     """Load a model dir (or an .onnx file beside its tokenizer) for inference: a
@@ -51,13 +52,22 @@ def load(
     ``draft_tokens`` guesses are checked per target call at first; the count adapts
     (2 more after a call that kept every guess, 1 fewer after a miss) up to
     ``max_draft_tokens`` (default 3 × ``draft_tokens``; equal: fixed). Greedy output is
-    the target's own (``runtime.speculative``).
+    the target's own (``runtime.speculative``). ``lookup_corpus`` (a text file or a folder
+    of them; implies prompt lookup): when the text has nothing earlier to copy, guess what
+    most often followed its last tokens there (``runtime.corpus_lookup``; indexed once,
+    kept under the cache folder).
 
     ``spin=False``: ONNX Runtime's threads sleep as soon as a run ends instead of busy-waiting
     for the next one — for a model that takes turns with another in this process (a draft
     model you pass to ``SpeculativeLM`` yourself; ``draft=`` does it for you).
     """
     model = _load(path, backend, variant, threads, graph, fp16, max_batch, verbose, spin)
+    if lookup_corpus is not None:
+        if draft not in (None, "prompt-lookup"):
+            raise ConfigError(
+                "a lookup corpus goes with prompt lookup, not a draft model: drop one of them."
+            )
+        draft = "prompt-lookup"
     if draft is None:
         return model
     from edgezoo.runtime.speculative import SpeculativeLM
@@ -67,7 +77,12 @@ def load(
             f"{path} is not a decoder-only LM: speculative decoding is for language models."
         )
     if str(draft) == "prompt-lookup":
-        return SpeculativeLM(model, None, k=draft_tokens, max_k=max_draft_tokens)
+        corpus = None
+        if lookup_corpus is not None:
+            from edgezoo.runtime.corpus_lookup import load_index
+
+            corpus = load_index(lookup_corpus, model.tokenizer, backends.cache_root())
+        return SpeculativeLM(model, None, k=draft_tokens, max_k=max_draft_tokens, corpus=corpus)
     # The draft's threads sleep between its runs: spinning, they would take the cores the
     # target's run needs next (speculative decoding 2x slower on 2 cores, measured).
     draft_lm = _load(draft, backend, "auto", threads, "gqa", False, max_batch, False, spin=False)

@@ -42,8 +42,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_speculative_arguments(parser: argparse.ArgumentParser) -> None:
-    """--draft / --prompt-lookup / --draft-tokens / --max-draft-tokens, shared by generate
-    and serve."""
+    """--draft / --prompt-lookup / --lookup-corpus / --draft-tokens / --max-draft-tokens,
+    shared by generate and serve."""
     speculate = parser.add_mutually_exclusive_group()
     speculate.add_argument(
         "--draft",
@@ -55,6 +55,12 @@ def add_speculative_arguments(parser: argparse.ArgumentParser) -> None:
         "--prompt-lookup",
         action="store_true",
         help="decode speculatively with guesses copied from earlier in the text (no draft model)",
+    )
+    parser.add_argument(
+        "--lookup-corpus",
+        metavar="PATH",
+        help="with prompt lookup (implied): a text file or folder (e.g. your codebase) to "
+        "guess from when the text has nothing earlier to copy; indexed once, then cached",
     )
     parser.add_argument(
         "--draft-tokens",
@@ -75,7 +81,8 @@ def add_speculative_arguments(parser: argparse.ArgumentParser) -> None:
 
 def draft_of(args: argparse.Namespace) -> str | None:
     """The ``draft`` argument of ``runtime.load`` the flags ask for."""
-    return "prompt-lookup" if args.prompt_lookup else args.draft
+    lookup = args.prompt_lookup or getattr(args, "lookup_corpus", None)
+    return "prompt-lookup" if lookup and not args.draft else args.draft
 
 
 def _register_generate(subparsers: Any) -> None:
@@ -279,6 +286,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         draft=draft,
         draft_tokens=args.draft_tokens,
         max_draft_tokens=args.max_draft_tokens,
+        lookup_corpus=args.lookup_corpus,
     )
     if not hasattr(lm, "generate"):
         raise ConfigError(f"{args.model_dir} is a classifier: use `edgezoo classify` on it.")

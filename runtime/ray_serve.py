@@ -61,6 +61,7 @@ class ReplicaOptions:
     draft: str | None = None  # a draft model dir or "prompt-lookup": speculative decoding
     draft_tokens: int = 4
     max_draft_tokens: int | None = None
+    lookup_corpus: str | None = None  # prompt lookup's corpus (see runtime.load)
 
     @property
     def slots(self) -> int:
@@ -192,6 +193,7 @@ def build_app(opts: ReplicaOptions, replica_id: str, cpus_per_replica: float = 1
         draft=opts.draft,
         draft_tokens=opts.draft_tokens,
         max_draft_tokens=opts.max_draft_tokens,
+        lookup_corpus=opts.lookup_corpus,
     )
     max_prompt_tokens, max_tokens_limit = opts.max_prompt_tokens, opts.max_tokens_limit
     if hasattr(model, "context"):  # a language model: the same caps `edgezoo serve` sets
@@ -396,6 +398,7 @@ def cmd_serve_ray(args: Any) -> int:
         draft=draft_of(args),
         draft_tokens=args.draft_tokens,
         max_draft_tokens=args.max_draft_tokens,
+        lookup_corpus=args.lookup_corpus,
     )
     scaling = Scaling(
         replicas=args.replicas,

@@ -136,11 +136,13 @@ def serve(
     draft: str | Path | None = None,
     draft_tokens: int = 4,
     max_draft_tokens: int | None = None,
+    lookup_corpus: str | Path | None = None,
 ) -> None:
     """Load ``model_dir`` and serve it until Ctrl-C / SIGTERM (then finish in-flight work).
 
     ``draft`` (a draft model dir or "prompt-lookup") decodes speculatively, on static
-    batching: lower latency for a few clients at a time."""
+    batching: lower latency for a few clients at a time; ``lookup_corpus`` adds guesses
+    from a corpus to prompt lookup (see ``runtime.load``)."""
     check_bind(host, api_key)  # before the slow load
     try:
         import fastapi  # noqa: F401
@@ -162,6 +164,7 @@ def serve(
         draft=draft,
         draft_tokens=draft_tokens,
         max_draft_tokens=max_draft_tokens,
+        lookup_corpus=lookup_corpus,
     )
     name = model_name or Path(model_dir).resolve().name
     print(f"edgezoo serve: {name} [{model.backend} · {model.variant}] on http://{host}:{port}")
@@ -230,5 +233,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         draft=draft_of(args),
         draft_tokens=args.draft_tokens,
         max_draft_tokens=args.max_draft_tokens,
+        lookup_corpus=args.lookup_corpus,
     )
     return 0

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgezoo.errors import ConfigError
+from edgezoo.runtime.corpus_lookup import CorpusIndex, CorpusLookup
 from edgezoo.runtime.engine import supports_engine
 from edgezoo.runtime.engine_rows import EngineRequest, Row, RowDelta
 from edgezoo.runtime.language_model import Generation, StreamDelta
@@ -196,7 +197,7 @@ def speculative_deltas(
     target: Any,
     prompt_ids: list[int],
     params: SamplingParams,
-    proposer: PromptLookup | DraftModel,
+    proposer: PromptLookup | CorpusLookup | DraftModel,
     length: DraftLength | None = None,
     stats: SpeculativeStats | None = None,
 ) -> Iterator[RowDelta]:
@@ -248,7 +249,7 @@ def speculative_generate(
     target: Any,
     prompt_ids: list[int],
     params: SamplingParams,
-    proposer: PromptLookup | DraftModel,
+    proposer: PromptLookup | CorpusLookup | DraftModel,
     length: DraftLength | None = None,
 ) -> tuple[Generation, SpeculativeStats]:
     """``speculative_deltas`` run to the end: the ``Generation`` and the acceptance."""
@@ -307,9 +308,11 @@ class SpeculativeLM:
         *,
         k: int = DEFAULT_DRAFT_TOKENS,
         max_k: int | None = None,
+        corpus: CorpusIndex | None = None,
     ):
         """``k`` guesses per target call to start with, adapting up to ``max_k`` (default
-        3 × ``k``; ``max_k=k`` keeps it fixed) — see ``DraftLength``."""
+        3 × ``k``; ``max_k=k`` keeps it fixed) — see ``DraftLength``. ``corpus`` (prompt
+        lookup only): where guesses come from when the text has nothing to copy."""
         if not supports_engine(target):
             raise ConfigError(
                 "speculative decoding needs the target's gqa graph on ort-cpu (its cache rolls "
@@ -319,7 +322,10 @@ class SpeculativeLM:
         DraftLength(k, max_k)  # refuses a bad pair now, not mid-request
         if draft is not None:
             check_draft(draft, target)
+            if corpus is not None:
+                raise ConfigError("a lookup corpus goes with prompt lookup, not a draft model.")
         self.target, self.draft, self.k, self.max_k = target, draft, k, max_k
+        self.corpus = corpus
         self.last_stats = SpeculativeStats()
 
     def __getattr__(self, name: str) -> Any:
@@ -327,14 +333,18 @@ class SpeculativeLM:
 
     @property
     def proposer_name(self) -> str:
-        return "prompt lookup" if self.draft is None else "draft model"
+        if self.draft is not None:
+            return "draft model"
+        return "prompt lookup" if self.corpus is None else "prompt + corpus lookup"
 
     def length(self) -> DraftLength:
         """A fresh guess-count schedule (one per request)."""
         return DraftLength(self.k, self.max_k)
 
-    def _proposer(self) -> PromptLookup | DraftModel:
-        return PromptLookup() if self.draft is None else DraftModel(self.draft, self.target)
+    def _proposer(self) -> PromptLookup | CorpusLookup | DraftModel:
+        if self.draft is not None:
+            return DraftModel(self.draft, self.target)
+        return PromptLookup() if self.corpus is None else CorpusLookup(self.corpus)
 
     def deltas(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[RowDelta]:
         self.last_stats = SpeculativeStats()

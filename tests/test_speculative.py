@@ -3,6 +3,7 @@ proposer and the number of guesses; sampling keeps the target's distribution."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -94,6 +95,28 @@ def test_greedy_text_is_the_targets_own(target, draft, proposer, k):
                 assert stats.target_calls == 7 and length.k == 12
             else:
                 assert stats.target_calls <= -(-50 // (k + 1)) + 1
+
+
+def test_corpus_lookup_keeps_greedy_text_and_adds_accepted_guesses(target, tmp_path):
+    """A corpus of what the model writes (REST's premise: the text it was trained on) gives
+    guesses where the text has nothing to copy yet: more of them accepted, same tokens."""
+    from edgezoo.runtime.corpus_lookup import CorpusLookup, load_index
+
+    params = SP(temperature=0, max_new_tokens=40, ignore_eos=True)
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for i, prompt in enumerate(PROMPTS):
+        (folder / f"{i}.txt").write_text(prompt + target.generate(prompt, params).text)
+    index = load_index(folder, target.tokenizer, tmp_path / "cache")
+    gained = 0
+    for prompt in PROMPTS:
+        ids = target.encode([prompt])[0]
+        want = target.generate_ids([ids], params)[0]
+        plain, plain_stats = speculative_generate(target, ids, params, PromptLookup())
+        got, stats = speculative_generate(target, ids, params, CorpusLookup(index))
+        assert got.token_ids == want.token_ids == plain.token_ids and got.text == want.text
+        gained += stats.accepted - plain_stats.accepted
+    assert gained > 0
 
 
 def test_prompt_lookup_proposes_what_follows_the_latest_earlier_match():
@@ -242,6 +265,27 @@ def test_generate_cli_with_prompt_lookup_reports_acceptance(target_dir):
         [*cmd, "--max-draft-tokens", "3"], capture_output=True, text=True, timeout=120
     )
     assert bad.returncode != 0 and "max_draft_tokens" in bad.stderr
+
+
+def test_generate_cli_with_a_lookup_corpus(target_dir, draft_dir, tmp_path):
+    corpus = tmp_path / "notes.txt"
+    corpus.write_text(PROMPTS[0] + "\n" + PROMPTS[2] + "\n")
+    cmd = [sys.executable, "-m", "edgezoo.cli", "generate", str(target_dir), PROMPTS[2]]
+    cmd += ["--backend", "ort-cpu", "--max-new-tokens", "12", "--lookup-corpus", str(corpus)]
+    env = {**os.environ, "EDGEZOO_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "prompt + corpus lookup:" in done.stderr
+    with_draft = subprocess.run(
+        [*cmd, "--draft", str(draft_dir)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert with_draft.returncode != 0 and "lookup corpus goes with prompt lookup" in (
+        with_draft.stderr
+    )
+    missing = subprocess.run(
+        [*cmd[:-1], str(tmp_path / "nowhere")], capture_output=True, text=True, env=env
+    )
+    assert missing.returncode != 0 and "does not exist" in missing.stderr
 
 
 def test_server_with_a_draft_answers_the_targets_greedy_text(target_dir, draft_dir):
