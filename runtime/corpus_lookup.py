@@ -25,6 +25,7 @@ CORPUS_GUESSES = 3  # tokens proposed from the corpus per call (longer ones rare
 MIN_NGRAM = 2  # a single shared token says too little to copy what followed it
 CANDIDATES = 256  # occurrences of an n-gram that vote on its continuation (a sample of more)
 CHUNK_CHARS = 8192  # files are tokenized in pieces of about this many characters, cut at lines
+ENCODE_BATCH = 64  # pieces per tokenizer call (its Encodings hold ~100 bytes a token)
 INDEX_VERSION = 1
 
 
@@ -39,10 +40,11 @@ class CorpusIndex:
         self.depth = depth_for(sep)
 
     @classmethod
-    def build(cls, pieces: list[list[int]], vocab_size: int) -> CorpusIndex:
+    def build(cls, pieces: list, vocab_size: int) -> CorpusIndex:
+        """``pieces``: token-id sequences (lists or arrays), each indexed on its own."""
         sep = vocab_size  # not a token: n-grams and continuations stop at it
         dtype = np.uint16 if sep < 2**16 else np.uint32
-        stream = [np.asarray(p, dtype) for p in pieces if p]
+        stream = [np.asarray(p, dtype) for p in pieces if len(p)]
         if not stream:
             raise ConfigError("the lookup corpus has no text the tokenizer turns into tokens.")
         separators = [np.array([sep], dtype)] * len(stream)
@@ -155,8 +157,13 @@ def load_index(path: str | Path, tokenizer, cache: Path) -> CorpusIndex:
         key.update(f"{f.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
     folder = cache / "lookup" / key.hexdigest()[:20]
     if not (folder / "meta.json").is_file():
-        encoded = tokenizer.encode_batch(_texts(files), add_special_tokens=False)
-        index = CorpusIndex.build([e.ids for e in encoded], tokenizer.get_vocab_size())
+        texts, pieces = _texts(files), []
+        for start in range(0, len(texts), ENCODE_BATCH):  # Encodings are heavy: keep the ids
+            batch = tokenizer.encode_batch(
+                texts[start : start + ENCODE_BATCH], add_special_tokens=False
+            )
+            pieces.extend(np.asarray(e.ids, np.uint32) for e in batch)
+        index = CorpusIndex.build(pieces, tokenizer.get_vocab_size())
         with atomic.atomic_dir(folder) as tmp:
             index.save(tmp)
             meta = {"source": str(path), "files": len(files), "tokens": len(index.tokens)}
