@@ -65,7 +65,7 @@ bench-results: setup
 	$(BIN)/edgezoo export runs/spec-small && $(BIN)/edgezoo quantize runs/spec-small --to int8,int4 --speed-rounds 3
 	$(BIN)/edgezoo train --size nano --init-from runs/demo --distill-from runs/spec-small --distill-weight 0.7 --precision bf16 --steps 300 --batch-size 16 --context 256 --lr 1e-3 --warmup-steps 10 --out runs/draft/nano-kl0.7 --no-progress
 	$(BIN)/edgezoo export runs/draft/nano-kl0.7
-	$(BIN)/python -m benchmarks.speculative --target runs/spec-small --draft runs/demo,runs/draft/nano-kl0.7 --draft-variant gqa --rounds 3 --out benchmarks/results/speculative_small
+	$(BIN)/python -m benchmarks.speculative --target runs/spec-small --draft runs/demo,runs/draft/nano-kl0.7 --draft-variant gqa --rounds 3 --corpus builtin --out benchmarks/results/speculative_small
 	$(BIN)/edgezoo quantize runs/draft/nano-kl0.7 --to int4
 	$(BIN)/python -m benchmarks.speculative --target runs/spec-small --draft runs/demo,runs/draft/nano-kl0.7 --draft-variant gqa-int4 --variants gqa,gqa-int8 --peer '' --rounds 3 --out benchmarks/results/speculative_small_int4draft
 	$(BIN)/python -m benchmarks.bench --sizes nano,micro,mini,small,medium --precisions fp32,int8,int4 --batches 1 --prompts 32 --repeats 3 --work runs/bench \
