@@ -111,7 +111,11 @@ def table(rows: list[dict], rounds: int) -> str:
         f"medians of {rounds} interleaved rounds; baseline = RSS after imports, before loading "
         f"(~{base:.0f} MB: Python, numpy, onnxruntime, tokenizers). Random-init weights "
         f"(`benchmarks.bench.prepare`). Weights are memory-mapped from `<name>.data`, so RSS "
-        "after load counts only the pages read so far."
+        "after load counts only the pages read so far; each file's cached pages are dropped "
+        "before its process starts. fp32 with prepacking: the tied embedding table is held "
+        "twice after load (the Gather's table and the LM head's packed copy) and three times "
+        "during it (ONNX Runtime folds the head's transpose before packing it) — the peak "
+        "above the after-load RSS."
     )
     return "\n".join(lines) + "\n"
 
