@@ -24,7 +24,7 @@ from pathlib import Path
 
 from edgezoo import atomic, runtime
 from edgezoo.runtime.backends import cache_root
-from edgezoo.runtime.corpus_lookup import load_index
+from edgezoo.runtime.corpus_lookup import CORPUS_GUESSES, MIN_NGRAM, load_index
 from edgezoo.runtime.sampling import SamplingParams
 from edgezoo.runtime.speculative import DraftLength, SpeculativeLM
 from edgezoo.zoo.data import is_validation, iter_documents
@@ -49,12 +49,12 @@ def heldout_prompts(n: int, chars: int = 400) -> list[str]:
 def training_corpus(folder: Path) -> Path:
     """The built-in corpus' training split (never the held-out prompts' documents) as one
     text file per document under ``folder``: the lookup corpus of a model trained on it."""
-    if not (folder / "done").is_file():
+    if not (folder / ".done").is_file():  # hidden: not part of the corpus
         with atomic.atomic_dir(folder) as tmp:
             for i, (doc_id, text) in enumerate(iter_documents("builtin:stdlib")):
                 if not is_validation(doc_id, 0.05):
                     (tmp / f"{i:05d}.txt").write_text(text, encoding="utf-8")
-            (tmp / "done").write_text("")
+            (tmp / ".done").write_text("")
     return folder
 
 
@@ -310,8 +310,8 @@ def table(result: dict) -> str:
     if result.get("corpus"):
         lines.append(
             f"Prompt + corpus lookup: prompt lookup, and when the text has no earlier match, up "
-            f"to 3 tokens that most often followed its last 2-4 tokens in {result['corpus']} "
-            "(the training split; the prompts are held out)."
+            f"to {CORPUS_GUESSES} tokens that most often followed its last {MIN_NGRAM}-4 tokens "
+            f"in {result['corpus']} (the training split; the prompts are held out)."
         )
     if result.get("peer"):
         lines.append(
