@@ -134,11 +134,16 @@ def _pieces(text: str) -> list[str]:
 
 
 def _texts(files: list[Path]) -> list[str]:
+    """The UTF-8 text files' pieces; a file with a NUL byte in its first 8 KB is binary and
+    skipped unread (a codebase holds images and archives too)."""
     texts = []
     for file in files:
         try:
+            with open(file, "rb") as f:
+                if b"\0" in f.read(8192):
+                    continue
             texts.extend(_pieces(file.read_text(encoding="utf-8")))
-        except (UnicodeDecodeError, OSError):  # binary or unreadable: not part of the corpus
+        except (UnicodeDecodeError, OSError):  # not UTF-8, or unreadable: not in the corpus
             continue
     return texts
 

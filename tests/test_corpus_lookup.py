@@ -90,7 +90,8 @@ def test_the_index_is_built_once_per_corpus_and_tokenizer(tmp_path, tokenizer):
     (folder / "pkg" / "b.py").write_text("import os\nprint(os.getcwd())\n")
     (folder / ".git").mkdir()
     (folder / ".git" / "config").write_text("[core]\n")  # hidden: not part of the corpus
-    (folder / "blob.bin").write_bytes(b"\xff\xfe\x00\x80" * 10)  # not text: skipped
+    (folder / "blob.zip").write_bytes(b"PK\x03\x04\x00\x00 x" * 10)  # NUL bytes: binary, skipped
+    (folder / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))  # not UTF-8: skipped
     cache = tmp_path / "cache"
     index = load_index(folder, tokenizer, cache)
     texts = [(folder / "a.py").read_text(), (folder / "pkg" / "b.py").read_text()]
