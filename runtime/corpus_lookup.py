@@ -169,10 +169,16 @@ def load_index(path: str | Path, tokenizer, cache: Path) -> CorpusIndex:
             )
             pieces.extend(np.asarray(e.ids, np.uint32) for e in batch)
         index = CorpusIndex.build(pieces, tokenizer.get_vocab_size())
-        with atomic.atomic_dir(folder) as tmp:
-            index.save(tmp)
-            meta = {"source": str(path), "files": len(files), "tokens": len(index.tokens)}
-            (tmp / "meta.json").write_text(json.dumps({**meta, "sep": index.sep}))
+        try:
+            with atomic.atomic_dir(folder) as tmp:
+                index.save(tmp)
+                meta = {"source": str(path), "files": len(files), "tokens": len(index.tokens)}
+                (tmp / "meta.json").write_text(json.dumps({**meta, "sep": index.sep}))
+        except OSError as e:
+            raise ConfigError(
+                f"cannot write the lookup corpus' index under {cache} ({e.strerror or e}): "
+                "point EDGEZOO_CACHE at a writable folder."
+            ) from e
         del index
     return CorpusIndex.open(folder)
 

@@ -8,6 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from edgezoo import atomic
 from edgezoo.errors import ConfigError
 from edgezoo.runtime import corpus_lookup
 from edgezoo.runtime.corpus_lookup import MIN_NGRAM, CorpusIndex, CorpusLookup, load_index
@@ -83,7 +84,7 @@ class RefusesToTokenize:
         raise AssertionError("the cached index should have been used")
 
 
-def test_the_index_is_built_once_per_corpus_and_tokenizer(tmp_path, tokenizer):
+def test_the_index_is_built_once_per_corpus_and_tokenizer(tmp_path, tokenizer, monkeypatch):
     folder = tmp_path / "code"
     (folder / "pkg").mkdir(parents=True)
     (folder / "a.py").write_text("def add(a, b):\n    return a + b\n" * 50)
@@ -108,6 +109,14 @@ def test_the_index_is_built_once_per_corpus_and_tokenizer(tmp_path, tokenizer):
         load_index(folder, refusing, cache)
     with pytest.raises(ConfigError, match="does not exist"):
         load_index(tmp_path / "missing", tokenizer, cache)
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(atomic, "atomic_dir", read_only)
+    with pytest.raises(ConfigError, match="EDGEZOO_CACHE"):
+        load_index(folder, tokenizer, tmp_path / "elsewhere")
+    monkeypatch.undo()
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no text"):
         load_index(tmp_path / "empty", tokenizer, cache)
