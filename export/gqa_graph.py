@@ -170,7 +170,7 @@ def _logits_positions(g: GraphBuilder, normed: str) -> str:
     """The final hidden states from position ``logits_from`` on (a Slice on the sequence
     axis). A prompt's next token needs only its last position's logits: computing all of
     them is a [prompt, vocabulary] matrix product and output (512 tokens × 32k vocabulary:
-    65 MB) thrown away — measured 12–30 % of a 512-token prefill at ``medium``. The input
+    65 MB) thrown away — measured 12–33 % of a 512-token prefill at ``medium``. The input
     defaults to 0 (every position), which validation, scoring and speculative checks need."""
     start = g.const(io_names.LOGITS_FROM, np.array([0], np.int64))
     end = g.const("logits_positions.end", np.array([np.iinfo(np.int64).max], np.int64))

@@ -132,8 +132,8 @@ class SharedBufferCache:
                 # ORT writes a prompt's logits (512 tokens × 32k vocabulary: 65 MB) straight
                 # into the array returned, instead of into its own tensor then copied to numpy:
                 # one copy of them at the peak, not two.
-                positions = ids.shape[1] - int(self.logits_from[0])
-                logits = np.empty((len(ids), positions, self.logits_host.shape[-1]), np.float32)
+                computed = ids.shape[1] - int(self.logits_from[0])  # positions with logits
+                logits = np.empty((len(ids), computed, self.logits_host.shape[-1]), np.float32)
                 binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
             else:
                 binding.bind_output("logits", self.device)
