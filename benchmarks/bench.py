@@ -38,6 +38,7 @@ RESULTS = Path(__file__).parent / "results"
 PRECISION_VARIANTS = {
     "fp32": "gqa",
     "int8": "gqa-int8",
+    "int8-dynamic": "gqa-int8-dynamic",
     "int4": "gqa-int4",
     "fp32-portable": "fp32",
 }
@@ -108,6 +109,8 @@ def prepare(size: str, work: Path, context: int = 1024) -> Path:
     if {"gqa", "gqa-int8", "gqa-int4"} <= set(variants):
         if _head_bits(variants["gqa-int4"]) != INT4_HEAD_BITS:  # built before the head rule
             quantize_model(out, "int4", QuantizeOptions(head_bits=INT4_HEAD_BITS), False)
+        if "gqa-int8-dynamic" not in variants:  # built before the second int8 form
+            quantize_model(out, "int8", QuantizeOptions(), measure_all=False)
         return out
     import torch
 

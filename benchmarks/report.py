@@ -71,6 +71,12 @@ SECTIONS = [
         "peers_genai.md",
     ),
     (
+        "int8-forms",
+        "The two int8 graphs (weight-only MatMulNBits, dynamic MatMulInteger) beside GenAI's int8: "
+        "decode, TTFT, memory, multi-token call cost",
+        "int8_forms.md",
+    ),
+    (
         "step-overhead",
         "A decode step: the ONNX Runtime call vs the Python loop around it",
         "step_overhead.md",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,19 +53,45 @@ def _save(model: onnx.ModelProto, dst: Path) -> None:
     save_onnx(model, dst)
 
 
-def int8_dynamic(src: Path, dst: Path, per_channel: bool = True) -> None:
+def int8_dynamic(src: Path, dst: Path, per_channel: bool = True, with_head: bool = False) -> dict:
+    """``quantize_dynamic`` of every MatMul with a constant weight. ``with_head``: untie a tied
+    LM head first (``MatMul(x, Transpose(embedding))`` has no constant weight, so it would
+    stay fp32 — at ``small`` a fifth of a decode step) so that it is quantized too; the
+    embedding Gather stays fp32. Returns what was done for the manifest."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _quiet():
-        quantize_dynamic(
-            str(src),
-            str(dst),
-            op_types_to_quantize=["MatMul", "Gemm"],
-            per_channel=per_channel,
-            weight_type=QuantType.QInt8,
-            extra_options={"MatMulConstBOnly": True},
-            use_external_data_format=True,  # weights in <name>.data, like every graph we write
-        )
+    untied = False
+    with contextlib.ExitStack() as stack:
+        source = src
+        if with_head:
+            model = onnx.load(str(src))
+            untied = untie_lm_head(model)
+            if untied:  # quantize_dynamic reads a file: stage the untied graph beside dst
+                staged = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=dst.parent)))
+                source = staged / src.name
+                _save(model, source)
+            del model
+        with _quiet():
+            quantize_dynamic(
+                str(source),
+                str(dst),
+                op_types_to_quantize=["MatMul", "Gemm"],
+                per_channel=per_channel,
+                weight_type=QuantType.QInt8,
+                # The GQA graph's contrib ops defeat shape inference: tensors it cannot type
+                # are fp32 (every activation of these graphs is).
+                extra_options={
+                    "MatMulConstBOnly": True,
+                    "DefaultTensorType": onnx.TensorProto.FLOAT,
+                },
+                use_external_data_format=True,  # weights in <name>.data, like every graph we write
+            )
+    head = "int8" if untied else "fp32 (tied to the embedding)" if with_head else None
+    return {
+        "per_channel": per_channel,
+        **({"lm_head": head, "untied_lm_head": untied} if head else {}),
+        "kept_fp32": "Gather (embeddings), norms, softmax, attention",
+    }
 
 
 def untie_lm_head(model: onnx.ModelProto) -> bool:

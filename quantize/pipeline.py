@@ -20,6 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 
 import numpy as np
 
@@ -45,6 +46,7 @@ from edgezoo.quantize.speed import (
     SPEED_MARGIN,
     SPEED_ROUNDS,
     interleaved,
+    request_timer,
     round_timer,
     speed_verdict,
 )
@@ -85,8 +87,9 @@ def plan(variants: dict[str, dict], to: str, opts: QuantizeOptions) -> list[tupl
         raise CheckpointError("no fp32 ONNX graph to quantize; run `edgezoo export` first.")
     if to == "int8":
         jobs = [("int8", "fp32", "int8-dynamic")]
-        if has_gqa:
+        if has_gqa:  # two int8 forms: which decodes faster depends on the CPU (the gate times both)
             jobs.append(("gqa-int8", "gqa", "weight-only-8"))
+            jobs.append(("gqa-int8-dynamic", "gqa", "int8-dynamic-head"))
         return jobs
     if to == "int4":
         # The Optimum-layout int4 graph is what Optimum and transformers.js can run
@@ -220,6 +223,7 @@ def measure_and_gate(model_dir: Path, ev: EvalData, opts: QuantizeOptions) -> di
             speed = _timed_rounds(model_dir, best, name, ev, opts)
         entry.update(_gate(entry, variants[best], best, opts, speed))
         release_freed()
+    _prefer_among_rivals(model_dir, variants, ev, opts)
     data = manifest.read(model_dir)
     data["variants"].update({n: variants[n] for n in names})
     data["quality_budget"] = {
@@ -231,15 +235,60 @@ def measure_and_gate(model_dir: Path, ev: EvalData, opts: QuantizeOptions) -> di
     return data["variants"]
 
 
+def rivals(variants: dict[str, dict]) -> list[list[str]]:
+    """Groups of compressed variants a precision alone cannot tell apart (same graph and
+    precision, e.g. the two int8 GQA forms), each within the quality budget."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name, entry in variants.items():
+        verdict = entry.get("gate", {}).get("ort-cpu", {})
+        if entry.get("precision") != "fp32" and verdict.get("within_budget"):
+            groups.setdefault((entry.get("graph"), entry.get("precision")), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def _prefer_among_rivals(
+    model_dir: Path, variants: dict[str, dict], ev: EvalData, opts: QuantizeOptions
+) -> None:
+    """Time rivals against each other (whole requests: the prompt, then 64 tokens) in
+    interleaved rounds — not each against fp32 at other moments: this machine's speed
+    drifts more than they differ — and mark ``preferred`` the one that is clearly faster
+    (by ``speed_margin``), else the one ``plan`` lists first: what ``variant="int8"``
+    loads. Which int8 form wins depends on the CPU and the model's size."""
+    from edgezoo.runtime.api import load_variant
+
+    for entry in variants.values():
+        entry.pop("preferred", None)
+    for names in rivals(variants):
+        best, timed = names[0], {}
+        for challenger in names[1:]:
+            with stage(
+                f"time {challenger} against {best} ({opts.speed_rounds} interleaved rounds)"
+            ):
+                timers = [
+                    request_timer(
+                        lambda n=n: load_variant(model_dir, n, "ort-cpu", BENCH_THREADS), ev.prompt
+                    )
+                    for n in (best, challenger)
+                ]
+                best_ms, challenger_ms = interleaved(*timers, rounds=opts.speed_rounds)
+            timed[best], timed[challenger] = median(best_ms), median(challenger_ms)
+            if speed_verdict(best_ms, challenger_ms, opts.speed_margin)["verdict"] == "faster":
+                best = challenger  # clearly faster; on a tie the form listed first stays
+            release_freed()
+        variants[best]["preferred"] = {
+            "ort-cpu": {
+                "over": [n for n in names if n != best],
+                "request_ms": {n: round(ms, 3) for n, ms in timed.items()},
+                "request": "the held-out prompt, then 64 tokens; medians of interleaved rounds",
+            }
+        }
+
+
 def _make(
     src: Path, dst: Path, method: str, opts: QuantizeOptions, model_dir: Path, ev: EvalData
 ) -> dict:
-    if method == "int8-dynamic":
-        graphs.int8_dynamic(src, dst, opts.per_channel)
-        return {
-            "per_channel": opts.per_channel,
-            "kept_fp32": "Gather (embeddings), norms, softmax, attention",
-        }
+    if method in ("int8-dynamic", "int8-dynamic-head"):
+        return graphs.int8_dynamic(src, dst, opts.per_channel, with_head=method.endswith("head"))
     if method.startswith("weight-only"):
         bits = int(method.rsplit("-", 1)[1])
         head = 8 if opts.head_bits == AUTO else opts.head_bits  # auto without data: int8
@@ -343,6 +392,7 @@ def _logit_delta(reference: Path, candidate: Path, entry: dict) -> float:
 def _precision(method: str) -> str:
     return {
         "int8-dynamic": "int8",
+        "int8-dynamic-head": "int8",
         "weight-only-8": "int8",
         "weight-only-4": "int4",
         "fp16": "fp16",

@@ -94,17 +94,34 @@ def select_variant(
             f"unknown variant {wanted!r}; use auto, a precision ({', '.join(PRECISIONS)}) or one of: {', '.join(variants)}"
         )
     for kind in GRAPH_PREFERENCE[backend]:
-        for name, entry in usable.items():
-            if entry.get("precision") == wanted and entry.get("graph") == kind:
-                return (
-                    name,
-                    entry,
-                    f"{auto_note}{name} ({kind} graph, {wanted}) is the best {wanted} graph for {backend}",
-                )
+        names = [
+            n for n, e in usable.items() if e.get("precision") == wanted and e.get("graph") == kind
+        ]
+        if names:
+            name, measured = fastest_measured(names, usable, backend)
+            return (
+                name,
+                usable[name],
+                f"{auto_note}{name} ({kind} graph, {wanted}) is the best {wanted} graph for {backend}"
+                + measured,
+            )
     have = ", ".join(f"{k} ({v.get('precision')}, {v.get('graph')})" for k, v in variants.items())
     hint = " Make one with `edgezoo quantize`." if wanted != "fp32" else ""
     only = f" with a {graph} graph" if graph != "auto" else ""
     raise ConfigError(f"no {wanted} variant{only} that runs on {backend}; available: {have}.{hint}")
+
+
+def fastest_measured(names: list[str], variants: dict[str, dict], backend: str) -> tuple[str, str]:
+    """Of graphs of one kind and precision (int8 GQA: weight-only and dynamic), the one the
+    quality gate timed fastest against the others on ``backend`` (``preferred``) — which is
+    faster depends on the CPU: dynamic int8 runs on AMX / VNNI integer units where a CPU has
+    them — and why; the first one when none was timed so."""
+    for name in names:
+        preferred = variants[name].get("preferred", {}).get(backend)
+        if preferred:
+            timed = ", ".join(f"{n} {ms:.1f} ms" for n, ms in preferred["request_ms"].items())
+            return name, f" (the quality gate timed a request on each: {timed})"
+    return names[0], ""
 
 
 def _config(model_dir: Path) -> dict[str, Any]:

@@ -37,8 +37,9 @@ def lm_dir(tmp_path_factory, tokenizer, text_corpus):
 
 def test_every_target_writes_a_measured_variant(lm_dir):
     variants = manifest.read(lm_dir)["variants"]
-    assert {"int8", "gqa-int8", "gqa-int4", "fp16", "int8-static"} <= set(variants)
-    for name in ("int8", "gqa-int8", "gqa-int4", "fp16", "int8-static"):
+    names = ("int8", "gqa-int8", "gqa-int8-dynamic", "gqa-int4", "fp16", "int8-static")
+    assert set(names) <= set(variants)
+    for name in names:
         e = variants[name]
         assert e["sha256"] == file_facts(lm_dir / "onnx" / e["file"])["sha256"]
         assert (lm_dir / "onnx" / (e["file"] + ".data")).is_file()  # weights kept apart
@@ -59,8 +60,32 @@ def test_every_target_writes_a_measured_variant(lm_dir):
     # near-lossless variants stay close to fp32 in quality on the same data
     base = variants["gqa"]["quality"]["perplexity"]
     assert abs(variants["gqa-int8"]["quality"]["perplexity"] / base - 1) < 0.01
+    assert abs(variants["gqa-int8-dynamic"]["quality"]["perplexity"] / base - 1) < 0.01
     assert abs(variants["fp16"]["quality"]["perplexity"] / base - 1) < 0.001
     assert "| gqa-int4 | gqa | int4 |" in variants_table(variants)
+
+
+def test_dynamic_int8_gqa_graph_quantizes_its_tied_head(lm_dir):
+    """The tied head is untied so that it is an int8 MatMulInteger too (no fp32 MatMul
+    left), and the rival int8 forms get one ``preferred``: what ``variant="int8"`` loads."""
+    variants = manifest.read(lm_dir)["variants"]
+    entry = variants["gqa-int8-dynamic"]
+    assert entry["method"] == "int8-dynamic-head" and entry["graph"] == "gqa"
+    assert entry["quantization"]["lm_head"] == "int8" and entry["quantization"]["untied_lm_head"]
+    graph = onnx.load(str(lm_dir / "onnx" / entry["file"]), load_external_data=False).graph
+    ops = [n.op_type for n in graph.node]
+    assert "MatMul" not in ops and "Transpose" not in ops
+    weight_only = onnx.load(
+        str(lm_dir / "onnx" / variants["gqa-int8"]["file"]), load_external_data=False
+    )
+    matmuls = [n for n in weight_only.graph.node if n.op_type == "MatMulNBits"]
+    assert ops.count("MatMulInteger") == len(matmuls)  # every weight, the head too
+    preferred = [n for n in ("gqa-int8", "gqa-int8-dynamic") if variants[n].get("preferred")]
+    assert len(preferred) == 1
+    timed = variants[preferred[0]]["preferred"]["ort-cpu"]["request_ms"]
+    assert set(timed) == {"gqa-int8", "gqa-int8-dynamic"} and min(timed.values()) > 0
+    chosen = runtime.load(lm_dir, backend="ort-cpu", variant="int8")
+    assert chosen.variant == preferred[0] and "quality gate timed a request" in chosen.reason
 
 
 def _head_bits(path) -> int:

@@ -260,6 +260,17 @@ def test_variant_selection():
     assert select_variant(variants, "ort-cuda", "auto")[0] == "gqa"  # nothing recommended there
     with pytest.raises(ConfigError, match="no int4 variant that runs on ort-trt"):
         select_variant(variants, "ort-trt", "int4")
+    # two int8 GQA forms: the one the gate timed clearly faster, else the one listed first
+    int8 = {"graph": "gqa", "precision": "int8", "backends": ["ort-cpu", "ort-cuda"]}
+    variants |= {"gqa-int8": dict(int8), "gqa-int8-dynamic": dict(int8)}
+    assert select_variant(variants, "ort-cpu", "int8")[0] == "gqa-int8"
+    timed = {"gqa-int8": 120.0, "gqa-int8-dynamic": 90.0}
+    variants["gqa-int8-dynamic"]["preferred"] = {
+        "ort-cpu": {"over": ["gqa-int8"], "request_ms": timed}
+    }
+    name, _, why = select_variant(variants, "ort-cpu", "int8")
+    assert name == "gqa-int8-dynamic" and "gqa-int8 120.0 ms, gqa-int8-dynamic 90.0 ms" in why
+    assert select_variant(variants, "ort-cuda", "int8")[0] == "gqa-int8"  # timed on the CPU only
     with pytest.raises(ConfigError, match="unknown variant"):
         select_variant(variants, "ort-cpu", "int3")
 

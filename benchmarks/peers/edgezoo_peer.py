@@ -10,7 +10,13 @@ from pathlib import Path
 
 from .common import Loaded
 
-VARIANTS = {"fp32": "gqa", "int8": "gqa-int8", "int4": "gqa-int4"}
+# "int8-dynamic": the other int8 form (MatMulInteger), for benchmarks.int8_forms; edgezoo only.
+VARIANTS = {
+    "fp32": "gqa",
+    "int8": "gqa-int8",
+    "int8-dynamic": "gqa-int8-dynamic",
+    "int4": "gqa-int4",
+}
 
 
 def load(model_dir: Path, precision: str, threads: int, work: Path) -> Loaded:
