@@ -20,7 +20,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import median
 
 import numpy as np
 
@@ -31,7 +30,7 @@ from edgezoo.memory import ensure_available, release_freed
 from edgezoo.model_card import write_card
 from edgezoo.onnx_files import file_facts, io_signature, publish
 from edgezoo.progress import stage
-from edgezoo.quantize import graphs, seq2seq
+from edgezoo.quantize import graphs, rivals, seq2seq
 from edgezoo.quantize.aliases import refresh_aliases
 from edgezoo.quantize.evaluate import (
     BENCH_THREADS,
@@ -46,7 +45,6 @@ from edgezoo.quantize.speed import (
     SPEED_MARGIN,
     SPEED_ROUNDS,
     interleaved,
-    request_timer,
     round_timer,
     speed_verdict,
 )
@@ -223,7 +221,16 @@ def measure_and_gate(model_dir: Path, ev: EvalData, opts: QuantizeOptions) -> di
             speed = _timed_rounds(model_dir, best, name, ev, opts)
         entry.update(_gate(entry, variants[best], best, opts, speed))
         release_freed()
-    _prefer_among_rivals(model_dir, variants, ev, opts)
+    from edgezoo.runtime.api import load_variant
+
+    # Two graphs of one precision (the int8 GQA forms): which one a precision name loads
+    rivals.prefer(
+        variants,
+        lambda name: load_variant(model_dir, name, "ort-cpu", BENCH_THREADS),
+        ev.prompt,
+        opts.speed_rounds,
+        opts.speed_margin,
+    )
     data = manifest.read(model_dir)
     data["variants"].update({n: variants[n] for n in names})
     data["quality_budget"] = {
@@ -233,55 +240,6 @@ def measure_and_gate(model_dir: Path, ev: EvalData, opts: QuantizeOptions) -> di
     }
     manifest.write(model_dir, data)
     return data["variants"]
-
-
-def rivals(variants: dict[str, dict]) -> list[list[str]]:
-    """Groups of compressed variants a precision alone cannot tell apart (same graph and
-    precision, e.g. the two int8 GQA forms), each within the quality budget."""
-    groups: dict[tuple[str, str], list[str]] = {}
-    for name, entry in variants.items():
-        verdict = entry.get("gate", {}).get("ort-cpu", {})
-        if entry.get("precision") != "fp32" and verdict.get("within_budget"):
-            groups.setdefault((entry.get("graph"), entry.get("precision")), []).append(name)
-    return [names for names in groups.values() if len(names) > 1]
-
-
-def _prefer_among_rivals(
-    model_dir: Path, variants: dict[str, dict], ev: EvalData, opts: QuantizeOptions
-) -> None:
-    """Time rivals against each other (whole requests: the prompt, then 64 tokens) in
-    interleaved rounds — not each against fp32 at other moments: this machine's speed
-    drifts more than they differ — and mark ``preferred`` the one that is clearly faster
-    (by ``speed_margin``), else the one ``plan`` lists first: what ``variant="int8"``
-    loads. Which int8 form wins depends on the CPU and the model's size."""
-    from edgezoo.runtime.api import load_variant
-
-    for entry in variants.values():
-        entry.pop("preferred", None)
-    for names in rivals(variants):
-        best, timed = names[0], {}
-        for challenger in names[1:]:
-            with stage(
-                f"time {challenger} against {best} ({opts.speed_rounds} interleaved rounds)"
-            ):
-                timers = [
-                    request_timer(
-                        lambda n=n: load_variant(model_dir, n, "ort-cpu", BENCH_THREADS), ev.prompt
-                    )
-                    for n in (best, challenger)
-                ]
-                best_ms, challenger_ms = interleaved(*timers, rounds=opts.speed_rounds)
-            timed[best], timed[challenger] = median(best_ms), median(challenger_ms)
-            if speed_verdict(best_ms, challenger_ms, opts.speed_margin)["verdict"] == "faster":
-                best = challenger  # clearly faster; on a tie the form listed first stays
-            release_freed()
-        variants[best]["preferred"] = {
-            "ort-cpu": {
-                "over": [n for n in names if n != best],
-                "request_ms": {n: round(ms, 3) for n, ms in timed.items()},
-                "request": "the held-out prompt, then 64 tokens; medians of interleaved rounds",
-            }
-        }
 
 
 def _make(

@@ -100,19 +100,3 @@ def round_timer(model: Any, prompt: str, text: str | None) -> Callable[[], float
         return (time.perf_counter() - t0) / CLASSIFY_CALLS_PER_ROUND * 1000
 
     return classify_round
-
-
-def request_timer(load: Callable[[], Any], prompt: str) -> Callable[[], float]:
-    """One round: load a model with ``load``, run one request to warm it, then time one
-    (the prompt, then 64 tokens) and let the model go. Timing whole requests tells apart
-    graphs that decode one token alike but run multi-token calls (a prompt, a speculative
-    check) at different speeds; one model at a time, because two sessions in one process
-    disturb each other (the one that just ran keeps its threads spinning)."""
-
-    def request_round() -> float:
-        model = load()
-        model.generate(prompt, max_new_tokens=64)
-        g = model.generate(prompt, max_new_tokens=64)
-        return (g.time_to_first_token_s + g.decode_s) * 1000
-
-    return request_round

@@ -12,7 +12,7 @@ from edgezoo.errors import CheckpointError, ConfigError
 from edgezoo.runtime import backends
 from edgezoo.runtime.classifier import Classifier
 from edgezoo.runtime.language_model import LanguageModel
-from edgezoo.runtime.model_files import locate
+from edgezoo.runtime.model_files import MULTI_TOKEN, REQUESTS, locate
 from edgezoo.runtime.session import make_session
 
 if TYPE_CHECKING:
@@ -61,13 +61,16 @@ def load(
     for the next one — for a model that takes turns with another in this process (a draft
     model you pass to ``SpeculativeLM`` yourself; ``draft=`` does it for you).
     """
-    model = _load(path, backend, variant, threads, graph, fp16, max_batch, verbose, spin)
     if lookup_corpus is not None:
         if draft not in (None, "prompt-lookup"):
             raise ConfigError(
                 "a lookup corpus goes with prompt lookup, not a draft model: drop one of them."
             )
         draft = "prompt-lookup"
+    # Speculative decoding checks several tokens per call: of rival graphs of the precision
+    # asked for, the one the quality gate timed fastest at that.
+    use = REQUESTS if draft is None else MULTI_TOKEN
+    model = _load(path, backend, variant, threads, graph, fp16, max_batch, verbose, spin, use)
     if draft is None:
         return model
     from edgezoo.runtime.speculative import SpeculativeLM
@@ -101,10 +104,12 @@ def _load(
     max_batch: int,
     verbose: bool,
     spin: bool = True,
+    use: str = REQUESTS,
 ) -> LanguageModel | Classifier | Seq2SeqModel:
-    """``load`` without a draft. ``spin``: see ``make_session`` (off for a draft)."""
+    """``load`` without a draft. ``spin``: see ``make_session`` (off for a draft); ``use``:
+    see ``select_variant``."""
     chosen, why_backend = backends.resolve_backend(backend)
-    files = locate(path, chosen, variant, graph)
+    files = locate(path, chosen, variant, graph, use)
     tokenizer = load_tokenizer(files.model_dir)
     reason = f"{why_backend}; {files.reason}"
     if files.family == "s2s":

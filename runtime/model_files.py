@@ -32,7 +32,11 @@ class ModelFiles:
 
 
 def locate(
-    path: str | Path, backend: str, variant: str = "fp32", graph: str = "auto"
+    path: str | Path,
+    backend: str,
+    variant: str = "fp32",
+    graph: str = "auto",
+    use: str = "requests",
 ) -> ModelFiles:
     path = Path(path)
     if not path.exists():
@@ -46,7 +50,7 @@ def locate(
         raise CheckpointError(
             f"{path} has no exported ONNX model; run `edgezoo export {path}` first."
         )
-    name, entry, reason = select_variant(info["variants"], backend, variant, graph)
+    name, entry, reason = select_variant(info["variants"], backend, variant, graph, use)
     onnx_path = manifest.onnx_dir(path) / entry["file"]
     if not onnx_path.is_file():
         raise CheckpointError(
@@ -57,9 +61,14 @@ def locate(
 
 
 def select_variant(
-    variants: dict[str, dict], backend: str, wanted: str, graph: str = "auto"
+    variants: dict[str, dict],
+    backend: str,
+    wanted: str,
+    graph: str = "auto",
+    use: str = "requests",
 ) -> tuple[str, dict, str]:
-    """Pick a variant by precision (the best graph for the backend), ``auto`` or exact name.
+    """Pick a variant by precision (the best graph for the backend), ``auto`` or exact name;
+    of rival graphs of one precision, the one timed fastest for ``use`` (``USES``).
 
     ``graph`` (portable | ort-optimized | gqa) restricts the choice, e.g. to compare graphs."""
     usable = {
@@ -98,7 +107,7 @@ def select_variant(
             n for n, e in usable.items() if e.get("precision") == wanted and e.get("graph") == kind
         ]
         if names:
-            name, measured = fastest_measured(names, usable, backend)
+            name, measured = preferred_rival(names, usable, backend, use)
             return (
                 name,
                 usable[name],
@@ -111,16 +120,27 @@ def select_variant(
     raise ConfigError(f"no {wanted} variant{only} that runs on {backend}; available: {have}.{hint}")
 
 
-def fastest_measured(names: list[str], variants: dict[str, dict], backend: str) -> tuple[str, str]:
+# Uses rival variants (same graph and precision) are timed for by the quality gate
+# (``quantize.rivals``), and the timing each is judged by.
+REQUESTS = "requests"  # a prompt, then tokens one at a time
+MULTI_TOKEN = "multi-token calls"  # several tokens per call: a speculative check
+USES = {REQUESTS: "request_ms", MULTI_TOKEN: "check_ms"}
+
+
+def preferred_rival(
+    names: list[str], variants: dict[str, dict], backend: str, use: str
+) -> tuple[str, str]:
     """Of graphs of one kind and precision (int8 GQA: weight-only and dynamic), the one the
-    quality gate timed fastest against the others on ``backend`` (``preferred``) — which is
-    faster depends on the CPU: dynamic int8 runs on AMX / VNNI integer units where a CPU has
-    them — and why; the first one when none was timed so."""
+    quality gate timed fastest for ``use`` on ``backend``, and why; the first one when they
+    were not timed (which is faster depends on the CPU: see ``quantize.rivals``)."""
     for name in names:
-        preferred = variants[name].get("preferred", {}).get(backend)
-        if preferred:
-            timed = ", ".join(f"{n} {ms:.1f} ms" for n, ms in preferred["request_ms"].items())
-            return name, f" (the quality gate timed a request on each: {timed})"
+        if use in variants[name].get("preferred", {}).get(backend, []):
+            timed = ", ".join(
+                f"{n} {variants[n]['rival_timing'][backend][USES[use]]:.1f} ms"
+                for n in names
+                if backend in variants[n].get("rival_timing", {})
+            )
+            return name, f" (the fastest for {use} as the quality gate timed them: {timed})"
     return names[0], ""
 
 

@@ -148,3 +148,21 @@ def test_quantize_takes_a_comma_list_as_well_as_repeated_targets():
     assert parse(["quantize", "d", "--to", "int8", "--speed-margin", "1.1"]).speed_margin == 1.1
     with pytest.raises(SystemExit):
         parse(["quantize", "d", "--to", "int8", "--speed-margin", "0.9"])
+
+
+def test_rivals_are_gqa_graphs_of_one_precision_within_the_budget():
+    from edgezoo.quantize.rivals import rivals
+
+    ok = {"gate": {"ort-cpu": {"within_budget": True}}}
+    over = {"gate": {"ort-cpu": {"within_budget": False}}}
+    variants = {
+        "gqa": {"graph": "gqa", "precision": "fp32"},
+        "gqa-int8": {"graph": "gqa", "precision": "int8", **ok},
+        "gqa-int8-dynamic": {"graph": "gqa", "precision": "int8", **ok},
+        "gqa-int4": {"graph": "gqa", "precision": "int4", **ok},
+        "int8": {"graph": "portable", "precision": "int8", **ok},
+        "int8-static": {"graph": "portable", "precision": "int8", **ok},
+    }
+    assert rivals(variants) == [["gqa-int8", "gqa-int8-dynamic"]]
+    variants["gqa-int8-dynamic"].update(over)  # rejected by the gate: no rival
+    assert rivals(variants) == []

@@ -260,16 +260,20 @@ def test_variant_selection():
     assert select_variant(variants, "ort-cuda", "auto")[0] == "gqa"  # nothing recommended there
     with pytest.raises(ConfigError, match="no int4 variant that runs on ort-trt"):
         select_variant(variants, "ort-trt", "int4")
-    # two int8 GQA forms: the one the gate timed clearly faster, else the one listed first
+    # two int8 GQA forms: the one the gate timed clearly faster for the use, else the first
     int8 = {"graph": "gqa", "precision": "int8", "backends": ["ort-cpu", "ort-cuda"]}
     variants |= {"gqa-int8": dict(int8), "gqa-int8-dynamic": dict(int8)}
     assert select_variant(variants, "ort-cpu", "int8")[0] == "gqa-int8"
-    timed = {"gqa-int8": 120.0, "gqa-int8-dynamic": 90.0}
-    variants["gqa-int8-dynamic"]["preferred"] = {
-        "ort-cpu": {"over": ["gqa-int8"], "request_ms": timed}
-    }
+    for name, request_ms, check_ms in (("gqa-int8", 100.0, 9.0), ("gqa-int8-dynamic", 101.0, 3.0)):
+        variants[name]["rival_timing"] = {
+            "ort-cpu": {"request_ms": request_ms, "check_ms": check_ms}
+        }
+    variants["gqa-int8"]["preferred"] = {"ort-cpu": ["requests"]}
+    variants["gqa-int8-dynamic"]["preferred"] = {"ort-cpu": ["multi-token calls"]}
     name, _, why = select_variant(variants, "ort-cpu", "int8")
-    assert name == "gqa-int8-dynamic" and "gqa-int8 120.0 ms, gqa-int8-dynamic 90.0 ms" in why
+    assert name == "gqa-int8" and "gqa-int8 100.0 ms, gqa-int8-dynamic 101.0 ms" in why
+    name, _, why = select_variant(variants, "ort-cpu", "int8", use="multi-token calls")
+    assert name == "gqa-int8-dynamic" and "gqa-int8 9.0 ms, gqa-int8-dynamic 3.0 ms" in why
     assert select_variant(variants, "ort-cuda", "int8")[0] == "gqa-int8"  # timed on the CPU only
     with pytest.raises(ConfigError, match="unknown variant"):
         select_variant(variants, "ort-cpu", "int3")

@@ -1,0 +1,106 @@
+"""Rival variants: graphs of one kind and precision that a precision name alone cannot tell
+apart — the int8 GQA graph as weight-only ``MatMulNBits`` (``gqa-int8``) and as dynamic
+``MatMulInteger`` (``gqa-int8-dynamic``). Which is faster depends on the CPU (dynamic int8
+runs on AMX / VNNI integer units where a CPU has them) and on the model's size, and differs
+by use: one token at a time, or several per call (a prompt, a speculative check).
+
+So the quality gate times rivals against each other — one model loaded at a time (two
+sessions in one process disturb each other), in interleaved rounds (this machine's speed
+drifts more than they differ), medians — and marks in each one's ``preferred`` the uses
+it is clearly faster for (by the speed margin; on a tie the one listed first keeps it).
+``runtime.load(variant="int8")`` loads the one preferred for requests, and with a draft or
+prompt lookup the one preferred for multi-token calls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from statistics import median
+from typing import Any
+
+import numpy as np
+
+from edgezoo.memory import release_freed
+from edgezoo.quantize.speed import speed_verdict
+from edgezoo.runtime.model_files import MULTI_TOKEN, REQUESTS, USES
+
+CHECK_TOKENS = 8
+NEW_TOKENS = 64
+
+
+def rivals(variants: dict[str, dict]) -> list[list[str]]:
+    """Groups of compressed GQA graphs of one precision, each within the quality budget (a
+    variant the gate rejects is no rival). Only GQA graphs: they are what a precision name
+    loads on ort-cpu, and the multi-token timing runs on their in-place cache."""
+    groups: dict[str, list[str]] = {}
+    for name, entry in variants.items():
+        verdict = entry.get("gate", {}).get("ort-cpu", {})
+        compressed = entry.get("precision") != "fp32" and entry.get("graph") == "gqa"
+        if compressed and verdict.get("within_budget"):
+            groups.setdefault(entry["precision"], []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def time_uses(lm: Any, prompt: str) -> dict[str, float]:
+    """ms of one request and of one ``CHECK_TOKENS``-token call after the prompt, each
+    after a warm-up run."""
+    from edgezoo.runtime.slot_cache import SlotCache
+
+    timed = {}
+    for key in ("warm-up", USES[REQUESTS]):
+        g = lm.generate(prompt, max_new_tokens=NEW_TOKENS)
+        timed[key] = (g.time_to_first_token_s + g.decode_s) * 1000
+    cache = SlotCache(lm.session, 1, lm.context)
+    ids = np.asarray(lm.encode([prompt])[0])
+    guesses = np.resize(ids, CHECK_TOKENS)
+    cache.prefill(0, ids, 0)
+    calls = []
+    for _ in range(3):
+        start = time.perf_counter()
+        cache.extend(0, guesses, len(ids))
+        calls.append((time.perf_counter() - start) * 1000)
+    timed[USES[MULTI_TOKEN]] = median(calls[1:])
+    del timed["warm-up"]
+    return timed
+
+
+def prefer(
+    variants: dict[str, dict],
+    load: Callable[[str], Any],
+    prompt: str,
+    rounds: int,
+    margin: float,
+) -> None:
+    """Time every group of ``rivals`` (``load(name)`` gives a model) and record, in place,
+    each rival's ``rival_timing`` and the uses it is ``preferred`` for."""
+    for entry in variants.values():
+        entry.pop("preferred", None), entry.pop("rival_timing", None)
+    for names in rivals(variants):
+        samples: dict[str, dict[str, list[float]]] = {
+            n: {k: [] for k in USES.values()} for n in names
+        }
+        for r in range(rounds):
+            for name in names if r % 2 == 0 else names[::-1]:
+                lm = load(name)
+                for key, ms in time_uses(lm, prompt).items():
+                    samples[name][key].append(ms)
+                del lm
+                release_freed()
+        for name in names:
+            variants[name]["rival_timing"] = {
+                "ort-cpu": {
+                    "against": [n for n in names if n != name],
+                    "rounds": rounds,
+                    **{key: round(median(samples[name][key]), 3) for key in USES.values()},
+                    "request": f"the held-out prompt, then {NEW_TOKENS} tokens",
+                    "check": f"{CHECK_TOKENS} tokens in one call after the prompt",
+                }
+            }
+        for use, key in USES.items():
+            best = names[0]
+            for challenger in names[1:]:
+                verdict = speed_verdict(samples[best][key], samples[challenger][key], margin)
+                if verdict["verdict"] == "faster":
+                    best = challenger
+            variants[best].setdefault("preferred", {}).setdefault("ort-cpu", []).append(use)
