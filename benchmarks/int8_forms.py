@@ -48,13 +48,14 @@ def multi_token_cost(model_dir: Path, variant: str, threads: int, tokens: int = 
 
     lm = load_variant(model_dir, variant, "ort-cpu", threads)
     cache = SlotCache(lm.session, 1, lm.context)
-    ids = np.random.default_rng(0).integers(4, lm.tokenizer.get_vocab_size(), 200 + tokens)
-    cache.prefill(0, ids[:200], 0)
+    past = min(200, lm.context - tokens)
+    ids = np.random.default_rng(0).integers(4, lm.tokenizer.get_vocab_size(), past + tokens)
+    cache.prefill(0, ids[:past], 0)
     one, many = [], []
     for _ in range(15):
         for n, out in ((1, one), (tokens, many)):
             start = time.perf_counter()
-            cache.extend(0, ids[200 : 200 + n], 200)
+            cache.extend(0, ids[past : past + n], past)
             out.append(time.perf_counter() - start)
     return statistics.median(many) / statistics.median(one)
 

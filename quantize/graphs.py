@@ -56,7 +56,7 @@ def _save(model: onnx.ModelProto, dst: Path) -> None:
 def int8_dynamic(src: Path, dst: Path, per_channel: bool = True, with_head: bool = False) -> dict:
     """``quantize_dynamic`` of every MatMul with a constant weight. ``with_head``: untie a tied
     LM head first (``MatMul(x, Transpose(embedding))`` has no constant weight, so it would
-    stay fp32 — at ``small`` a fifth of a decode step) so that it is quantized too; the
+    stay fp32 — a tenth of a decode step at ``small``, measured) so that it is quantized; the
     embedding Gather stays fp32. Returns what was done for the manifest."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -31,7 +31,9 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         "--variant",
         default="auto",
         help="auto (the variant the quantize quality gate recommends for the backend, else "
-        "fp32) | fp32 | fp16 | int8 | int4 | a manifest name",
+        "fp32) | fp32 | fp16 | int8 | int4 | a manifest name (e.g. gqa-int8-dynamic). Of the "
+        "two int8 graphs, int8 takes the one the gate timed faster: for requests, or with "
+        "--draft for multi-token calls",
     )
     parser.add_argument(
         "--threads",

@@ -219,3 +219,28 @@ def test_bad_input_and_failed_variants_leave_nothing(lm_dir, tmp_path, monkeypat
     with pytest.raises(ExportError):
         quantize_model(lm_dir, "int4", QuantizeOptions(data=str(text_corpus)))
     assert sorted(p.name for p in (lm_dir / "onnx").iterdir()) == before
+
+
+def test_int8_forms_benchmark_measures_and_tabulates(lm_dir):
+    """The multi-token column is a real timing ratio, and the table divides by GenAI's row."""
+    from benchmarks.int8_forms import multi_token_cost, to_markdown
+
+    assert 0.2 < multi_token_cost(lm_dir, "gqa-int8-dynamic", 1, tokens=8) < 50
+    row = {"size": "nano", "prompt": 32, "rounds": 1, "peak_rss_mb": 80.0, "greedy_equal_genai": 16}
+    results = {
+        "machine": {"cpu": "x", "cores": 2, "int8_units": "amx_int8", "onnxruntime": "1"},
+        "threads": 2,
+        "rows": [
+            row | {"runtime": "ort-genai int8", "decode_ms": 2.0, "ttft_ms": 10.0},
+            row
+            | {"runtime": "edgezoo gqa-int8-dynamic", "decode_ms": 1.0, "ttft_ms": 2.5}
+            | {"multi_token_cost": 1.2},
+            {"size": "nano", "prompt": 32, "runtime": "edgezoo gqa-int8", "note": "failed: x"},
+        ],
+    }
+    table = to_markdown(results)
+    assert (
+        "| nano | 32 | edgezoo gqa-int8-dynamic | 1.000 | 0.50 | 2.5 | 0.25 | 80 | 1.20× | 16 |"
+        in table
+    )
+    assert "failed: x" in table and "(amx_int8)" in table
