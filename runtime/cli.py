@@ -31,9 +31,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         "--variant",
         default="auto",
         help="auto (the variant the quantize quality gate recommends for the backend, else "
-        "fp32) | fp32 | fp16 | int8 | int4 | a manifest name (e.g. gqa-int8-dynamic). Of the "
-        "two int8 graphs, int8 takes the one the gate timed faster: for requests, or with "
-        "--draft for multi-token calls",
+        "fp32) | fp32 | fp16 | int8 (of two int8 graphs, the one the gate timed faster for "
+        "the job) | int4 | a manifest name such as gqa-int8-dynamic",
     )
     parser.add_argument(
         "--threads",
