@@ -52,7 +52,7 @@ def time_uses(lm: Any, prompt: str) -> dict[str, float]:
         g = lm.generate(prompt, max_new_tokens=NEW_TOKENS)
         timed[key] = (g.time_to_first_token_s + g.decode_s) * 1000
     cache = SlotCache(lm.session, 1, lm.context)
-    ids = np.asarray(lm.encode([prompt])[0])
+    ids = np.asarray(lm.encode([prompt])[0])[: lm.context - CHECK_TOKENS]
     guesses = np.resize(ids, CHECK_TOKENS)
     cache.prefill(0, ids, 0)
     calls = []

@@ -31,12 +31,19 @@ class ModelFiles:
     reason: str
 
 
+# Uses rival variants (same graph and precision) are timed for by the quality gate
+# (``quantize.rivals``), and the timing each is judged by.
+REQUESTS = "requests"  # a prompt, then tokens one at a time
+MULTI_TOKEN = "multi-token calls"  # several tokens per call: a speculative check
+USES = {REQUESTS: "request_ms", MULTI_TOKEN: "check_ms"}
+
+
 def locate(
     path: str | Path,
     backend: str,
     variant: str = "fp32",
     graph: str = "auto",
-    use: str = "requests",
+    use: str = REQUESTS,
 ) -> ModelFiles:
     path = Path(path)
     if not path.exists():
@@ -65,7 +72,7 @@ def select_variant(
     backend: str,
     wanted: str,
     graph: str = "auto",
-    use: str = "requests",
+    use: str = REQUESTS,
 ) -> tuple[str, dict, str]:
     """Pick a variant by precision (the best graph for the backend), ``auto`` or exact name;
     of rival graphs of one precision, the one timed fastest for ``use`` (``USES``).
@@ -118,13 +125,6 @@ def select_variant(
     hint = " Make one with `edgezoo quantize`." if wanted != "fp32" else ""
     only = f" with a {graph} graph" if graph != "auto" else ""
     raise ConfigError(f"no {wanted} variant{only} that runs on {backend}; available: {have}.{hint}")
-
-
-# Uses rival variants (same graph and precision) are timed for by the quality gate
-# (``quantize.rivals``), and the timing each is judged by.
-REQUESTS = "requests"  # a prompt, then tokens one at a time
-MULTI_TOKEN = "multi-token calls"  # several tokens per call: a speculative check
-USES = {REQUESTS: "request_ms", MULTI_TOKEN: "check_ms"}
 
 
 def preferred_rival(
