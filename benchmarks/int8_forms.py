@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 
 from edgezoo import atomic
+from edgezoo.runtime.timing import time_calls
 
 from .bench import machine, prepare
 from .peers import run_peer
@@ -44,20 +44,11 @@ VARIANT_OF = {"int8": "gqa-int8", "int8-dynamic": "gqa-int8-dynamic"}
 def multi_token_cost(model_dir: Path, variant: str, threads: int, tokens: int = 8) -> float:
     """A ``tokens``-token call's time ÷ a 1-token call's, at the same cache position."""
     from edgezoo.runtime.api import load_variant
-    from edgezoo.runtime.slot_cache import SlotCache
 
     lm = load_variant(model_dir, variant, "ort-cpu", threads)
-    cache = SlotCache(lm.session, 1, lm.context)
-    past = min(200, lm.context - tokens)
-    ids = np.random.default_rng(0).integers(4, lm.tokenizer.get_vocab_size(), past + tokens)
-    cache.prefill(0, ids[:past], 0)
-    one, many = [], []
-    for _ in range(15):
-        for n, out in ((1, one), (tokens, many)):
-            start = time.perf_counter()
-            cache.extend(0, ids[past : past + n], past)
-            out.append(time.perf_counter() - start)
-    return statistics.median(many) / statistics.median(one)
+    prompt = np.random.default_rng(0).integers(4, lm.tokenizer.get_vocab_size(), 200).tolist()
+    seconds = time_calls(lm, prompt, (1, tokens), rounds=15)
+    return seconds[tokens] / seconds[1]
 
 
 def int8_units() -> str:

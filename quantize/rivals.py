@@ -14,16 +14,14 @@ prompt lookup the one preferred for multi-token calls.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from statistics import median
 from typing import Any
 
-import numpy as np
-
 from edgezoo.memory import release_freed
 from edgezoo.quantize.speed import speed_verdict
 from edgezoo.runtime.model_files import MULTI_TOKEN, REQUESTS, USES
+from edgezoo.runtime.timing import time_calls
 
 CHECK_TOKENS = 8
 NEW_TOKENS = 64
@@ -45,24 +43,13 @@ def rivals(variants: dict[str, dict]) -> list[list[str]]:
 def time_uses(lm: Any, prompt: str) -> dict[str, float]:
     """ms of one request and of one ``CHECK_TOKENS``-token call after the prompt, each
     after a warm-up run."""
-    from edgezoo.runtime.slot_cache import SlotCache
-
-    timed = {}
-    for key in ("warm-up", USES[REQUESTS]):
-        g = lm.generate(prompt, max_new_tokens=NEW_TOKENS)
-        timed[key] = (g.time_to_first_token_s + g.decode_s) * 1000
-    cache = SlotCache(lm.session, 1, lm.context)
-    ids = np.asarray(lm.encode([prompt])[0])[: lm.context - CHECK_TOKENS]
-    guesses = np.resize(ids, CHECK_TOKENS)
-    cache.prefill(0, ids, 0)
-    calls = []
-    for _ in range(3):
-        start = time.perf_counter()
-        cache.extend(0, guesses, len(ids))
-        calls.append((time.perf_counter() - start) * 1000)
-    timed[USES[MULTI_TOKEN]] = median(calls[1:])
-    del timed["warm-up"]
-    return timed
+    lm.generate(prompt, max_new_tokens=NEW_TOKENS)  # warm-up: allocations, thread pool
+    g = lm.generate(prompt, max_new_tokens=NEW_TOKENS)
+    check = time_calls(lm, lm.encode([prompt])[0], (CHECK_TOKENS,), rounds=2)
+    return {
+        USES[REQUESTS]: (g.time_to_first_token_s + g.decode_s) * 1000,
+        USES[MULTI_TOKEN]: check[CHECK_TOKENS] * 1000,
+    }
 
 
 def prefer(

@@ -6,7 +6,11 @@ itself the same way the committed tables were measured.
 
 from __future__ import annotations
 
+from statistics import median
+from time import perf_counter
 from typing import NamedTuple
+
+import numpy as np
 
 from edgezoo.runtime.language_model import LanguageModel
 from edgezoo.runtime.sampling import SamplingParams
@@ -37,3 +41,26 @@ def time_decode(
         steps.extend(first.step_s)
         ttft.append(first.time_to_first_token_s)
     return DecodeTiming(steps, ttft, tokens)
+
+
+def time_calls(
+    lm: LanguageModel, prompt_ids: list[int], sizes: tuple[int, ...], rounds: int
+) -> dict[int, float]:
+    """Median seconds of one call over ``n`` tokens, for each ``n`` in ``sizes``, at the same
+    cache position after ``prompt_ids`` (cut to leave room): what a speculative check or a
+    prompt chunk costs against one decode step. Sizes alternate within each round, after one
+    untimed call each. Needs the gqa graph on the CPU (``SlotCache``)."""
+    from edgezoo.runtime.slot_cache import SlotCache
+
+    cache = SlotCache(lm.session, 1, lm.context)
+    past = np.asarray(prompt_ids)[: lm.context - max(sizes)]
+    tokens = np.resize(past, max(sizes))
+    cache.prefill(0, past, 0)
+    seconds: dict[int, list[float]] = {n: [] for n in sizes}
+    for timed in [False] + [True] * rounds:
+        for n in sizes:
+            start = perf_counter()
+            cache.extend(0, tokens[:n], len(past))
+            if timed:
+                seconds[n].append(perf_counter() - start)
+    return {n: median(s) for n, s in seconds.items()}
