@@ -178,6 +178,7 @@ def quantize_model(
                 "source_variant": source,
                 "backends": _backends(src_entry, method, opts),
                 "quantization": details,
+                **decode_rows(details),
                 "max_abs_diff_vs_fp32": delta,
                 "build_s": round(build_s, 2),
                 **io_signature(staged),
@@ -242,11 +243,22 @@ def measure_and_gate(model_dir: Path, ev: EvalData, opts: QuantizeOptions) -> di
     return data["variants"]
 
 
+def decode_rows(details: dict) -> dict:
+    """A graph with per-row activation scales decodes two rows a call (the token and a
+    filler): the attention kernel rounds a one-row call differently from a several-row one,
+    and int8 rounding can magnify that ~1e-6 into a flipped token. With both rows its
+    speculative checks and batches give its plain loop's logits bit for bit (tested)."""
+    return {"decode_rows": 2} if details.get("activation_scales") == "per row" else {}
+
+
 def _make(
     src: Path, dst: Path, method: str, opts: QuantizeOptions, model_dir: Path, ev: EvalData
 ) -> dict:
     if method in ("int8-dynamic", "int8-dynamic-head"):
-        return graphs.int8_dynamic(src, dst, opts.per_channel, with_head=method.endswith("head"))
+        # The GQA form is the one speculative decoding and batches use: one scale per row, so
+        # that a token's logits do not depend on the tokens it shares a call with.
+        head = method.endswith("head")
+        return graphs.int8_dynamic(src, dst, opts.per_channel, with_head=head, per_row=head)
     if method.startswith("weight-only"):
         bits = int(method.rsplit("-", 1)[1])
         head = 8 if opts.head_bits == AUTO else opts.head_bits  # auto without data: int8

@@ -146,6 +146,7 @@ def _load(
             files.config,
             graph=files.entry.get("graph", "portable"),
             device=backends.device_type(chosen),
+            decode_rows=int(files.entry.get("decode_rows", 1)),
             **common,
         )
         lm.chat_config = read_chat_config(files.model_dir)

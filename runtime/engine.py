@@ -58,7 +58,7 @@ class Engine:
         if slots < 1 or prefill_chunk < 1:
             raise ConfigError(f"slots={slots}, prefill_chunk={prefill_chunk}: both must be >= 1.")
         self.lm, self.slots, self.prefill_chunk = lm, slots, prefill_chunk
-        self.cache = SlotCache(lm.session, slots, lm.context)
+        self.cache = SlotCache(lm.session, slots, lm.context, lm.decode_rows)
         self.on_step = on_step  # called with the decode batch size, for metrics
         self.rows: list[Row] = []  # rows[i] is cache row i; a prefilling row is always last
         self.waiting: deque[EngineRequest] = deque()

@@ -8,6 +8,14 @@ on the GPU under CUDA) instead of round-tripping through numpy.
 at the maximum length and bound as both ``past`` and ``present``; the kernel writes the
 new keys in place, the token ids come from and the logits go to preallocated buffers bound
 once, so a decode step allocates and binds nothing but the mask.
+
+``decode_rows=2`` (graphs whose manifest entry asks for it: per-row int8): each decode
+step runs the token twice — the copy lands one position further and the next step
+overwrites it. The attention kernel rounds a one-row call differently from a
+several-row call (~1e-6); quantizing activations can magnify that into another token.
+Two rows put every step on the several-row path, so a speculative check gives the plain
+loop's logits bit for bit. Batches of several prompts decode one row per prompt: ORT's
+GQA kernel takes several tokens per call only for a batch of one.
 """
 
 from __future__ import annotations
@@ -59,9 +67,29 @@ def trims_logits(sess: ort.InferenceSession) -> bool:
     return any(i.name == io_names.LOGITS_FROM for i in sess.get_overridable_initializers())
 
 
+def with_filler(mask: np.ndarray) -> np.ndarray:
+    """A right-padded mask with one more position per row (the filler row's)."""
+    lengths = mask.sum(axis=1)
+    if int(lengths.min()) == mask.shape[1]:  # every row full (batch 1): all ones
+        return np.ones((len(mask), mask.shape[1] + 1), np.int64)
+    out = np.zeros((len(mask), mask.shape[1] + 1), np.int64)
+    out[:, :-1] = mask
+    out[np.arange(len(mask)), lengths] = 1
+    return out
+
+
 class SharedBufferCache:
-    def __init__(self, sess: ort.InferenceSession, batch: int, max_len: int, device: str) -> None:
-        self.sess, self.device = sess, device
+    def __init__(
+        self,
+        sess: ort.InferenceSession,
+        batch: int,
+        max_len: int,
+        device: str,
+        decode_rows: int = 1,
+    ) -> None:
+        self.sess, self.device, self.max_len = sess, device, max_len
+        # ORT's GQA kernel takes several tokens per call only for a batch of one.
+        self.decode_rows = rows = decode_rows if batch == 1 else 1
         inputs = {i.name: i for i in sess.get_inputs()}
         self.kv_names = [n for n in inputs if io_names.is_past(n)]
         spec = inputs[self.kv_names[0]].shape
@@ -72,15 +100,15 @@ class SharedBufferCache:
         ]
         vocab = sess.get_outputs()[0].shape[-1]
         if device == "cpu":  # an OrtValue over a numpy array shares its memory: no copy to read
-            self.logits_host = np.empty((batch, 1, vocab), np.float32)
+            self.logits_host = np.empty((batch, rows, vocab), np.float32)
             self.step_logits = ort.OrtValue.ortvalue_from_numpy(self.logits_host)
         else:
             self.logits_host = None
             self.step_logits = ort.OrtValue.ortvalue_from_shape_and_type(
-                [batch, 1, vocab], np.float32, device, 0
+                [batch, rows, vocab], np.float32, device, 0
             )
         # A decode step's token ids: one host buffer, bound once; a step writes into it.
-        self.step_ids_host = np.zeros((batch, 1), np.int64)
+        self.step_ids_host = np.zeros((batch, rows), np.int64)
         self.step_ids = ort.OrtValue.ortvalue_from_numpy(self.step_ids_host)
         self.decode_bound = False  # whether the one-token ids and logits are bound now
         # One binding for the whole generation: the cache buffers are bound once as both
@@ -116,9 +144,15 @@ class SharedBufferCache:
         self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray | None = None
     ) -> np.ndarray:
         """``mask`` is right-padded: its row sums are each row's total length. Returns the
-        logits of positions ``logits_from`` on (all, unless ``last_logits`` runs)."""
+        logits of positions ``logits_from`` on (all, unless ``last_logits`` runs); a one-token
+        step returns ``[batch, decode_rows, vocab]``: row 0 is the token's."""
         binding = self.binding
         one_token = ids.shape[1] == 1
+        if one_token and self.decode_rows == 2:
+            if mask.shape[1] < self.max_len:  # room for the filler (else: a one-row call)
+                mask = with_filler(mask)
+            else:
+                one_token = False
         if one_token:
             self.step_ids_host[...] = ids
             if not self.decode_bound:

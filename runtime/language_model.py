@@ -50,8 +50,12 @@ class LanguageModel(TextGenerator):
         backend: str = "ort-cpu",
         variant: str = "fp32",
         reason: str = "",
+        decode_rows: int = 1,
     ) -> None:
         self.session, self.tokenizer, self.config = session, tokenizer, config
+        # Rows a one-token step runs (2: the token and a filler; see ``kv_cache``): from the
+        # variant's manifest entry.
+        self.decode_rows = decode_rows
         self.graph, self.device, self.backend, self.variant, self.reason = (
             graph,
             device,
@@ -143,7 +147,9 @@ class LanguageModel(TextGenerator):
 
         def start() -> tuple[np.ndarray, StepFn]:
             if self.graph == "gqa":
-                cache = SharedBufferCache(self.session, batch, longest + max_new, self.device)
+                cache = SharedBufferCache(
+                    self.session, batch, longest + max_new, self.device, self.decode_rows
+                )
                 ones = np.ones((1, longest + max_new), np.int64)
 
                 def step(next_ids: np.ndarray, n: int) -> np.ndarray:

@@ -11,6 +11,11 @@ first ``n`` rows, which is contiguous, so it costs what a batch of ``n`` costs a
 for idle slots. Freeing a row moves the last one into its place (a copy of its used
 positions only). The buffers are numpy arrays that ORT reads and writes in place, so
 this cache runs on the CPU.
+
+``decode_rows=2``: one-token calls of one row run the token twice, as
+``SharedBufferCache`` does (see ``kv_cache``), so that they round as several-token calls
+do. A step of several rows runs one token each: ORT's GQA kernel takes several tokens per
+call only for a batch of one.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from edgezoo.runtime.kv_cache import trims_logits
 
 
 class SlotCache:
-    def __init__(self, sess: ort.InferenceSession, slots: int, max_len: int) -> None:
-        self.sess, self.slots, self.max_len = sess, slots, max_len
+    def __init__(
+        self, sess: ort.InferenceSession, slots: int, max_len: int, decode_rows: int = 1
+    ) -> None:
+        self.sess, self.slots, self.max_len, self.decode_rows = sess, slots, max_len, decode_rows
         inputs = {i.name: i for i in sess.get_inputs()}
         self.kv_names = [n for n in inputs if io_names.is_past(n)]
         spec = inputs[self.kv_names[0]].shape
@@ -87,6 +94,10 @@ class SlotCache:
         if total > self.max_len:
             raise ValueError(f"row would hold {total} tokens; the cache holds {self.max_len}")
         ids = np.asarray(chunk, np.int64)[None, :]
+        if self.decode_rows == 2 and len(chunk) == 1 and total < self.max_len:
+            ids = np.repeat(ids, 2, axis=1)  # the token and its filler
+            logits = self._run(self._bound(row, row + 1), ids, np.ones((1, total + 1), np.int64))
+            return logits[0, :1]
         mask = np.ones((1, total), np.int64)
         return self._run(self._bound(row, row + 1), ids, mask, last_only)[0]
 
@@ -94,9 +105,11 @@ class SlotCache:
         """One token for each of rows ``0..n-1`` (``lengths``: tokens each row holds before
         this one); returns logits ``[n, vocab]``."""
         n = len(tokens)
-        width = int(lengths.max()) + 1
-        mask = (np.arange(width)[None, :] <= lengths[:, None]).astype(np.int64)
-        ids = np.asarray(tokens, np.int64)[:, None]
+        # ORT's GQA takes several tokens per row only for one row: a batch decodes one each.
+        rows = 2 if self.decode_rows == 2 and n == 1 and int(lengths[0]) + 2 <= self.max_len else 1
+        width = int(lengths.max()) + rows
+        mask = (np.arange(width)[None, :] < (lengths + rows)[:, None]).astype(np.int64)
+        ids = np.repeat(np.asarray(tokens, np.int64)[:, None], rows, axis=1)
         return self._run(self._bound(0, n), ids, mask)[:, 0]
 
     def move(self, src: int, dst: int, length: int) -> None:

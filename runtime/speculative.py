@@ -154,7 +154,7 @@ class DraftModel:
 
     def __init__(self, draft: Any, target: Any) -> None:
         self.lm = draft
-        self.cache = SlotCache(draft.session, 1, draft.context)
+        self.cache = SlotCache(draft.session, 1, draft.context, draft.decode_rows)
         self.length = 0  # tokens of the sequence in the draft's cache
 
     def propose(self, seq: list[int], k: int, params: SamplingParams, rng) -> tuple[list, list]:
@@ -215,7 +215,7 @@ def speculative_deltas(
     rng = None if params.greedy else np.random.default_rng(params.seed)
     request = EngineRequest(list(prompt_ids), params, lambda delta: None)
     row = Row(request, target.tokenizer, context=target.context, vocab=0, eos_id=target.eos_id)
-    cache = SlotCache(target.session, 1, target.context)
+    cache = SlotCache(target.session, 1, target.context, target.decode_rows)
     seq = list(prompt_ids)
     logits = cache.prefill(0, np.array(seq), 0)  # the target's view after the prompt
     delta = _take(row, _pick(params, logits, rng), seq)

@@ -52,7 +52,7 @@ def time_calls(
     untimed call each. Needs the gqa graph on the CPU (``SlotCache``)."""
     from edgezoo.runtime.slot_cache import SlotCache
 
-    cache = SlotCache(lm.session, 1, lm.context)
+    cache = SlotCache(lm.session, 1, lm.context, lm.decode_rows)
     past = np.asarray(prompt_ids)[: lm.context - max(sizes)]
     tokens = np.resize(past, max(sizes))
     cache.prefill(0, past, 0)

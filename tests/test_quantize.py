@@ -80,6 +80,11 @@ def test_dynamic_int8_gqa_graph_quantizes_its_tied_head(lm_dir):
     )
     matmuls = [n for n in weight_only.graph.node if n.op_type == "MatMulNBits"]
     assert ops.count("MatMulInteger") == len(matmuls)  # every weight, the head too
+    # one activation scale per token, and two-row decode steps (see kv_cache)
+    assert "DynamicQuantizeLinear" not in ops and ops.count("QuantizeLinear") > 0
+    assert entry["quantization"]["activation_scales"] == "per row" and entry["decode_rows"] == 2
+    assert variants["int8"]["quantization"]["activation_scales"] == "per call"
+    assert "decode_rows" not in variants["int8"]
     rivals = ("gqa-int8", "gqa-int8-dynamic")
     for use in ("requests", "multi-token calls"):  # each use has one preferred form
         chosen = [n for n in rivals if use in variants[n].get("preferred", {}).get("ort-cpu", [])]
@@ -92,6 +97,55 @@ def test_dynamic_int8_gqa_graph_quantizes_its_tied_head(lm_dir):
     assert "quality gate timed them" in plain.reason
     spec = runtime.load(lm_dir, backend="ort-cpu", variant="int8", draft="prompt-lookup")
     assert "multi-token calls" in variants[spec.target.variant]["preferred"]["ort-cpu"]
+
+
+def test_per_row_activations_quantize_each_row_with_its_own_scale(tmp_path):
+    """The rewritten graph computes what symmetric per-row int8 does (numpy), and a row's
+    result does not change with the rows beside it — unlike one scale per call."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((64, 48)).astype(np.float32)
+    node = helper.make_node("MatMul", ["x", "w"], ["y"])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "rows", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "rows", 48])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    src, dst = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    onnx.save(model, src)
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+    per_call = onnx.load(str(dst))
+    per_row = onnx.ModelProto()
+    per_row.CopyFrom(per_call)
+    assert graphs.per_row_activations(per_row) == 1
+    x = rng.standard_normal((1, 5, 64)).astype(np.float32)
+    x[0, 3] *= 40  # an outlier row
+    x[0, 4] = 0  # an all-zero row: scale floored, output zero
+    run = {
+        name: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        for name, m in (("call", per_call), ("row", per_row))
+    }
+    w_inits = {i.name: numpy_helper.to_array(i) for i in per_call.graph.initializer}
+    w_q = next(v for v in w_inits.values() if v.dtype == np.int8 and v.ndim == 2)
+    w_scale = next(v for k, v in w_inits.items() if k.endswith("scale"))
+    scale = np.abs(x).max(-1, keepdims=True) / 127
+    x_q = np.round(x / np.maximum(scale, np.finfo(np.float32).tiny))
+    want = (x_q @ w_q.astype(np.float32)) * scale * w_scale
+    got = run["row"].run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    assert np.all(got[0, 4] == 0)
+    alone = run["row"].run(None, {"x": x[:, :3]})[0]
+    assert np.array_equal(alone, got[:, :3])  # the outlier row changes no other row
+    assert not np.allclose(
+        run["call"].run(None, {"x": x[:, :3]})[0], run["call"].run(None, {"x": x})[0][:, :3]
+    )
 
 
 def _head_bits(path) -> int:

@@ -97,6 +97,88 @@ def test_greedy_text_is_the_targets_own(target, draft, proposer, k):
                 assert stats.target_calls <= -(-50 // (k + 1)) + 1
 
 
+@pytest.fixture(scope="module")
+def int8_target(target_dir, tmp_path_factory):
+    """The target's per-row dynamic int8 graph (what ``quantize --to int8`` writes as
+    ``gqa-int8-dynamic``), recorded in a copy of its dir."""
+    from edgezoo import manifest
+    from edgezoo.onnx_files import file_facts
+    from edgezoo.quantize import graphs
+    from edgezoo.quantize.pipeline import decode_rows
+
+    path = tmp_path_factory.mktemp("spec-int8") / "target"
+    shutil.copytree(target_dir, path)
+    entry = manifest.read(path)["variants"]["gqa"]
+    dst = path / "onnx" / "model.gqa-int8-dynamic.onnx"
+    details = graphs.int8_dynamic(path / "onnx" / entry["file"], dst, with_head=True, per_row=True)
+    quantized = {"file": dst.name, "precision": "int8", "quantization": details}
+    manifest.add_variant(
+        path, "gqa-int8-dynamic", {**entry, **quantized, **decode_rows(details), **file_facts(dst)}
+    )
+    return runtime.load(path, backend="ort-cpu", variant="gqa-int8-dynamic")
+
+
+@pytest.mark.parametrize("k", [1, 3, 8, "adaptive"])
+def test_per_row_int8_greedy_text_is_the_targets_own(int8_target, k):
+    """Int8 activations round: a ~1e-6 difference between the attention kernel's one-row and
+    several-row paths can flip a quantization step and then a token. Per-row scales and
+    two-row decode steps keep every logit the plain loop's, so the text is too — up to the
+    context's end."""
+    assert int8_target.decode_rows == 2
+    assert int8_target.variant == "gqa-int8-dynamic"
+    for params in (
+        SP(temperature=0, max_new_tokens=50, ignore_eos=True),
+        SP(temperature=0, max_new_tokens=500),  # runs into the context: length
+    ):
+        for prompt in PROMPTS:
+            ids = int8_target.encode([prompt])[0]
+            want = int8_target.generate_ids([ids], params)[0]
+            for proposer in (PromptLookup(), DraftModel(int8_target, int8_target)):
+                length = DraftLength(2, 12) if k == "adaptive" else DraftLength(k, k)
+                got, _ = speculative_generate(int8_target, ids, params, proposer, length)
+                assert (got.token_ids, got.finish_reason) == (want.token_ids, want.finish_reason)
+
+
+def test_per_row_int8_logits_do_not_depend_on_the_call(int8_target):
+    """A token's logits are the same bits whether it runs alone or among guesses: the
+    property greedy identity rests on. In a batch of requests (one token per row: ORT's GQA
+    kernel takes several per call only for one row) they stay within rounding."""
+    from edgezoo.runtime.slot_cache import SlotCache
+
+    rng = np.random.default_rng(0)
+    prompt, other, follow = (
+        rng.integers(5, 200, 20),
+        rng.integers(5, 200, 31),
+        rng.integers(5, 200, 12),
+    )
+    alone = SlotCache(int8_target.session, 1, int8_target.context, decode_rows=2)
+    alone.prefill(0, prompt, 0)
+    single = np.stack([alone.extend(0, follow[i : i + 1], 20 + i)[0] for i in range(12)])
+    decoded = SlotCache(int8_target.session, 1, int8_target.context, decode_rows=2)
+    decoded.prefill(0, prompt, 0)
+    steps = [decoded.decode(follow[i : i + 1], np.array([20 + i]))[0] for i in range(12)]
+    chunked = SlotCache(int8_target.session, 1, int8_target.context, decode_rows=2)
+    chunked.prefill(0, prompt, 0)
+    guessed = np.concatenate([chunked.extend(0, follow[i : i + 4], 20 + i) for i in (0, 4, 8)])
+    assert np.array_equal(single, guessed) and np.array_equal(single, np.stack(steps))
+    batched = SlotCache(int8_target.session, 2, int8_target.context, decode_rows=2)
+    batched.prefill(0, prompt, 0)
+    batched.prefill(1, other, 0)
+    rows = [
+        batched.decode(np.array([t, 9]), np.array([20 + i, 31 + i])) for i, t in enumerate(follow)
+    ]
+    together = np.stack([r[0] for r in rows])
+    np.testing.assert_allclose(together, single, atol=0.05 * np.abs(single).max())
+    # the plain loop's batches and the serving engine decode per-row graphs too
+    params = SP(temperature=0, max_new_tokens=30, ignore_eos=True)
+    ids = [int8_target.encode([p])[0] for p in PROMPTS[:2]]
+    want = [int8_target.generate_ids([i], params)[0].token_ids for i in ids]
+    assert [g.token_ids for g in int8_target.generate_ids(ids, params)] == want
+    short = SP(temperature=0, max_new_tokens=10, ignore_eos=True)  # leaves the other alone
+    engine = int8_target.generate_each(ids, [params, short])
+    assert [g.token_ids for g in engine] == [want[0], want[1][:10]]
+
+
 def test_corpus_lookup_keeps_greedy_text_and_adds_accepted_guesses(target, tmp_path):
     """A corpus of what the model writes (REST's premise: the text it was trained on) gives
     guesses where the text has nothing to copy yet: more of them accepted, same tokens."""
