@@ -109,7 +109,8 @@ def prepare(size: str, work: Path, context: int = 1024) -> Path:
     if {"gqa", "gqa-int8", "gqa-int4"} <= set(variants):
         if _head_bits(variants["gqa-int4"]) != INT4_HEAD_BITS:  # built before the head rule
             quantize_model(out, "int4", QuantizeOptions(head_bits=INT4_HEAD_BITS), False)
-        if "gqa-int8-dynamic" not in variants:  # built before the second int8 form
+        dynamic = variants.get("gqa-int8-dynamic", {}).get("quantization", {})
+        if dynamic.get("activation_scales") != "per row":  # before the second int8 form / per row
             quantize_model(out, "int8", QuantizeOptions(), measure_all=False)
         return out
     import torch

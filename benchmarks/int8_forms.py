@@ -5,8 +5,9 @@ decode per token, time to first token, peak memory, and what a multi-token call 
 
 * ``gqa-int8``: weight-only ``MatMulNBits`` (bits 8, int8 activations per block inside the
   kernel) — op for op what GenAI's builder writes for int8.
-* ``gqa-int8-dynamic``: ``quantize_dynamic`` (``DynamicQuantizeLinear`` + ``MatMulInteger``,
-  the tied LM head untied and quantized too): integer GEMMs that run on AMX / VNNI units
+* ``gqa-int8-dynamic``: ``quantize_dynamic`` (``MatMulInteger``, the tied LM head untied and
+  quantized too; activations quantized with one scale per token, and two-row decode steps
+  — ``quantize.graphs.per_row_activations``): integer GEMMs that run on AMX / VNNI units
   where the CPU has them, so a call over several tokens — a prompt, a speculative check,
   a batch — costs little more than one token.
 

@@ -98,7 +98,8 @@ def _add_gate_arguments(s: argparse.ArgumentParser) -> None:
         "--speed-rounds",
         type=argtypes.at_least(1),
         default=SPEED_ROUNDS,
-        help="gate: timing rounds of fp32 and each variant, interleaved; the medians are compared",
+        help="gate: timing rounds of fp32 and each variant, interleaved, one model loaded at "
+        "a time; the medians are compared",
     )
     s.add_argument(
         "--speed-margin",

@@ -44,7 +44,7 @@ from edgezoo.quantize.head_choice import AUTO, choose_head_bits
 from edgezoo.quantize.speed import (
     SPEED_MARGIN,
     SPEED_ROUNDS,
-    interleaved,
+    one_loaded_at_a_time,
     round_timer,
     speed_verdict,
 )
@@ -381,16 +381,21 @@ def _backends(src_entry: dict, method: str, opts: QuantizeOptions) -> list[str]:
 def _timed_rounds(
     model_dir: Path, base_name: str, name: str, ev: EvalData, opts: QuantizeOptions
 ) -> dict:
-    """fp32 and ``name`` timed in alternating rounds in this process (see quantize.speed)."""
+    """fp32 and ``name`` timed in alternating rounds, one model loaded at a time (see
+    quantize.speed): each round loads the model, runs once to warm it, then times a run."""
     from edgezoo.runtime.api import load_variant
 
     text = ev.rows[0][0] if ev.rows else None
-    timers = [
-        round_timer(load_variant(model_dir, n, "ort-cpu", BENCH_THREADS), ev.prompt, text)
-        for n in (base_name, name)
-    ]
-    base_ms, variant_ms = interleaved(*timers, rounds=opts.speed_rounds)
-    return speed_verdict(base_ms, variant_ms, opts.speed_margin)
+
+    def timed(variant: str) -> float:
+        timer = round_timer(
+            load_variant(model_dir, variant, "ort-cpu", BENCH_THREADS), ev.prompt, text
+        )
+        timer()  # the first run allocates buffers and arenas: not a fair round
+        return timer()
+
+    ms = one_loaded_at_a_time([base_name, name], timed, opts.speed_rounds)
+    return speed_verdict(ms[base_name], ms[name], opts.speed_margin)
 
 
 def _gate(

@@ -1,6 +1,6 @@
 """Rival variants: graphs of one kind and precision that a precision name alone cannot tell
 apart — the int8 GQA graph as weight-only ``MatMulNBits`` (``gqa-int8``) and as dynamic
-``MatMulInteger`` (``gqa-int8-dynamic``). Which is faster depends on the CPU (dynamic int8
+``MatMulInteger`` with per-row activation scales (``gqa-int8-dynamic``). Which is faster depends on the CPU (dynamic int8
 runs on AMX / VNNI integer units where a CPU has them) and on the model's size, and differs
 by use: one token at a time, or several per call (a prompt, a speculative check).
 
@@ -18,8 +18,7 @@ from collections.abc import Callable
 from statistics import median
 from typing import Any
 
-from edgezoo.memory import release_freed
-from edgezoo.quantize.speed import speed_verdict
+from edgezoo.quantize.speed import one_loaded_at_a_time, speed_verdict
 from edgezoo.runtime.model_files import MULTI_TOKEN, REQUESTS, USES
 from edgezoo.runtime.timing import time_calls
 
@@ -64,16 +63,8 @@ def prefer(
     for entry in variants.values():
         entry.pop("preferred", None), entry.pop("rival_timing", None)
     for names in rivals(variants):
-        samples: dict[str, dict[str, list[float]]] = {
-            n: {k: [] for k in USES.values()} for n in names
-        }
-        for r in range(rounds):
-            for name in names if r % 2 == 0 else names[::-1]:
-                lm = load(name)
-                for key, ms in time_uses(lm, prompt).items():
-                    samples[name][key].append(ms)
-                del lm
-                release_freed()
+        timed = one_loaded_at_a_time(names, lambda n: time_uses(load(n), prompt), rounds)
+        samples = {n: {k: [t[k] for t in timed[n]] for k in USES.values()} for n in names}
         for name in names:
             variants[name]["rival_timing"] = {
                 "ort-cpu": {

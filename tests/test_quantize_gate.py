@@ -13,7 +13,7 @@ from edgezoo.cli import build_parser
 from edgezoo.quantize.aliases import choose
 from edgezoo.quantize.pipeline import QuantizeOptions, _gate, plan, quantize_model
 from edgezoo.quantize.report import variants_table
-from edgezoo.quantize.speed import interleaved, speed_verdict
+from edgezoo.quantize.speed import one_loaded_at_a_time, speed_verdict
 
 
 @pytest.fixture(scope="module")
@@ -123,19 +123,29 @@ def test_gate_does_not_recommend_a_variant_within_the_noise():
     assert "same speed, median of 5 rounds" in table
 
 
-def test_interleaved_rounds_alternate_and_warm_up_first():
+def test_rounds_alternate_with_one_model_loaded_at_a_time():
     calls = []
 
-    def timer(name):
-        def run():
-            calls.append(name)
-            return float(len(calls))
+    class Model:
+        live = 0  # models loaded now
 
-        return run
+        def __init__(self):
+            assert Model.live == 0, "a model is still loaded while another loads"
+            Model.live += 1
 
-    a, b = interleaved(timer("A"), timer("B"), rounds=4)
-    assert "".join(calls) == "AB" + "AB" + "BA" + "AB" + "BA"
-    assert len(a) == len(b) == 4
+        def __del__(self):
+            Model.live -= 1
+
+    def measure(name):
+        model = Model()  # noqa: F841 (held until measure returns, as a loaded model is)
+        calls.append(name)
+        return float(len(calls))
+
+    ms = one_loaded_at_a_time(["A", "B"], measure, rounds=4)
+    assert "".join(calls) == "AB" + "BA" + "AB" + "BA"
+    assert ms == {"A": [1.0, 4.0, 5.0, 8.0], "B": [2.0, 3.0, 6.0, 7.0]}
+    with pytest.raises(ValueError, match="rounds"):
+        one_loaded_at_a_time(["A"], measure, rounds=0)
 
 
 def test_quantize_takes_a_comma_list_as_well_as_repeated_targets():
