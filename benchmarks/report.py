@@ -72,7 +72,7 @@ SECTIONS = [
     ),
     (
         "int8-forms",
-        "The two int8 graphs (weight-only MatMulNBits, dynamic MatMulInteger) beside GenAI's int8: "
+        "The two int8 graphs (weight-only MatMulNBits, dynamic MatMulInteger with per-token scales) beside GenAI's int8: "
         "decode, TTFT, memory, multi-token call cost",
         "int8_forms.md",
     ),
