@@ -247,7 +247,7 @@ def decode_rows(details: dict) -> dict:
     """A graph with per-row activation scales decodes two rows a call (the token and a
     filler): the attention kernel rounds a one-row call differently from a several-row one,
     and int8 rounding can magnify that ~1e-6 into a flipped token. With both rows its
-    speculative checks and batches give its plain loop's logits bit for bit (tested)."""
+    speculative checks give its plain loop's logits bit for bit (tested)."""
     return {"decode_rows": 2} if details.get("activation_scales") == "per row" else {}
 
 

@@ -1,8 +1,9 @@
 """Rival variants: graphs of one kind and precision that a precision name alone cannot tell
 apart — the int8 GQA graph as weight-only ``MatMulNBits`` (``gqa-int8``) and as dynamic
-``MatMulInteger`` with per-row activation scales (``gqa-int8-dynamic``). Which is faster depends on the CPU (dynamic int8
-runs on AMX / VNNI integer units where a CPU has them) and on the model's size, and differs
-by use: one token at a time, or several per call (a prompt, a speculative check).
+``MatMulInteger`` with per-row activation scales (``gqa-int8-dynamic``). Which is faster
+depends on the CPU (dynamic int8 runs on AMX / VNNI integer units where a CPU has them) and
+on the model's size, and differs by use: one token at a time, or several per call (a
+prompt, a speculative check).
 
 So the quality gate times rivals against each other — one model loaded at a time (two
 sessions in one process disturb each other), in interleaved rounds (this machine's speed

@@ -65,7 +65,7 @@ def one_loaded_at_a_time(
     names: list[str], measure: Callable[[str], T], rounds: int = SPEED_ROUNDS
 ) -> dict[str, list[T]]:
     """``measure(name)`` for each name per round, in an order that alternates (A B, B A,
-    ...), each call loading its own model and letting it go before the next. Two sessions
+    ...); ``measure`` loads its own model and lets it go before it returns. Two sessions
     in one process disturb each other's timing: measured here, in-process timing favoured
     whichever model ran second (gqa-int8 118.7 vs 131.8 ms for the dynamic form, against
     81–88 vs 92–95 ms in separate processes)."""

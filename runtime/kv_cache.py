@@ -67,17 +67,6 @@ def trims_logits(sess: ort.InferenceSession) -> bool:
     return any(i.name == io_names.LOGITS_FROM for i in sess.get_overridable_initializers())
 
 
-def with_filler(mask: np.ndarray) -> np.ndarray:
-    """A right-padded mask with one more position per row (the filler row's)."""
-    lengths = mask.sum(axis=1)
-    if int(lengths.min()) == mask.shape[1]:  # every row full (batch 1): all ones
-        return np.ones((len(mask), mask.shape[1] + 1), np.int64)
-    out = np.zeros((len(mask), mask.shape[1] + 1), np.int64)
-    out[:, :-1] = mask
-    out[np.arange(len(mask)), lengths] = 1
-    return out
-
-
 class SharedBufferCache:
     def __init__(
         self,
@@ -148,9 +137,9 @@ class SharedBufferCache:
         step returns ``[batch, decode_rows, vocab]``: row 0 is the token's."""
         binding = self.binding
         one_token = ids.shape[1] == 1
-        if one_token and self.decode_rows == 2:
+        if one_token and self.decode_rows == 2:  # batch 1: the mask is all ones
             if mask.shape[1] < self.max_len:  # room for the filler (else: a one-row call)
-                mask = with_filler(mask)
+                mask = np.ones((1, mask.shape[1] + 1), np.int64)
             else:
                 one_token = False
         if one_token:
