@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from edgezoo.memory import release_freed
+
 T = TypeVar("T")
 
 SPEED_ROUNDS = 5
@@ -69,8 +71,6 @@ def one_loaded_at_a_time(
     in one process disturb each other's timing: measured here, in-process timing favoured
     whichever model ran second (gqa-int8 118.7 vs 131.8 ms for the dynamic form, against
     81–88 vs 92–95 ms in separate processes)."""
-    from edgezoo.memory import release_freed
-
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     samples: dict[str, list[T]] = {n: [] for n in names}

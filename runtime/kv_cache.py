@@ -67,6 +67,13 @@ def trims_logits(sess: ort.InferenceSession) -> bool:
     return any(i.name == io_names.LOGITS_FROM for i in sess.get_overridable_initializers())
 
 
+def runs_filler(decode_rows: int, rows: int, tokens: int, total: int, max_len: int) -> bool:
+    """Whether a call of ``tokens`` new tokens on ``rows`` rows, ``total`` positions long,
+    runs with a filler token (``decode_rows=2``, above): one token of one row, with room
+    for one more position."""
+    return decode_rows == 2 and rows == 1 and tokens == 1 and total < max_len
+
+
 class SharedBufferCache:
     def __init__(
         self,
@@ -79,6 +86,7 @@ class SharedBufferCache:
         self.sess, self.device, self.max_len = sess, device, max_len
         # ORT's GQA kernel takes several tokens per call only for a batch of one.
         self.decode_rows = rows = decode_rows if batch == 1 else 1
+        self.filler_mask = np.ones((1, max_len), np.int64) if rows == 2 else None  # views of it
         inputs = {i.name: i for i in sess.get_inputs()}
         self.kv_names = [n for n in inputs if io_names.is_past(n)]
         spec = inputs[self.kv_names[0]].shape
@@ -138,9 +146,9 @@ class SharedBufferCache:
         binding = self.binding
         one_token = ids.shape[1] == 1
         if one_token and self.decode_rows == 2:  # batch 1: the mask is all ones
-            if mask.shape[1] < self.max_len:  # room for the filler (else: a one-row call)
-                mask = np.ones((1, mask.shape[1] + 1), np.int64)
-            else:
+            if runs_filler(self.decode_rows, len(ids), 1, mask.shape[1], self.max_len):
+                mask = self.filler_mask[:, : mask.shape[1] + 1]
+            else:  # no room for the filler: a one-row call
                 one_token = False
         if one_token:
             self.step_ids_host[...] = ids

@@ -24,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgezoo import io_names
-from edgezoo.runtime.kv_cache import trims_logits
+from edgezoo.runtime.kv_cache import runs_filler, trims_logits
 
 
 class SlotCache:
@@ -94,7 +94,7 @@ class SlotCache:
         if total > self.max_len:
             raise ValueError(f"row would hold {total} tokens; the cache holds {self.max_len}")
         ids = np.asarray(chunk, np.int64)[None, :]
-        if self.decode_rows == 2 and len(chunk) == 1 and total < self.max_len:
+        if runs_filler(self.decode_rows, 1, len(chunk), total, self.max_len):
             ids = np.repeat(ids, 2, axis=1)  # the token and its filler
             logits = self._run(self._bound(row, row + 1), ids, np.ones((1, total + 1), np.int64))
             return logits[0, :1]
@@ -105,8 +105,8 @@ class SlotCache:
         """One token for each of rows ``0..n-1`` (``lengths``: tokens each row holds before
         this one); returns logits ``[n, vocab]``."""
         n = len(tokens)
-        # ORT's GQA takes several tokens per row only for one row: a batch decodes one each.
-        rows = 2 if self.decode_rows == 2 and n == 1 and int(lengths[0]) + 2 <= self.max_len else 1
+        filler = runs_filler(self.decode_rows, n, 1, int(lengths[0]) + 1, self.max_len)
+        rows = 2 if filler else 1
         width = int(lengths.max()) + rows
         mask = (np.arange(width)[None, :] < (lengths + rows)[:, None]).astype(np.int64)
         ids = np.repeat(np.asarray(tokens, np.int64)[:, None], rows, axis=1)
