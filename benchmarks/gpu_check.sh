@@ -33,6 +33,8 @@ WHEELS=${GPU_CHECK_WHEELS:-$REPO/.whl}    # offline: wheels carried to the machi
 OFFLINE=${GPU_CHECK_OFFLINE:-auto}        # auto (probe the registry) | 1 (never download)
 DEVICE=${GPU_CHECK_DEVICE:-cuda}          # cpu: a smoke run of the script's plumbing
 COMPILE=${GPU_CHECK_COMPILE:-1}
+QUANTIZE_TO=${GPU_CHECK_QUANTIZE:-fp16,int8,int4}  # the trained model's variants
+SKIP=${GPU_CHECK_SKIP:-}                  # step names (globs) not to run, e.g. '*-tensorrt-* *-ort-trt-*'
 
 VENV=$WORK/venv
 PY=$VENV/bin/python
@@ -70,6 +72,15 @@ step() {
     local avail limit
     avail=$(($(left) - RESERVE_S))
     limit=$((budget < avail ? budget : avail))
+    local pattern
+    for pattern in $SKIP; do
+        # shellcheck disable=SC2053  # a glob on purpose
+        if [[ $name == $pattern ]]; then
+            log "== $name: skipped (GPU_CHECK_SKIP)"
+            record "$name" skipped "" 0 "$budget" "GPU_CHECK_SKIP"
+            return 0
+        fi
+    done
     if [[ $DRY_RUN == 1 ]]; then
         log "[dry-run] $name (budget ${budget}s): $cmd"
         local fn=${cmd%% *}
@@ -221,7 +232,7 @@ prepare_bench_model() { # a random-init preset, exported and quantized (CPU work
 }
 export -f make_venv registry_reachable install_deps link_package versions gpu_tests train tokens cli_generate \
     prepare_bench_model
-export TRAIN_STEPS TRAIN_BATCH TRAIN_CONTEXT BENCH_SIZE OFFLINE DEVICE COMPILE
+export TRAIN_STEPS TRAIN_BATCH TRAIN_CONTEXT BENCH_SIZE OFFLINE DEVICE COMPILE QUANTIZE_TO
 
 BG_PIDS=()
 # step_bg: the same as step, in the background, its output kept apart until wait_bg
@@ -249,7 +260,7 @@ log "edgezoo GPU check: $(git rev-parse --short HEAD 2>/dev/null || echo '?') on
 step venv 40 make_venv
 step install 240 install_deps "$PY"
 step versions 30 versions "$PY"
-step pytest-gpu 120 gpu_tests "$EZ"
+step pytest-gpu 180 gpu_tests "$EZ"
 
 step train 180 train "$EZ"
 step mfu 15 '"$PY" -m benchmarks.gpu_compare mfu "$RUN" --context "$TRAIN_CONTEXT" --batch-size "$TRAIN_BATCH" --out "$RES/train.json"' "$RUN/training.jsonl"
@@ -264,7 +275,7 @@ if [[ -n $BENCH_SIZE ]]; then
 fi
 
 step export 120 '"$EZ" export "$RUN" --greedy-steps 16' "$RUN/model.safetensors"
-step quantize 150 '"$EZ" quantize "$RUN" --to fp16,int8,int4 --speed-rounds 1' "$RUN/onnx/manifest.json"
+step quantize 150 '"$EZ" quantize "$RUN" --to "$QUANTIZE_TO" --speed-rounds 1' "$RUN/onnx/manifest.json"
 step quantize-trt-int8 90 '"$EZ" quantize "$RUN" --to int8-static --for tensorrt --calibration-samples 8 --speed-rounds 1' "$RUN/onnx/manifest.json"
 
 # `edgezoo generate` itself on each GPU path (builds the TensorRT engines, cached for below)

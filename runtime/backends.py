@@ -9,6 +9,7 @@ sequence grows, which costs tens of seconds per step.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,10 @@ def providers_for(
             "arena_extend_strategy": "kSameAsRequested",
             "cudnn_conv_algo_search": "HEURISTIC",
             "do_copy_in_default_stream": True,
+            # fp32 graphs stay fp32: TF32 matmuls (ORT's default) round inputs to 10
+            # mantissa bits, enough to flip near-tie greedy tokens against the CPU.
+            # The fp16 variants are the fast path on a GPU.
+            "use_tf32": "0",
         },
     )
     if backend == "ort-cuda":
@@ -173,6 +178,35 @@ def providers_for(
             options.update(profile.as_trt_ep_options())
         return [("TensorrtExecutionProvider", options), cuda, "CPUExecutionProvider"]
     raise ConfigError(f"backend {backend!r} does not run through ONNX Runtime providers")
+
+
+def preload_cuda_libraries() -> None:
+    """Load the CUDA/cuDNN libraries that pip's ``nvidia-*`` wheels (or PyTorch) installed,
+    so the CUDA provider finds them without ``LD_LIBRARY_PATH``. Loading them late from
+    ``ort.InferenceSession`` finds only the system's search path."""
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu >= 1.21
+    if preload is not None:
+        with contextlib.suppress(Exception):  # a library still missing: check_provider_taken
+            preload()
+
+
+MAIN_PROVIDER = {"ort-cuda": "CUDAExecutionProvider", "ort-trt": "TensorrtExecutionProvider"}
+
+
+def check_provider_taken(backend: str, session_providers: list[str]) -> None:
+    """ONNX Runtime falls back to the CPU, with only a log line, when a GPU provider's
+    libraries fail to load; a backend asked for by name must run where it says."""
+    wanted = MAIN_PROVIDER.get(backend)
+    if wanted and wanted not in session_providers:
+        raise ConfigError(
+            f"backend {backend!r}: ONNX Runtime could not start {wanted} (the session "
+            f"runs on {', '.join(session_providers)}); its CUDA/cuDNN"
+            f"{'/TensorRT' if backend == 'ort-trt' else ''} libraries are missing or do not "
+            "match onnxruntime-gpu's CUDA version. Install them (pip install "
+            "'onnxruntime-gpu[cuda,cudnn]') or use backend='ort-cpu'."
+        )
 
 
 def device_type(backend: str) -> str:

@@ -46,18 +46,22 @@ def make_session(
     providers = backends.providers_for(
         backend, model_sha256=model_sha256, profile=profile, fp16=fp16, int8=int8
     )
+    if backend in ("ort-cuda", "ort-trt"):
+        backends.preload_cuda_libraries()
     if backend == "ort-trt":
         backends.trt_cache_dir(model_sha256, backends.tensorrt_version()).mkdir(
             parents=True, exist_ok=True
         )
     try:
-        return ort.InferenceSession(str(path), opts, providers=providers)
+        session = ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as e:  # ORT raises Fail/InvalidGraph/... with long C++ traces
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"ONNX Runtime cannot load {path.name}: {first_line}. The file may be truncated or corrupt; "
             "re-run `edgezoo export` (and `edgezoo quantize`) to rebuild it."
         ) from e
+    backends.check_provider_taken(backend, session.get_providers())
+    return session
 
 
 def spins(session: ort.InferenceSession) -> bool:

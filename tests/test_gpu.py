@@ -1,0 +1,127 @@
+"""GPU paths (marked ``gpu``: skipped without CUDA): bf16 and compiled training on CUDA, and
+ONNX Runtime's CUDA execution provider against the CPU one on the same exported graphs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import lm_train_config, loss_curve, make_model_dir, tiny_bert, tiny_llama
+
+from edgezoo import runtime
+from edgezoo.export.onnx_export import to_onnx
+from edgezoo.runtime import backends
+
+pytestmark = pytest.mark.gpu
+
+PROMPTS = ["def main(args):\n    return", "import os", 'class Config(object):\n    """Hold']
+
+
+def _needs_ort_cuda():
+    if "CUDAExecutionProvider" not in backends.available_providers():
+        pytest.skip("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("gpu-lm")
+    make_model_dir(path, tiny_llama(max_position_embeddings=96), tokenizer)
+    to_onnx(path, greedy_steps=16)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cls_dir(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("gpu-cls")
+    cfg = tiny_bert(max_position_embeddings=96, id2label={0: "a", 1: "b", 2: "c"})
+    make_model_dir(path, cfg, tokenizer)
+    to_onnx(path)
+    return path
+
+
+def test_bf16_cuda_training_learns_and_saves_fp32_weights(text_corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    from edgezoo.zoo.train import train
+
+    run = tmp_path / "run"
+    train(lm_train_config(text_corpus, run, steps=40, device="cuda", lr=5e-3))
+    curve = loss_curve(run)
+    assert all(np.isfinite(v) for v in curve.values())
+    first = np.mean([curve[s] for s in range(1, 6)])
+    last = np.mean([curve[s] for s in range(36, 41)])
+    assert last < first - 0.5, (first, last)
+    weights = load_file(run / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+    assert json.loads((run / "config.json").read_text())["torch_dtype"] == "float32"
+
+
+def test_compiled_cuda_training_follows_the_eager_run(text_corpus, tmp_path):
+    from edgezoo.zoo.train import train
+
+    curves = {}
+    for compiled in (False, True):
+        run = tmp_path / f"run-{compiled}"
+        train(lm_train_config(text_corpus, run, steps=6, device="cuda", compile=compiled))
+        curves[compiled] = loss_curve(run)
+    # Same seed, same batches: bf16 kernels differ in rounding only, not in what is learnt.
+    for step in range(1, 7):
+        assert abs(curves[True][step] - curves[False][step]) < 0.05, (step, curves)
+
+
+def test_cuda_forward_matches_cpu_in_fp32(lm_dir):
+    from edgezoo.zoo.modeldir import load_model
+
+    ids = torch.randint(0, 600, (2, 40), generator=torch.Generator().manual_seed(0))
+    torch.backends.cuda.matmul.allow_tf32 = False
+    with torch.no_grad():
+        cpu = load_model(lm_dir).eval()(ids)[0]
+        gpu = load_model(lm_dir, device="cuda").eval()(ids.to("cuda"))[0].cpu()
+    assert torch.allclose(cpu, gpu, atol=1e-4), (cpu - gpu).abs().max()
+
+
+def test_cuda_backend_matches_cpu(lm_dir):
+    _needs_ort_cuda()
+    cpu = runtime.load(lm_dir, backend="ort-cpu").generate(PROMPTS[0], max_new_tokens=16)
+    gpu = runtime.load(lm_dir, backend="ort-cuda").generate(PROMPTS[0], max_new_tokens=16)
+    assert gpu.token_ids == cpu.token_ids
+
+
+@pytest.mark.parametrize("graph", ["portable", "ort-optimized", "gqa"])
+def test_ort_cuda_scores_and_generates_like_the_cpu(lm_dir, graph):
+    _needs_ort_cuda()
+    cpu = runtime.load(lm_dir, backend="ort-cpu", graph=graph)
+    gpu = runtime.load(lm_dir, backend="ort-cuda", graph=graph)
+    assert gpu.backend == "ort-cuda" and gpu.graph == graph
+    text = "\n".join(PROMPTS) * 3
+    assert gpu.score(text)["loss"] == pytest.approx(cpu.score(text)["loss"], abs=1e-3)
+    # A batch of prompts of different lengths (padding / per-row lengths on the device).
+    want = [g.token_ids for g in cpu.generate(PROMPTS, max_new_tokens=24)]
+    assert [g.token_ids for g in gpu.generate(PROMPTS, max_new_tokens=24)] == want
+
+
+def test_prompt_lookup_on_cuda_keeps_the_greedy_text(lm_dir):
+    _needs_ort_cuda()
+    plain = runtime.load(lm_dir, backend="ort-cuda", graph="gqa")
+    spec = runtime.load(lm_dir, backend="ort-cuda", graph="gqa", draft="prompt-lookup")
+    prompt = PROMPTS[2] * 4
+    want = plain.generate(prompt, max_new_tokens=32, ignore_eos=True)
+    got = spec.generate(prompt, max_new_tokens=32, ignore_eos=True)
+    assert got.token_ids == want.token_ids
+
+
+def test_native_tensorrt_matches_cpu(lm_dir):
+    pytest.importorskip("tensorrt")
+    cpu = runtime.load(lm_dir, backend="ort-cpu").generate(PROMPTS[0], max_new_tokens=16)
+    trt = runtime.load(lm_dir, backend="tensorrt").generate(PROMPTS[0], max_new_tokens=16)
+    assert trt.token_ids == cpu.token_ids
+
+
+def test_classifier_on_cuda_matches_cpu(cls_dir):
+    _needs_ort_cuda()
+    texts = ["def add(a, b): return a + b", "import os\nos.getcwd()", "x"]
+    cpu = runtime.load(cls_dir, backend="ort-cpu").predict_proba(texts)
+    gpu = runtime.load(cls_dir, backend="ort-cuda").predict_proba(texts)
+    assert np.allclose(cpu, gpu, atol=1e-4), np.abs(cpu - gpu).max()
