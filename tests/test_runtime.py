@@ -316,9 +316,9 @@ def test_a_gpu_backend_that_fell_back_to_the_cpu_is_an_error():
     backends.check_provider_taken("ort-cpu", ["CPUExecutionProvider"])
     backends.check_provider_taken("ort-cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"])
     backends.check_provider_taken("ort-trt", ["TensorrtExecutionProvider", "CPUExecutionProvider"])
-    with pytest.raises(ConfigError, match="could not start CUDAExecutionProvider.*ort-cpu"):
+    with pytest.raises(ConfigError, match=r"could not start CUDAExecutionProvider.*ort-cpu"):
         backends.check_provider_taken("ort-cuda", ["CPUExecutionProvider"])
-    with pytest.raises(ConfigError, match="TensorrtExecutionProvider.*TensorRT"):
+    with pytest.raises(ConfigError, match=r"TensorrtExecutionProvider.*TensorRT"):
         backends.check_provider_taken("ort-trt", ["CUDAExecutionProvider", "CPUExecutionProvider"])
 
 
