@@ -132,9 +132,11 @@ def case_key(row: dict[str, Any]) -> tuple[str, str, bool]:
 def summarize(steps: list[dict[str, Any]], results: dict[str, Any]) -> dict[str, Any]:
     """One object: steps, environment, training, and greedy agreement per backend/variant."""
     tokens = [r for r in results.get("tokens", []) if "token_ids" in r]
-    ref = next((r for r in tokens if case_key(r) == REFERENCE), None)
-    for row in results.get("tokens", []):
-        if ref is not None and "token_ids" in row and row is not ref:
+    # Each model against its own ort-cpu fp32 run: a model without one is compared with none.
+    refs = {r.get("model"): r for r in tokens if case_key(r) == REFERENCE}
+    for row in tokens:
+        ref = refs.get(row.get("model"))
+        if ref is not None and row is not ref:
             row["vs_ort_cpu_fp32"] = compare_tokens(ref["token_ids"], row["token_ids"])
     counts: dict[str, int] = {}
     for s in steps:

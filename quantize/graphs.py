@@ -294,7 +294,27 @@ def fp16(src: Path, dst: Path, keep_io_types: bool = True) -> None:
             op_block_list=FP16_KEEP_FP32,
             disable_shape_infer=True,
         )
+    drop_repeated_nodes(model)
     _save(model, dst)
+
+
+def drop_repeated_nodes(model: onnx.ModelProto) -> int:
+    """Remove nodes identical to an earlier one (name, op, inputs, outputs, attributes);
+    returns how many. onnxruntime 1.31's float16 converter adds one Cast per consumer when
+    an fp16 tensor feeds several fp32-kept ops (fixed in 1.32), all with one name and
+    output: a graph ORT refuses ("two nodes with same node name")."""
+    seen: set[bytes] = set()
+    kept = []
+    for node in model.graph.node:
+        key = node.SerializeToString()
+        if key not in seen:
+            seen.add(key)
+            kept.append(node)
+    dropped = len(model.graph.node) - len(kept)
+    if dropped:
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+    return dropped
 
 
 def int8_static(

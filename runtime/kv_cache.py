@@ -7,7 +7,8 @@ on the GPU under CUDA) instead of round-tripping through numpy.
 ``SharedBufferCache`` (GroupQueryAttention graphs): one buffer per layer, allocated once
 at the maximum length and bound as both ``past`` and ``present``; the kernel writes the
 new keys in place, the token ids come from and the logits go to preallocated buffers bound
-once, so a decode step allocates and binds nothing but the mask.
+once, so a decode step allocates and binds nothing but the mask (on a device also the
+token ids: ORT copies a host input when it is bound, see ``host_input``).
 
 ``decode_rows=2`` (graphs whose manifest entry asks for it: per-row int8): each decode
 step runs the token twice — the copy lands one position further and the next step
@@ -24,6 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgezoo import io_names
+from edgezoo.runtime.host_input import HostInput
 
 
 class ConcatCache:
@@ -106,7 +108,7 @@ class SharedBufferCache:
             )
         # A decode step's token ids: one host buffer, bound once; a step writes into it.
         self.step_ids_host = np.zeros((batch, rows), np.int64)
-        self.step_ids = ort.OrtValue.ortvalue_from_numpy(self.step_ids_host)
+        self.step_ids = HostInput("input_ids", self.step_ids_host, device)
         self.decode_bound = False  # whether the one-token ids and logits are bound now
         # One binding for the whole generation: the cache buffers are bound once as both
         # past and present; a decode step only rebinds the mask (its length grows).
@@ -119,10 +121,9 @@ class SharedBufferCache:
         # while a prompt runs (``last_logits``).
         self.logits_from = np.zeros(1, np.int64)
         self.trims = trims_logits(sess)
+        self.logits_from_input = HostInput(io_names.LOGITS_FROM, self.logits_from, device)
         if self.trims:
-            self.binding.bind_ortvalue_input(
-                io_names.LOGITS_FROM, ort.OrtValue.ortvalue_from_numpy(self.logits_from)
-            )
+            self.logits_from_input.bind(self.binding)
 
     def last_logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Run a right-padded batch of prompts; returns the logits after each row's last
@@ -153,9 +154,11 @@ class SharedBufferCache:
         if one_token:
             self.step_ids_host[...] = ids
             if not self.decode_bound:
-                binding.bind_ortvalue_input("input_ids", self.step_ids)
+                self.step_ids.bind(binding)
                 binding.bind_ortvalue_output("logits", self.step_logits)
                 self.decode_bound = True
+            else:
+                self.step_ids.refresh(binding)
         else:  # a prompt or several guesses: sized per call
             binding.bind_cpu_input("input_ids", ids)
             self.decode_bound = False
@@ -169,6 +172,8 @@ class SharedBufferCache:
             else:
                 binding.bind_output("logits", self.device)
         binding.bind_cpu_input("attention_mask", mask)
+        if self.trims:
+            self.logits_from_input.refresh(binding)
         self.sess.run_with_iobinding(binding)
         if one_token:
             return self.logits_host if self.logits_host is not None else self.step_logits.numpy()

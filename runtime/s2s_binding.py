@@ -4,7 +4,8 @@ One ``BoundDecoder`` per generation. The encoder's hidden states, every layer's
 cross-attention K/V (made once by the first decoder step) and the growing self-attention
 K/V are ``OrtValue``s that go from one run's outputs to the next run's inputs without a
 numpy round trip; the cross-attention K/V, the encoder mask and a host buffer for the
-next token ids are bound once, and on the CPU the logits land in one preallocated buffer.
+next token ids are bound once (the ids bound again each step on a device, ``host_input``),
+and on the CPU the logits land in one preallocated buffer.
 A step then binds only what changes: the self-attention K/V (they grow by one token).
 
 Measured on the CPU (2026-11-30, nano/micro T5, 1 thread): as fast as a plain
@@ -19,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgezoo import io_names
+from edgezoo.runtime.host_input import HostInput
 
 
 class BoundDecoder:
@@ -54,12 +56,12 @@ class BoundDecoder:
         # The encoder mask is every decoder run's input: one copy, where the graphs run.
         self.mask = ort.OrtValue.ortvalue_from_numpy(mask, self.device, 0)
         self.ids_host = np.full((batch, 1), start_id, np.int64)  # written before each run
-        self.ids_value = ort.OrtValue.ortvalue_from_numpy(self.ids_host)
+        self.ids = HostInput(io_names.INPUT_IDS, self.ids_host, self.device)
         self._logits_buffer(batch)
 
         first = self.decoder.io_binding()
         first.bind_ortvalue_input(io_names.ENCODER_ATTENTION_MASK, self.mask)
-        first.bind_ortvalue_input(io_names.INPUT_IDS, self.ids_value)
+        self.ids.bind(first)
         first.bind_ortvalue_input(io_names.ENCODER_HIDDEN_STATES, hidden)
         present = [io_names.present_of(n) for n in (*self.self_names, *self.cross_names)]
         self._bind_logits(first)  # bound first: output 0
@@ -71,7 +73,7 @@ class BoundDecoder:
         # The cached decoder's binding lives for the whole generation.
         binding = self.decoder_with_past.io_binding()
         binding.bind_ortvalue_input(io_names.ENCODER_ATTENTION_MASK, self.mask)
-        binding.bind_ortvalue_input(io_names.INPUT_IDS, self.ids_value)
+        self.ids.bind(binding)
         for name in self.cross_names:
             binding.bind_ortvalue_input(name, values[io_names.present_of(name)])
         self._bind_logits(binding)
@@ -85,6 +87,7 @@ class BoundDecoder:
         if binding is None:
             raise RuntimeError("BoundDecoder.step before start")  # a bug, not bad input
         self.ids_host[...] = next_ids
+        self.ids.refresh(binding)
         for name, value in zip(self.self_names, self.past, strict=True):
             binding.bind_ortvalue_input(name, value)
             # Sized by ORT per run: the concatenating graph returns past + 1 positions.

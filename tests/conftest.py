@@ -129,6 +129,29 @@ def make_model_dir(path, cfg, tokenizer, seed: int = 0):
     return model
 
 
+def lively_model_dir(path, tokenizer, seed: int, greedy_steps: int = 4, **overrides):
+    """A random model whose greedy text is not one token repeated: weights scaled up, so
+    its logits are far from flat (a drafted guess can then be right or wrong, and a decode
+    step that missed its cache or its new token shows)."""
+    import torch
+
+    from edgezoo.export.onnx_export import to_onnx
+    from edgezoo.zoo.modeldir import build_model, save_model_dir
+    from edgezoo.zoo.tokenizer import save_tokenizer
+
+    cfg = tiny_llama(max_position_embeddings=96, **overrides)
+    torch.manual_seed(seed)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(8.0)
+    save_model_dir(model, path)
+    save_tokenizer(tokenizer, path, cfg.max_position_embeddings)
+    to_onnx(path, greedy_steps=greedy_steps)
+    return path
+
+
 def lm_train_config(corpus, out, **overrides):
     """The tiny LM run the training tests share (nano preset, 600-token vocab, fast steps)."""
     from edgezoo.zoo.train import TrainConfig

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import lm_train_config, loss_curve, make_model_dir, tiny_bert, tiny_llama
+from conftest import lively_model_dir, lm_train_config, loss_curve, make_model_dir, tiny_bert
 
 from edgezoo import runtime
 from edgezoo.errors import ConfigError
@@ -27,10 +27,10 @@ def _needs_ort_cuda():
 
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory, tokenizer):
-    path = tmp_path_factory.mktemp("gpu-lm")
-    make_model_dir(path, tiny_llama(max_position_embeddings=96), tokenizer)
-    to_onnx(path, greedy_steps=16)
-    return path
+    """Varied greedy text (a decode step that missed its new token or its cache would
+    show) and head_dim 64, the presets' (tiny_llama's 16 takes other attention kernels)."""
+    heads = {"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1}
+    return lively_model_dir(tmp_path_factory.mktemp("gpu-lm"), tokenizer, 0, 16, **heads)
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +84,29 @@ def test_cuda_forward_matches_cpu_in_fp32(lm_dir):
 
 
 def test_cuda_backend_matches_cpu(lm_dir):
+    """The single-prompt greedy loop (buffers bound once, the token ids rebound on a device:
+    ORT copies an input when it is bound, so a write after that never reaches the GPU)."""
     _needs_ort_cuda()
-    cpu = runtime.load(lm_dir, backend="ort-cpu").generate(PROMPTS[0], max_new_tokens=16)
-    gpu = runtime.load(lm_dir, backend="ort-cuda").generate(PROMPTS[0], max_new_tokens=16)
-    assert gpu.token_ids == cpu.token_ids
+    for prompt in PROMPTS:
+        cpu = runtime.load(lm_dir, backend="ort-cpu").generate(
+            prompt, max_new_tokens=32, ignore_eos=True
+        )
+        assert len(set(cpu.token_ids)) > 4, cpu.token_ids  # a stale input would show
+        gpu = runtime.load(lm_dir, backend="ort-cuda").generate(
+            prompt, max_new_tokens=32, ignore_eos=True
+        )
+        assert gpu.token_ids == cpu.token_ids
+
+
+def test_encoder_decoder_on_cuda_matches_cpu(s2s_exported):
+    _needs_ort_cuda()
+    path = s2s_exported[0]
+    cpu = runtime.load(path, backend="ort-cpu", variant="fp32")
+    gpu = runtime.load(path, backend="ort-cuda", variant="fp32")
+    for source in ["def add(a, b):\n    return a + b", "import os"]:
+        want = cpu.generate(source, max_new_tokens=16, ignore_eos=True).token_ids
+        assert len(set(want)) > 2, want
+        assert gpu.generate(source, max_new_tokens=16, ignore_eos=True).token_ids == want
 
 
 @pytest.mark.parametrize("graph", ["portable", "ort-optimized", "gqa"])
@@ -99,8 +118,9 @@ def test_ort_cuda_scores_and_generates_like_the_cpu(lm_dir, graph):
     text = "\n".join(PROMPTS) * 3
     assert gpu.score(text)["loss"] == pytest.approx(cpu.score(text)["loss"], abs=1e-3)
     # A batch of prompts of different lengths (padding / per-row lengths on the device).
-    want = [g.token_ids for g in cpu.generate(PROMPTS, max_new_tokens=24)]
-    assert [g.token_ids for g in gpu.generate(PROMPTS, max_new_tokens=24)] == want
+    want = [g.token_ids for g in cpu.generate(PROMPTS, max_new_tokens=24, ignore_eos=True)]
+    got = gpu.generate(PROMPTS, max_new_tokens=24, ignore_eos=True)
+    assert [g.token_ids for g in got] == want
 
 
 def test_speculative_decoding_on_cuda_says_it_runs_on_the_cpu(lm_dir):

@@ -75,7 +75,10 @@ def _write_results(tmp_path: Path) -> tuple[Path, Path]:
     (res / "env.json").write_text(json.dumps({"cuda_available": False, "torch": "2.13.0+cpu"}))
     for backend, ids in (("ort-cpu", [5, 6, 7, 8]), ("ort-cuda", [5, 6, 0, 8])):
         row = {"backend": backend, "asked_variant": "fp32", "fp16": False, "token_ids": ids}
-        (res / f"tokens-lm-{backend}-fp32.json").write_text(json.dumps(row))
+        (res / f"tokens-lm-{backend}-fp32.json").write_text(json.dumps(row | {"model": "lm"}))
+    # another model, timed on the GPU only: nothing of its own to compare with
+    other = {"model": "lm-big", "backend": "ort-cuda", "asked_variant": "fp32", "token_ids": [1]}
+    (res / "tokens-lm-big-ort-cuda-fp32.json").write_text(json.dumps(other))
     err = {"backend": "tensorrt", "asked_variant": "fp32", "fp16": False, "error": "ConfigError: x"}
     (res / "tokens-lm-tensorrt-fp32.json").write_text(json.dumps(err))
     (res / "broken.json").write_text("{not json")
@@ -92,8 +95,10 @@ def test_summary_writes_json_and_markdown_comparing_against_ort_cpu(tmp_path):
     assert [s["status"] for s in summary["steps"]] == ["ok", "timeout", "skipped"]
     assert summary["steps"][1]["rc"] == 124 and summary["steps"][2]["rc"] is None
     assert summary["step_counts"] == {"ok": 1, "timeout": 1, "skipped": 1}
-    cuda = next(r for r in summary["tokens"] if r["backend"] == "ort-cuda")
+    cuda = next(r for r in summary["tokens"] if r["backend"] == "ort-cuda" and r["model"] == "lm")
     assert cuda["vs_ort_cpu_fp32"]["first_mismatch"] == 2
+    big = next(r for r in summary["tokens"] if r["model"] == "lm-big")
+    assert "vs_ort_cpu_fp32" not in big
     assert "vs_ort_cpu_fp32" not in next(r for r in summary["tokens"] if r["backend"] == "ort-cpu")
     assert "error" in summary["broken"]
     md = out.with_suffix(".md").read_text()

@@ -298,3 +298,35 @@ def test_int8_forms_benchmark_measures_and_tabulates(lm_dir):
         in table
     )
     assert "failed: x" in table and "(amx_int8)" in table
+
+
+def test_repeated_cast_nodes_of_the_fp16_converter_are_dropped():
+    """onnxruntime 1.31's converter writes one Cast per fp32-kept consumer of an fp16
+    tensor, all with one name and output: ORT refuses that graph until they are one."""
+    from onnx import TensorProto, helper
+
+    cast = helper.make_node("Cast", ["h"], ["h_cast_to_fp32"], to=1, name="h_cast_to_fp32_node")
+    nodes = [
+        helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16, name="to_half"),
+        cast,
+        helper.make_node("Softmax", ["h_cast_to_fp32"], ["a"], axis=-1, name="softmax_a"),
+        cast,
+        helper.make_node("ReduceMax", ["h_cast_to_fp32"], ["b"], keepdims=1, name="max_b"),
+    ]
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in ("x", "a")]
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 1])
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [vi[0]], [vi[1], b]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    import onnxruntime as ort
+
+    with pytest.raises(Exception, match=r"same node name|Duplicate"):
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert graphs.drop_repeated_nodes(model) == 1
+    assert [n.name for n in model.graph.node].count("h_cast_to_fp32_node") == 1
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
+    a, mx = sess.run(None, {"x": x})
+    assert np.allclose(a, np.exp(x) / np.exp(x).sum(), atol=1e-3) and mx[0, 0] == 4.0
+    assert graphs.drop_repeated_nodes(model) == 0

@@ -11,11 +11,10 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import tiny_llama
+from conftest import lively_model_dir
 
 from edgezoo import runtime
 from edgezoo.errors import ConfigError
-from edgezoo.export.onnx_export import to_onnx
 from edgezoo.runtime.sampling import SamplingParams as SP
 from edgezoo.runtime.session import spins
 from edgezoo.runtime.speculative import (
@@ -28,27 +27,6 @@ from edgezoo.runtime.speculative import (
 )
 
 PROMPTS = ["def main(args):\n    return", "x = 1\nx = 1\nx = 1\n", "import os"]
-
-
-def lively_model_dir(path, tokenizer, seed: int, **overrides):
-    """A random model whose greedy text is not one token repeated: weights scaled up, so
-    its logits are far from flat (a drafted guess can then be right or wrong)."""
-    import torch
-
-    from edgezoo.zoo.modeldir import build_model, save_model_dir
-    from edgezoo.zoo.tokenizer import save_tokenizer
-
-    cfg = tiny_llama(max_position_embeddings=96, **overrides)
-    torch.manual_seed(seed)
-    model = build_model(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.mul_(8.0)
-    save_model_dir(model, path)
-    save_tokenizer(tokenizer, path, cfg.max_position_embeddings)
-    to_onnx(path, greedy_steps=4)
-    return path
 
 
 @pytest.fixture(scope="module")
