@@ -2,15 +2,16 @@
 apart — the int8 GQA graph as weight-only ``MatMulNBits`` (``gqa-int8``) and as dynamic
 ``MatMulInteger`` with per-row activation scales (``gqa-int8-dynamic``). Which is faster
 depends on the CPU (dynamic int8 runs on AMX / VNNI integer units where a CPU has them) and
-on the model's size, and differs by use: one token at a time, or several per call (a
-prompt, a speculative check).
+on the model's size, and differs by use: one token at a time, several per call (a prompt,
+a speculative check), or one token for each of several prompts (a server's batch).
 
 So the quality gate times rivals against each other — one model loaded at a time (two
 sessions in one process disturb each other), in interleaved rounds (this machine's speed
 drifts more than they differ), medians — and marks in each one's ``preferred`` the uses
 it is clearly faster for (by the speed margin; on a tie the one listed first keeps it).
-``runtime.load(variant="int8")`` loads the one preferred for requests, and with a draft or
-prompt lookup the one preferred for multi-token calls.
+``runtime.load(variant="int8")`` loads the one preferred for requests, with a draft or
+prompt lookup the one preferred for multi-token calls, and with ``expected_batch`` > 1 (what
+``edgezoo serve`` passes: its slots) the one preferred for batched decode.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from statistics import median
 from typing import Any
 
 from edgezoo.quantize.speed import one_loaded_at_a_time, speed_verdict
-from edgezoo.runtime.model_files import MULTI_TOKEN, REQUESTS, USES
-from edgezoo.runtime.timing import time_calls
+from edgezoo.runtime.model_files import BATCHED, MULTI_TOKEN, REQUESTS, USES
+from edgezoo.runtime.timing import time_calls, time_decode
 
 CHECK_TOKENS = 8
 NEW_TOKENS = 64
+BATCH_ROWS = 8  # the server's default --max-batch
+BATCH_STEPS = 16
 
 
 def rivals(variants: dict[str, dict]) -> list[list[str]]:
@@ -41,14 +44,18 @@ def rivals(variants: dict[str, dict]) -> list[list[str]]:
 
 
 def time_uses(lm: Any, prompt: str) -> dict[str, float]:
-    """ms of one request and of one ``CHECK_TOKENS``-token call after the prompt, each
-    after a warm-up run."""
+    """ms of one request, of one ``CHECK_TOKENS``-token call after the prompt, and of one
+    decode step over ``BATCH_ROWS`` prompts (median of ``BATCH_STEPS``), each after a
+    warm-up run."""
     lm.generate(prompt, max_new_tokens=NEW_TOKENS)  # warm-up: allocations, thread pool
     g = lm.generate(prompt, max_new_tokens=NEW_TOKENS)
-    check = time_calls(lm, lm.encode([prompt])[0], (CHECK_TOKENS,), rounds=2)
+    ids = lm.encode([prompt])[0]
+    check = time_calls(lm, ids, (CHECK_TOKENS,), rounds=2)
+    batch = time_decode(lm, [ids] * BATCH_ROWS, BATCH_STEPS, repeats=1)
     return {
         USES[REQUESTS]: (g.time_to_first_token_s + g.decode_s) * 1000,
         USES[MULTI_TOKEN]: check[CHECK_TOKENS] * 1000,
+        USES[BATCHED]: median(batch.step_s) * 1000,
     }
 
 
@@ -74,6 +81,7 @@ def prefer(
                     **{key: round(median(samples[name][key]), 3) for key in USES.values()},
                     "request": f"the held-out prompt, then {NEW_TOKENS} tokens",
                     "check": f"{CHECK_TOKENS} tokens in one call after the prompt",
+                    "batch_step": f"one decode step of {BATCH_ROWS} copies of the prompt",
                 }
             }
         for use, key in USES.items():

@@ -12,7 +12,7 @@ from edgezoo.errors import CheckpointError, ConfigError
 from edgezoo.runtime import backends
 from edgezoo.runtime.classifier import Classifier
 from edgezoo.runtime.language_model import LanguageModel
-from edgezoo.runtime.model_files import MULTI_TOKEN, REQUESTS, locate
+from edgezoo.runtime.model_files import BATCHED, MULTI_TOKEN, REQUESTS, locate
 from edgezoo.runtime.session import make_session
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ def load(
     max_draft_tokens: int | None = None,
     lookup_corpus: str | Path | None = None,
     spin: bool = True,
+    expected_batch: int = 1,
 ) -> LanguageModel | Classifier | Seq2SeqModel | SpeculativeLM:
     """Load a model dir (or an .onnx file beside its tokenizer) for inference: a
     ``LanguageModel``, a ``Classifier`` or, for an encoder–decoder, a ``Seq2SeqModel``.
@@ -57,6 +58,10 @@ def load(
     most often followed its last tokens there (``runtime.corpus_lookup``; indexed once,
     kept under the cache folder).
 
+    ``expected_batch``: how many prompts will usually decode together (a server's slots).
+    Above 1, of rival graphs of the precision asked for (int8: weight-only and dynamic), the
+    one the quality gate timed fastest at a batched decode step; a draft overrides it.
+
     ``spin=False``: ONNX Runtime's threads sleep as soon as a run ends instead of busy-waiting
     for the next one — for a model that takes turns with another in this process (a draft
     model you pass to ``SpeculativeLM`` yourself; ``draft=`` does it for you).
@@ -69,7 +74,7 @@ def load(
         draft = "prompt-lookup"
     # Speculative decoding checks several tokens per call: of rival graphs of the precision
     # asked for, the one the quality gate timed fastest at that.
-    use = REQUESTS if draft is None else MULTI_TOKEN
+    use = MULTI_TOKEN if draft is not None else BATCHED if expected_batch > 1 else REQUESTS
     model = _load(path, backend, variant, threads, graph, fp16, max_batch, verbose, spin, use)
     if draft is None:
         return model

@@ -35,7 +35,8 @@ class ModelFiles:
 # (``quantize.rivals``), and the timing each is judged by.
 REQUESTS = "requests"  # a prompt, then tokens one at a time
 MULTI_TOKEN = "multi-token calls"  # several tokens per call: a speculative check
-USES = {REQUESTS: "request_ms", MULTI_TOKEN: "check_ms"}
+BATCHED = "batched decode"  # one token for each of several prompts per call: a busy server
+USES = {REQUESTS: "request_ms", MULTI_TOKEN: "check_ms", BATCHED: "batch_step_ms"}
 
 
 def locate(
@@ -138,7 +139,7 @@ def preferred_rival(
             timed = ", ".join(
                 f"{n} {variants[n]['rival_timing'][backend][USES[use]]:.1f} ms"
                 for n in names
-                if backend in variants[n].get("rival_timing", {})
+                if USES[use] in variants[n].get("rival_timing", {}).get(backend, {})
             )
             return name, f" (the fastest for {use} as the quality gate timed them: {timed})"
     return names[0], ""

@@ -194,6 +194,7 @@ def build_app(opts: ReplicaOptions, replica_id: str, cpus_per_replica: float = 1
         draft_tokens=opts.draft_tokens,
         max_draft_tokens=opts.max_draft_tokens,
         lookup_corpus=opts.lookup_corpus,
+        expected_batch=opts.parallel or opts.max_batch,  # as `edgezoo serve`
     )
     max_prompt_tokens, max_tokens_limit = opts.max_prompt_tokens, opts.max_tokens_limit
     if hasattr(model, "context"):  # a language model: the same caps `edgezoo serve` sets

@@ -165,6 +165,8 @@ def serve(
         draft_tokens=draft_tokens,
         max_draft_tokens=max_draft_tokens,
         lookup_corpus=lookup_corpus,
+        # several requests decode together: of rival int8 graphs, the batch step's fastest
+        expected_batch=parallel or max_batch,
     )
     name = model_name or Path(model_dir).resolve().name
     print(f"edgezoo serve: {name} [{model.backend} · {model.variant}] on http://{host}:{port}")

@@ -86,17 +86,20 @@ def test_dynamic_int8_gqa_graph_quantizes_its_tied_head(lm_dir):
     assert variants["int8"]["quantization"]["activation_scales"] == "per call"
     assert "decode_rows" not in variants["int8"]
     rivals = ("gqa-int8", "gqa-int8-dynamic")
-    for use in ("requests", "multi-token calls"):  # each use has one preferred form
+    for use in ("requests", "multi-token calls", "batched decode"):  # one preferred form each
         chosen = [n for n in rivals if use in variants[n].get("preferred", {}).get("ort-cpu", [])]
         assert len(chosen) == 1, (use, chosen)
     for name in rivals:
         timed = variants[name]["rival_timing"]["ort-cpu"]
         assert timed["request_ms"] > 0 and timed["check_ms"] > 0 and timed["against"]
+        assert timed["batch_step_ms"] > 0
     plain = runtime.load(lm_dir, backend="ort-cpu", variant="int8")
     assert "requests" in variants[plain.variant]["preferred"]["ort-cpu"]
     assert "quality gate timed them" in plain.reason
     spec = runtime.load(lm_dir, backend="ort-cpu", variant="int8", draft="prompt-lookup")
     assert "multi-token calls" in variants[spec.target.variant]["preferred"]["ort-cpu"]
+    served = runtime.load(lm_dir, backend="ort-cpu", variant="int8", expected_batch=8)
+    assert "batched decode" in variants[served.variant]["preferred"]["ort-cpu"]
 
 
 def test_per_row_activations_quantize_each_row_with_its_own_scale(tmp_path):

@@ -270,6 +270,13 @@ def test_variant_selection():
         }
     variants["gqa-int8"]["preferred"] = {"ort-cpu": ["requests"]}
     variants["gqa-int8-dynamic"]["preferred"] = {"ort-cpu": ["multi-token calls"]}
+    # a manifest from before batched decode was timed: that use falls back to the first
+    assert select_variant(variants, "ort-cpu", "int8", use="batched decode")[0] == "gqa-int8"
+    variants["gqa-int8"]["rival_timing"]["ort-cpu"]["batch_step_ms"] = 7.8
+    variants["gqa-int8-dynamic"]["rival_timing"]["ort-cpu"]["batch_step_ms"] = 6.7
+    variants["gqa-int8-dynamic"]["preferred"]["ort-cpu"].append("batched decode")
+    name, _, why = select_variant(variants, "ort-cpu", "int8", use="batched decode")
+    assert name == "gqa-int8-dynamic" and "gqa-int8 7.8 ms, gqa-int8-dynamic 6.7 ms" in why
     name, _, why = select_variant(variants, "ort-cpu", "int8")
     assert name == "gqa-int8" and "gqa-int8 100.0 ms, gqa-int8-dynamic 101.0 ms" in why
     name, _, why = select_variant(variants, "ort-cpu", "int8", use="multi-token calls")
