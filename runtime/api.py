@@ -112,8 +112,31 @@ def _load(
     use: str = REQUESTS,
 ) -> LanguageModel | Classifier | Seq2SeqModel:
     """``load`` without a draft. ``spin``: see ``make_session`` (off for a draft); ``use``:
-    see ``select_variant``."""
+    see ``select_variant``. ``auto`` falls back to the CPU when ONNX Runtime has the CUDA
+    provider but cannot start it (a GPU build on a machine without a usable GPU)."""
     chosen, why_backend = backends.resolve_backend(backend)
+    args = (path, variant, threads, graph, fp16, max_batch, verbose, spin, use)
+    try:
+        return _load_on(chosen, why_backend, *args)
+    except backends.ProviderNotStarted as e:
+        if backend != "auto":
+            raise
+        return _load_on("ort-cpu", f"auto: {e.provider} could not start, using the CPU", *args)
+
+
+def _load_on(
+    chosen: str,
+    why_backend: str,
+    path: str | Path,
+    variant: str,
+    threads: int,
+    graph: str,
+    fp16: bool,
+    max_batch: int,
+    verbose: bool,
+    spin: bool,
+    use: str,
+) -> LanguageModel | Classifier | Seq2SeqModel:
     files = locate(path, chosen, variant, graph, use)
     tokenizer = load_tokenizer(files.model_dir)
     reason = f"{why_backend}; {files.reason}"

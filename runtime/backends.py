@@ -195,17 +195,27 @@ def preload_cuda_libraries() -> None:
 MAIN_PROVIDER = {"ort-cuda": "CUDAExecutionProvider", "ort-trt": "TensorrtExecutionProvider"}
 
 
+class ProviderNotStarted(ConfigError):
+    """A GPU backend's execution provider is in onnxruntime but did not start."""
+
+    def __init__(self, message: str, provider: str) -> None:
+        super().__init__(message)
+        self.provider = provider
+
+
 def check_provider_taken(backend: str, session_providers: list[str]) -> None:
     """ONNX Runtime falls back to the CPU, with only a log line, when a GPU provider's
-    libraries fail to load; a backend asked for by name must run where it says."""
+    libraries fail to load; a backend asked for by name must run where it says
+    (``load(backend="auto")`` catches this and takes the CPU)."""
     wanted = MAIN_PROVIDER.get(backend)
     if wanted and wanted not in session_providers:
-        raise ConfigError(
+        raise ProviderNotStarted(
             f"backend {backend!r}: ONNX Runtime could not start {wanted} (the session "
             f"runs on {', '.join(session_providers)}); its CUDA/cuDNN"
             f"{'/TensorRT' if backend == 'ort-trt' else ''} libraries are missing or do not "
             "match onnxruntime-gpu's CUDA version. Install them (pip install "
-            "'onnxruntime-gpu[cuda,cudnn]') or use backend='ort-cpu'."
+            "'onnxruntime-gpu[cuda,cudnn]') or use backend='ort-cpu'.",
+            wanted,
         )
 
 

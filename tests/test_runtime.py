@@ -318,6 +318,20 @@ def test_backend_resolution_and_gpu_options():
     assert backends.providers_for("ort-cuda")[0][0] == "CUDAExecutionProvider"
 
 
+def test_auto_takes_the_cpu_when_the_cuda_provider_does_not_start(lm_dir, monkeypatch):
+    """onnxruntime-gpu on a machine whose CUDA libraries or GPU are missing: ORT lists the
+    provider but cannot start it. Named, that is an error; ``auto`` takes the CPU."""
+    monkeypatch.setattr(
+        backends, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    lm = runtime.load(lm_dir[0], backend="auto")
+    assert lm.backend == "ort-cpu" and "CUDAExecutionProvider could not start" in lm.reason
+    assert lm.session.get_providers() == ["CPUExecutionProvider"]
+    assert len(lm.generate("import os", max_new_tokens=4, ignore_eos=True).token_ids) == 4
+    with pytest.raises(ConfigError, match=r"could not start CUDAExecutionProvider.*ort-cpu"):
+        runtime.load(lm_dir[0], backend="ort-cuda")
+
+
 def test_a_gpu_backend_that_fell_back_to_the_cpu_is_an_error():
     """ORT runs on the CPU, with only a log line, when CUDA's libraries fail to load."""
     backends.check_provider_taken("ort-cpu", ["CPUExecutionProvider"])
