@@ -123,6 +123,35 @@ def test_ort_cuda_scores_and_generates_like_the_cpu(lm_dir, graph):
     assert [g.token_ids for g in got] == want
 
 
+@pytest.fixture(scope="module")
+def quantized_dir(tmp_path_factory, lm_dir, text_corpus):
+    """``lm_dir``'s fp16 and int4 variants (a copy: the fp32 tests keep their dir)."""
+    import shutil
+
+    from edgezoo.quantize.pipeline import QuantizeOptions, quantize_model
+
+    path = tmp_path_factory.mktemp("gpu-q") / "lm"
+    shutil.copytree(lm_dir, path)
+    opts = QuantizeOptions(data=str(text_corpus), speed_rounds=1)
+    for target in ("fp16", "int4"):
+        quantize_model(path, target, opts)
+    return path
+
+
+@pytest.mark.parametrize(("variant", "tolerance"), [("fp16", 0.02), ("int4", 0.05)])
+def test_quantized_variants_on_cuda_score_like_their_source(quantized_dir, variant, tolerance):
+    """fp16 is the GPU's own precision; int4's MatMulNBits has a CUDA kernel of its own
+    (the CPU's computes in int8): each within ``tolerance`` nats of the fp32 loss on the CPU."""
+    _needs_ort_cuda()
+    text = "\n".join(PROMPTS) * 3
+    reference = runtime.load(quantized_dir, backend="ort-cpu", variant="fp32").score(text)["loss"]
+    gpu = runtime.load(quantized_dir, backend="ort-cuda", variant=variant)
+    assert gpu.backend == "ort-cuda" and gpu.variant.endswith(variant)
+    assert gpu.score(text)["loss"] == pytest.approx(reference, abs=tolerance)
+    got = gpu.generate(PROMPTS[0], max_new_tokens=24, ignore_eos=True).token_ids
+    assert len(got) == 24 and len(set(got)) > 4, got  # decodes on: no stale token
+
+
 def test_speculative_decoding_on_cuda_says_it_runs_on_the_cpu(lm_dir):
     """Rollback is a length change of the CPU cache; on CUDA the load says so, not later."""
     _needs_ort_cuda()
