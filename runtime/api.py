@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,6 +100,21 @@ def load(
     return SpeculativeLM(model, draft_lm, k=draft_tokens, max_k=max_draft_tokens)
 
 
+@dataclass(frozen=True)
+class _Wanted:
+    """What ``_load`` was asked for, beside the backend."""
+
+    path: str | Path
+    variant: str
+    threads: int
+    graph: str
+    fp16: bool
+    max_batch: int
+    verbose: bool
+    spin: bool
+    use: str
+
+
 def _load(
     path: str | Path,
     backend: str,
@@ -115,29 +131,21 @@ def _load(
     see ``select_variant``. ``auto`` falls back to the CPU when ONNX Runtime has the CUDA
     provider but cannot start it (a GPU build on a machine without a usable GPU)."""
     chosen, why_backend = backends.resolve_backend(backend)
-    args = (path, variant, threads, graph, fp16, max_batch, verbose, spin, use)
+    wanted = _Wanted(path, variant, threads, graph, fp16, max_batch, verbose, spin, use)
     try:
-        return _load_on(chosen, why_backend, *args)
+        return _load_on(chosen, why_backend, wanted)
     except backends.ProviderNotStarted as e:
         if backend != "auto":
             raise
-        return _load_on("ort-cpu", f"auto: {e.provider} could not start, using the CPU", *args)
+        return _load_on("ort-cpu", f"auto: {e.provider} could not start, using the CPU", wanted)
 
 
 def _load_on(
-    chosen: str,
-    why_backend: str,
-    path: str | Path,
-    variant: str,
-    threads: int,
-    graph: str,
-    fp16: bool,
-    max_batch: int,
-    verbose: bool,
-    spin: bool,
-    use: str,
+    chosen: str, why_backend: str, wanted: _Wanted
 ) -> LanguageModel | Classifier | Seq2SeqModel:
-    files = locate(path, chosen, variant, graph, use)
+    path, variant, threads, graph = wanted.path, wanted.variant, wanted.threads, wanted.graph
+    fp16, max_batch, verbose, spin = wanted.fp16, wanted.max_batch, wanted.verbose, wanted.spin
+    files = locate(path, chosen, variant, graph, wanted.use)
     tokenizer = load_tokenizer(files.model_dir)
     reason = f"{why_backend}; {files.reason}"
     if files.family == "s2s":
