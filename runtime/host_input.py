@@ -15,6 +15,8 @@ import onnxruntime as ort
 
 
 class HostInput:
+    """``name``'s host array and how a binding gets its current contents (see above)."""
+
     def __init__(self, name: str, array: np.ndarray, device: str) -> None:
         self.name, self.array = name, array
         self.shared = device == "cpu"  # whether the binding reads the array itself

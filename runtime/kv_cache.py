@@ -106,7 +106,7 @@ class SharedBufferCache:
             self.step_logits = ort.OrtValue.ortvalue_from_shape_and_type(
                 [batch, rows, vocab], np.float32, device, 0
             )
-        # A decode step's token ids: one host buffer, bound once; a step writes into it.
+        # A decode step's token ids: one host buffer a step writes into (``HostInput``).
         self.step_ids_host = np.zeros((batch, rows), np.int64)
         self.step_ids = HostInput("input_ids", self.step_ids_host, device)
         self.decode_bound = False  # whether the one-token ids and logits are bound now
