@@ -84,7 +84,9 @@ class SharedBufferCache:
         max_len: int,
         device: str,
         decode_rows: int = 1,
+        steady_mask: bool | None = None,
     ) -> None:
+        """``steady_mask`` (default: on the CPU): see ``_bind_mask``."""
         self.sess, self.device, self.max_len = sess, device, max_len
         # ORT's GQA kernel takes several tokens per call only for a batch of one.
         self.decode_rows = rows = decode_rows if batch == 1 else 1
@@ -106,6 +108,11 @@ class SharedBufferCache:
             self.step_logits = ort.OrtValue.ortvalue_from_shape_and_type(
                 [batch, rows, vocab], np.float32, device, 0
             )
+        steady = device == "cpu" if steady_mask is None else steady_mask
+        self.steady_mask = np.zeros((batch, max_len), np.int64) if steady else None
+        self.steady_value = ort.OrtValue.ortvalue_from_numpy(self.steady_mask) if steady else None
+        self.steady_width = 0  # columns of steady_mask in use (zeros after them)
+        self.steady_bound = False
         # A decode step's token ids: one host buffer a step writes into (``HostInput``).
         self.step_ids_host = np.zeros((batch, rows), np.int64)
         self.step_ids = HostInput("input_ids", self.step_ids_host, device)
@@ -171,13 +178,34 @@ class SharedBufferCache:
                 binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
             else:
                 binding.bind_output("logits", self.device)
-        binding.bind_cpu_input("attention_mask", mask)
+        self._bind_mask(mask, one_token)
         if self.trims:
             self.logits_from_input.refresh(binding)
         self.sess.run_with_iobinding(binding)
         if one_token:
             return self.logits_host if self.logits_host is not None else self.step_logits.numpy()
         return logits if self.logits_host is not None else binding.get_outputs()[0].numpy()
+
+    def _bind_mask(self, mask: np.ndarray, one_token: bool) -> None:
+        """A decode step's mask goes into one buffer of the full length, bound once (on the
+        CPU): the graph reads each row's length from its sum, so the zeros after it change
+        nothing (logits equal bit for bit, tested), and the step no longer binds a new,
+        longer array every token: 6–17 % of a ``nano``/``micro`` step, within noise at
+        ``small`` (``benchmarks/results/steady_mask.md``). A prompt or several guesses bind
+        their own mask. Devices bind the growing mask every step (the steady one has not
+        run on a GPU)."""
+        if not one_token or self.steady_mask is None:
+            self.binding.bind_cpu_input("attention_mask", mask)
+            self.steady_bound = False
+            return
+        width = mask.shape[1]
+        if width < self.steady_width:
+            self.steady_mask[:, width : self.steady_width] = 0
+        self.steady_mask[:, :width] = mask
+        self.steady_width = width
+        if not self.steady_bound:
+            self.binding.bind_ortvalue_input("attention_mask", self.steady_value)
+            self.steady_bound = True
 
 
 class HostConcatCache:

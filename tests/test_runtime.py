@@ -407,6 +407,33 @@ class _NoBindingSession:
         return self._sess.run(names, feeds)
 
 
+@pytest.mark.parametrize(("lengths", "decode_rows"), [((9,), 1), ((9,), 2), ((5, 9, 7), 1)])
+def test_a_steady_full_length_mask_gives_the_growing_masks_logits(lm_dir, lengths, decode_rows):
+    """The CPU decode loop binds one full-length mask (zeros past each row's length) once,
+    instead of a new, longer mask every token: the same logits bit for bit, also for
+    right-padded batches and for two-row (filler) steps."""
+    from edgezoo.runtime.kv_cache import SharedBufferCache
+
+    session = runtime.load(lm_dir[0], backend="ort-cpu", graph="gqa").session
+    rng = np.random.default_rng(0)
+    ids = np.zeros((len(lengths), max(lengths)), np.int64)
+    mask = np.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = rng.integers(5, 500, n)
+        mask[row, :n] = 1
+    runs = {}
+    for steady in (False, True):
+        cache = SharedBufferCache(session, len(lengths), 60, "cpu", decode_rows, steady)
+        step_mask = mask.copy()
+        logits = [cache.last_logits(ids, step_mask)]
+        for _ in range(40):
+            tokens = logits[-1].reshape(len(lengths), -1, logits[-1].shape[-1])[:, 0].argmax(-1)
+            step_mask = np.concatenate([step_mask, np.ones((len(lengths), 1), np.int64)], 1)
+            logits.append(cache.step(tokens[:, None], step_mask)[:, 0].copy())
+        runs[steady] = logits
+    assert all(np.array_equal(a, b) for a, b in zip(runs[False], runs[True], strict=True))
+
+
 def test_host_cache_loop_used_by_tensorrt_gives_the_same_tokens(lm_dir):
     from edgezoo.runtime.language_model import LanguageModel
 
