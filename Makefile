@@ -72,6 +72,7 @@ bench-results: setup
 		--peers ort-genai,ort-genai:int8,ort-genai:int4 --peer-prompts 32,512 --out benchmarks/results/peers_genai
 	$(BIN)/python -m benchmarks.int8_forms --sizes nano,micro,mini,small,medium --rounds 3
 	$(BIN)/python -m benchmarks.step_overhead --sizes nano,micro,mini,small
+	$(BIN)/python -m benchmarks.steady_mask --sizes nano,micro,small --rounds 11
 	$(BIN)/python -m benchmarks.ray_replicas runs/demo --seconds 8 --rounds 3
 	$(BIN)/python -m benchmarks.s2s_quant --steps 1500
 	$(BIN)/python -m benchmarks.s2s_bench --sizes nano,micro --precisions fp32,int8,int4 --rounds 5
