@@ -10,6 +10,7 @@ sequence grows, which costs tens of seconds per step.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,10 +181,12 @@ def providers_for(
     raise ConfigError(f"backend {backend!r} does not run through ONNX Runtime providers")
 
 
+@functools.cache
 def preload_cuda_libraries() -> None:
     """Load the CUDA/cuDNN libraries that pip's ``nvidia-*`` wheels (or PyTorch) installed,
     so the CUDA provider finds them without ``LD_LIBRARY_PATH``. Loading them late from
-    ``ort.InferenceSession`` finds only the system's search path."""
+    ``ort.InferenceSession`` finds only the system's search path. Once per process: an
+    encoder–decoder opens three sessions, a draft and its target two."""
     import onnxruntime as ort
 
     preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu >= 1.21
