@@ -43,6 +43,8 @@ class SlotCache:
         # binding; each call sets it): a prefill needs only its last token's.
         self.logits_from = np.zeros(1, np.int64)
         self.trims = trims_logits(sess)
+        # A one-row call's mask is all ones: a view of this row, not a new array per call.
+        self.ones = np.ones((1, max_len + 1), np.int64)
 
     def _bound(self, start: int, stop: int) -> ort.IOBinding:
         """A binding whose past and present are rows ``start:stop`` of every buffer: made
@@ -96,10 +98,9 @@ class SlotCache:
         ids = np.asarray(chunk, np.int64)[None, :]
         if runs_filler(self.decode_rows, 1, len(chunk), total, self.max_len):
             ids = np.repeat(ids, 2, axis=1)  # the token and its filler
-            logits = self._run(self._bound(row, row + 1), ids, np.ones((1, total + 1), np.int64))
+            logits = self._run(self._bound(row, row + 1), ids, self.ones[:, : total + 1])
             return logits[0, :1]
-        mask = np.ones((1, total), np.int64)
-        return self._run(self._bound(row, row + 1), ids, mask, last_only)[0]
+        return self._run(self._bound(row, row + 1), ids, self.ones[:, :total], last_only)[0]
 
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """One token for each of rows ``0..n-1`` (``lengths``: tokens each row holds before

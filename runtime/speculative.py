@@ -230,16 +230,24 @@ def speculative_deltas(
         checked = cache.extend(0, chunk, len(seq) - 1)  # p after seq[-1] and each guess
         stats.target_calls += 1
         stats.proposed += len(guesses)
+        # Greedy: the target's choice after every position, in one arg-max over the call.
+        best = checked.argmax(axis=1).tolist() if params.greedy else None
         delta, kept = None, 0
         for i, guess in enumerate(guesses):
-            replacement = _verify(params, checked[i], dists[i], guess, rng)
+            if best is not None:
+                replacement = None if best[i] == guess else best[i]
+            else:
+                replacement = accept_or_replace(
+                    distribution(params, checked[i]), dists[i], guess, rng
+                )
             token = guess if replacement is None else replacement
             kept += replacement is None
             delta = _joined(delta, _take(row, token, seq))
             if replacement is not None or (delta is not None and delta.finish_reason):
                 break
         else:  # every guess kept: the target's next token comes free
-            delta = _joined(delta, _take(row, _pick(params, checked[len(guesses)], rng), seq))
+            token = best[len(guesses)] if best is not None else _pick(params, checked[-1], rng)
+            delta = _joined(delta, _take(row, token, seq))
         stats.accepted += kept
         length.update(len(guesses), kept)
         proposer.accept(len(seq))
@@ -272,14 +280,6 @@ def _pick(params: SamplingParams, logits: np.ndarray, rng) -> int:
         return int(np.argmax(logits))
     p = distribution(params, logits)
     return int(rng.choice(len(p), p=p))
-
-
-def _verify(params, logits, q, guess: int, rng) -> int | None:
-    """None if ``guess`` stands, else the target's token in its place."""
-    if params.greedy:
-        best = int(np.argmax(logits))
-        return None if best == guess else best
-    return accept_or_replace(distribution(params, logits), q, guess, rng)
 
 
 def _take(row: Row, token: int, seq: list[int]) -> RowDelta | None:
