@@ -126,8 +126,8 @@ def test_corpus_guesses_come_only_when_the_text_has_nothing_to_copy():
     index = CorpusIndex.build([[10, 11, 12, 13, 14]] * 3, vocab_size=50)
     lookup = CorpusLookup(index)
     params = SamplingParams(temperature=0)
-    # 5 was seen before in the text: prompt lookup copies what followed it.
-    assert lookup.propose([5, 6, 5], 4, params, None) == ([6, 5], [None, None])
+    # 5 was seen before in the text: prompt lookup copies what followed it (and on, as a loop).
+    assert lookup.propose([5, 6, 5], 4, params, None) == ([6, 5, 6, 5], [None] * 4)
     # nothing earlier to copy: at most CORPUS_GUESSES tokens from the corpus
     found, dists = lookup.propose([1, 10, 11], 8, params, None)
     assert found == [12, 13, 14][: corpus_lookup.CORPUS_GUESSES] and dists == [None] * len(found)

@@ -180,13 +180,17 @@ def test_corpus_lookup_keeps_greedy_text_and_adds_accepted_guesses(target, tmp_p
 
 
 def test_prompt_lookup_proposes_what_follows_the_latest_earlier_match():
-    """The n-gram index gives what a scan of the whole text gives, as the text grows."""
+    """The n-gram index gives what a scan of the whole text gives, as the text grows; the
+    copy runs on past the text's end the way an LZ77 match does (a loop keeps looping)."""
 
     def scan(seq, k, ngram):
         for n in range(min(ngram, len(seq) - 1), 0, -1):
             for start in range(len(seq) - n - 1, -1, -1):
                 if seq[start : start + n] == seq[-n:]:
-                    return seq[start + n : start + n + k]
+                    text = list(seq)
+                    for j in range(k):  # one token at a time: a copy may read its own output
+                        text.append(text[start + n + j])
+                    return text[len(seq) :]
         return []
 
     rng = np.random.default_rng(0)
@@ -202,6 +206,8 @@ def test_prompt_lookup_proposes_what_follows_the_latest_earlier_match():
     lookup = PromptLookup()
     assert lookup.propose([5, 6, 7, 9, 5, 6], 3, SP(), None)[0] == [7, 9, 5]
     assert lookup.propose([1, 2, 3], 3, SP(), None)[0] == []  # another sequence: a new index
+    assert PromptLookup().propose([1, 2, 1, 2], 5, SP(), None)[0] == [1, 2, 1, 2, 1]
+    assert PromptLookup().propose([4, 4], 3, SP(), None)[0] == [4, 4, 4]
 
 
 def test_the_draft_length_grows_on_full_acceptance_and_shrinks_on_a_miss():
