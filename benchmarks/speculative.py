@@ -309,6 +309,11 @@ def table(result: dict) -> str:
         f"{result['max_new_tokens']} greedy tokens, batch 1, {result['threads']} threads; medians "
         f"of {result['rounds']} interleaved rounds. Held-out loss: {losses or 'not recorded'}."
     )
+    lines.append(
+        "Prompt lookup: what followed the latest earlier match of the text's last 1-3 tokens, "
+        "copied on past the text's end as an LZ77 match is (a repeating stretch is proposed "
+        "whole)."
+    )
     if result.get("corpus"):
         lines.append(
             f"Prompt + corpus lookup: prompt lookup, and when the text has no earlier match, up "

@@ -4,7 +4,7 @@ token gained for the price of one step.
 
 Proposers: a small draft model with the same tokenizer (the zoo's size ladder gives one for
 every target), or prompt lookup (copy what followed the last n-gram earlier in the text —
-no second model; strong on code and on answers that quote their prompt).
+no second model; strong on code, on answers that quote their prompt, and on loops).
 
 Greedy output is token-for-token the target's own greedy output. Sampling uses the
 accept/reject rule of Leviathan et al. (2023): a proposal ``x`` with draft probability
