@@ -44,7 +44,7 @@ class DraftLength:
 
     A run of copied code earns long guesses that cost the target little more than one
     token; a stretch of misses costs at most one guess. On a trained ``small`` model's
-    held-out prompts, prompt lookup from 4 growing to 12 decoded 5–11 % faster than a
+    held-out prompts, prompt lookup from 4 growing to 12 decoded 6–13 % faster than a
     fixed 4 (``benchmarks/results/speculative_small.md``)."""
 
     def __init__(self, start: int = DEFAULT_DRAFT_TOKENS, most: int | None = None) -> None:
@@ -109,7 +109,8 @@ def overlapping_copy(seq: list[int], source: int, k: int) -> list[int]:
 
 class PromptLookup:
     """Proposes the tokens that followed the latest earlier occurrence of the text's last
-    ``ngram`` tokens (trying shorter n-grams down to 1).
+    ``ngram`` tokens (trying shorter n-grams down to 1), copied on past the text's end as
+    an LZ77 match is (``overlapping_copy``).
 
     One instance follows one growing sequence and indexes each of its n-grams once, as the
     text grows: a proposal is a dictionary lookup, not a scan of the whole text (which cost
