@@ -44,7 +44,7 @@ class SlotCache:
         self.logits_from = np.zeros(1, np.int64)
         self.trims = trims_logits(sess)
         # A one-row call's mask is all ones: a view of this row, not a new array per call.
-        self.ones = np.ones((1, max_len + 1), np.int64)
+        self.ones = np.ones((1, max_len), np.int64)  # a filler call needs total + 1 <= max_len
 
     def _bound(self, start: int, stop: int) -> ort.IOBinding:
         """A binding whose past and present are rows ``start:stop`` of every buffer: made
