@@ -67,8 +67,11 @@ def time_method(model, prompt_ids: list[int], params: SamplingParams) -> tuple[f
     return elapsed, result.token_ids, extra
 
 
-def draft_label(path: str) -> str:
-    """``draft <dir name>``, with the run's distillation weight when it had a teacher."""
+def draft_label(path: str, target: str = "", variant: str = "") -> str:
+    """``draft <dir name>``, with the run's distillation weight when it had a teacher;
+    ``draft: the target's <variant>`` when the draft is the target's own dir."""
+    if target and Path(path).resolve() == Path(target).resolve():
+        return f"draft: the target's own {variant}"
     run = Path(path) / "run.json"
     meta = json.loads(run.read_text()) if run.is_file() else {}
     if meta.get("distill_from"):
@@ -121,14 +124,21 @@ def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> d
         methods["prompt + corpus lookup"] = SpeculativeLM(
             target, None, k=args.k, max_k=max_k, corpus=corpus
         )
-    drafts = {}
-    for path in filter(None, args.draft.split(",")):
+    drafts, paths = {}, list(filter(None, args.draft.split(",")))
+    # A target and a draft model run in turns, each pool asleep once its run is over (as
+    # runtime.load(draft=DIR) loads them): a second instance of the target for them; the
+    # rows above measure the target as a plain load runs it.
+    paired = paths and runtime.load(
+        args.target, backend="ort-cpu", variant=variant, threads=args.threads, takes_turns=True
+    )
+    for path in paths:
         draft_variant = variant if args.draft_variant == "same" else args.draft_variant
         draft = runtime.load(
-            path, backend="ort-cpu", variant=draft_variant, threads=args.threads, spin=False
+            path, backend="ort-cpu", variant=draft_variant, threads=args.threads, takes_turns=True
         )
-        drafts[draft_label(path)] = draft.variant
-        methods[draft_label(path)] = SpeculativeLM(target, draft, k=args.k, max_k=max_k)
+        label = draft_label(path, args.target, draft.variant)
+        drafts[label] = draft.variant
+        methods[label] = SpeculativeLM(paired, draft, k=args.k, max_k=max_k)
     params = SamplingParams(temperature=0, max_new_tokens=args.max_new_tokens, ignore_eos=True)
     encoded = [target.encode([p])[0] for p in prompts]
     rates: dict[str, list[float]] = {m: [] for m in methods}
@@ -314,6 +324,13 @@ def table(result: dict) -> str:
         "copied on past the text's end as an LZ77 match is (a repeating stretch is proposed "
         "whole)."
     )
+    if result.get("draft"):
+        lines.append(
+            "Draft rows: what followed an earlier match of the text's last 2-3 tokens is copied "
+            "(as prompt lookup), and the draft model guesses only when there is none; target and "
+            "draft take turns on the cores (each one's threads stop spinning when its run "
+            "returns; a second instance of the target)."
+        )
     if result.get("corpus"):
         lines.append(
             f"Prompt + corpus lookup: prompt lookup, and when the text has no earlier match, up "

@@ -32,10 +32,12 @@ def load(
     max_batch: int = 8,
     verbose: bool = False,
     draft: str | Path | None = None,
+    draft_variant: str = "auto",
     draft_tokens: int = 4,
     max_draft_tokens: int | None = None,
     lookup_corpus: str | Path | None = None,
     spin: bool = True,
+    takes_turns: bool = False,
     expected_batch: int = 1,
 ) -> LanguageModel | Classifier | Seq2SeqModel | SpeculativeLM:
     """Load a model dir (or an .onnx file beside its tokenizer) for inference: a
@@ -49,8 +51,10 @@ def load(
     default). The returned object's ``backend``, ``variant`` and ``reason`` say what was
     chosen and why.
 
-    ``draft``: decode speculatively, with a smaller model dir that has the same tokenizer or
-    with ``"prompt-lookup"`` (guesses copied from earlier in the text, no second model);
+    ``draft``: decode speculatively, with a smaller model dir that has the same tokenizer
+    (``draft_variant`` picks its variant as ``variant`` does; the target's own dir with
+    ``draft_variant="int4"`` drafts with the target's int4 graph) or with
+    ``"prompt-lookup"`` (guesses copied from earlier in the text, no second model);
     ``draft_tokens`` guesses are checked per target call at first; the count adapts
     (2 more after a call that kept every guess, 1 fewer after a miss) up to
     ``max_draft_tokens`` (default 3 × ``draft_tokens``; equal: fixed). Greedy output is
@@ -63,9 +67,11 @@ def load(
     Above 1, of rival graphs of the precision asked for (int8: weight-only and dynamic), the
     one the quality gate timed fastest at a batched decode step; a draft overrides it.
 
-    ``spin=False``: ONNX Runtime's threads sleep as soon as a run ends instead of busy-waiting
-    for the next one — for a model that takes turns with another in this process (a draft
-    model you pass to ``SpeculativeLM`` yourself; ``draft=`` does it for you).
+    ``spin=False``: ONNX Runtime's threads sleep whenever they wait for work.
+    ``takes_turns=True``: they spin while a run lasts and stop as it returns — for models
+    that run in turns in this process (a target and the draft you pass to ``SpeculativeLM``
+    yourself: load both so; ``draft=`` does it for you), whose idle pools would otherwise
+    take the cores the other is running on.
     """
     if lookup_corpus is not None:
         if draft not in (None, "prompt-lookup"):
@@ -76,7 +82,13 @@ def load(
     # Speculative decoding checks several tokens per call: of rival graphs of the precision
     # asked for, the one the quality gate timed fastest at that.
     use = MULTI_TOKEN if draft is not None else BATCHED if expected_batch > 1 else REQUESTS
-    model = _load(path, backend, variant, threads, graph, fp16, max_batch, verbose, spin, use)
+    if draft_variant != "auto" and draft in (None, "prompt-lookup"):
+        raise ConfigError("draft_variant picks a draft model's variant: give draft=DIR too.")
+    # A target and its draft model run in turns: neither's threads spin once its run is over.
+    turns = takes_turns or draft not in (None, "prompt-lookup")
+    model = _load(
+        path, backend, variant, threads, graph, fp16, max_batch, verbose, spin, use, turns
+    )
     if draft is None:
         return model
     from edgezoo.runtime.speculative import SpeculativeLM
@@ -92,9 +104,9 @@ def load(
 
             corpus = load_index(lookup_corpus, model.tokenizer, backends.cache_root())
         return SpeculativeLM(model, None, k=draft_tokens, max_k=max_draft_tokens, corpus=corpus)
-    # The draft's threads sleep between its runs: spinning, they would take the cores the
-    # target's run needs next (speculative decoding 2x slower on 2 cores, measured).
-    draft_lm = _load(draft, backend, "auto", threads, "gqa", False, max_batch, False, spin=False)
+    draft_lm = _load(
+        draft, backend, draft_variant, threads, "gqa", False, max_batch, False, takes_turns=True
+    )
     if not isinstance(draft_lm, LanguageModel):
         raise ConfigError(f"draft {draft} is a classifier, not a language model.")
     return SpeculativeLM(model, draft_lm, k=draft_tokens, max_k=max_draft_tokens)
@@ -113,6 +125,7 @@ class _Wanted:
     verbose: bool
     spin: bool
     use: str
+    takes_turns: bool
 
 
 def _load(
@@ -126,12 +139,15 @@ def _load(
     verbose: bool,
     spin: bool = True,
     use: str = REQUESTS,
+    takes_turns: bool = False,
 ) -> LanguageModel | Classifier | Seq2SeqModel:
-    """``load`` without a draft. ``spin``: see ``make_session`` (off for a draft); ``use``:
+    """``load`` without a draft. ``spin``, ``takes_turns``: see ``make_session``; ``use``:
     see ``select_variant``. ``auto`` falls back to the CPU when ONNX Runtime has the CUDA
     provider but cannot start it (a GPU build on a machine without a usable GPU)."""
     chosen, why_backend = backends.resolve_backend(backend)
-    wanted = _Wanted(path, variant, threads, graph, fp16, max_batch, verbose, spin, use)
+    wanted = _Wanted(
+        path, variant, threads, graph, fp16, max_batch, verbose, spin, use, takes_turns
+    )
     try:
         return _load_on(chosen, why_backend, wanted)
     except backends.ProviderNotStarted as e:
@@ -171,6 +187,7 @@ def _load_on(
         fp16=fp16,
         int8=files.entry.get("precision") == "int8",
         spin=spin,
+        takes_turns=wanted.takes_turns,
     )
     if verbose:
         print(f"edgezoo runtime: {reason}")

@@ -43,8 +43,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_speculative_arguments(parser: argparse.ArgumentParser) -> None:
-    """--draft / --prompt-lookup / --lookup-corpus / --draft-tokens / --max-draft-tokens,
-    shared by generate and serve."""
+    """--draft / --prompt-lookup / --draft-variant / --lookup-corpus / --draft-tokens /
+    --max-draft-tokens, shared by generate and serve."""
     speculate = parser.add_mutually_exclusive_group()
     speculate.add_argument(
         "--draft",
@@ -56,6 +56,14 @@ def add_speculative_arguments(parser: argparse.ArgumentParser) -> None:
         "--prompt-lookup",
         action="store_true",
         help="decode speculatively with guesses copied from earlier in the text (no draft model)",
+    )
+    parser.add_argument(
+        "--draft-variant",
+        default="auto",
+        metavar="VARIANT",
+        help="the --draft model's variant, as --variant picks the model's (default: auto). "
+        "--draft set to the model's own dir with --draft-variant int4 drafts with its int4 "
+        "graph",
     )
     parser.add_argument(
         "--lookup-corpus",
@@ -287,6 +295,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         variant=args.variant,
         threads=args.threads,
         draft=draft,
+        draft_variant=args.draft_variant,
         draft_tokens=args.draft_tokens,
         max_draft_tokens=args.max_draft_tokens,
         lookup_corpus=args.lookup_corpus,

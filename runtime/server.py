@@ -134,14 +134,15 @@ def serve(
     parallel: int | None = None,
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     draft: str | Path | None = None,
+    draft_variant: str = "auto",
     draft_tokens: int = 4,
     max_draft_tokens: int | None = None,
     lookup_corpus: str | Path | None = None,
 ) -> None:
     """Load ``model_dir`` and serve it until Ctrl-C / SIGTERM (then finish in-flight work).
 
-    ``draft`` (a draft model dir or "prompt-lookup") decodes speculatively, on static
-    batching: lower latency for a few clients at a time; ``lookup_corpus`` adds guesses
+    ``draft`` (a draft model dir or "prompt-lookup"; ``draft_variant``: the draft dir's
+    variant) decodes speculatively, on static batching: lower latency for a few clients at a time; ``lookup_corpus`` adds guesses
     from a corpus to prompt lookup (see ``runtime.load``)."""
     check_bind(host, api_key)  # before the slow load
     try:
@@ -162,6 +163,7 @@ def serve(
         threads=threads,
         max_batch=max_batch,
         draft=draft,
+        draft_variant=draft_variant,
         draft_tokens=draft_tokens,
         max_draft_tokens=max_draft_tokens,
         lookup_corpus=lookup_corpus,
@@ -233,6 +235,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         parallel=args.parallel,
         prefill_chunk=args.prefill_chunk,
         draft=draft_of(args),
+        draft_variant=args.draft_variant,
         draft_tokens=args.draft_tokens,
         max_draft_tokens=args.max_draft_tokens,
         lookup_corpus=args.lookup_corpus,

@@ -30,7 +30,7 @@ from edgezoo.runtime.engine import supports_engine
 from edgezoo.runtime.engine_rows import EngineRequest, Row, RowDelta
 from edgezoo.runtime.language_model import Generation, StreamDelta
 from edgezoo.runtime.sampling import SamplingParams, softmax, top_k_mask, top_p_mask
-from edgezoo.runtime.session import spins
+from edgezoo.runtime.session import keeps_spinning
 from edgezoo.runtime.slot_cache import SlotCache
 
 DEFAULT_DRAFT_TOKENS = 4  # guesses per target call at the start
@@ -123,13 +123,18 @@ class PromptLookup:
         self._indexed = 0  # n-grams ending before this position are in the index
 
     def propose(self, seq: list[int], k: int, params: SamplingParams, rng) -> tuple[list, list]:
+        found = self.copy(seq, k)
+        return found, [None] * len(found)
+
+    def copy(self, seq: list[int], k: int, shortest: int = 1) -> list[int]:
+        """``k`` tokens copied after the latest earlier match of ``seq``'s last n-gram (n
+        from ``ngram`` down to ``shortest``); [] when there is none."""
         self._index(seq)
-        for n in range(min(self.ngram, len(seq) - 1), 0, -1):
+        for n in range(min(self.ngram, len(seq) - 1), shortest - 1, -1):
             start = self._latest.get(tuple(seq[-n:]))
             if start is not None:
-                found = overlapping_copy(seq, start + n, k)
-                return found, [None] * len(found)
-        return [], []
+                return overlapping_copy(seq, start + n, k)
+        return []
 
     def _index(self, seq: list[int]) -> None:
         """Add the n-grams that now have a token after them (they end before ``len - 1``)."""
@@ -145,15 +150,17 @@ class PromptLookup:
 
 
 def check_draft(draft: Any, target: Any) -> None:
-    """A draft must run like the target (gqa on ort-cpu) and share its vocabulary; its
-    threads should not busy-wait between runs (a warning says how to load it)."""
+    """A draft must run like the target (gqa on ort-cpu) and share its vocabulary; neither
+    model's threads should go on spinning after its runs (a warning says how to load them)."""
     if not supports_engine(draft):
         raise ConfigError("the draft model must run its gqa graph on ort-cpu, as the target.")
-    if spins(draft.session):
+    spinning = [n for n, m in (("draft", draft), ("target", target)) if keeps_spinning(m.session)]
+    if spinning:
         warnings.warn(
-            "the draft model's threads busy-wait between its runs and take the cores the "
-            "target needs (speculative decoding ~2x slower on 2 cores): load the draft with "
-            "runtime.load(..., spin=False), or pass draft=DIR to runtime.load.",
+            f"the {' and '.join(spinning)} model's threads go on spinning after its runs and "
+            "take the cores the other model runs on next (speculative decoding 1.4x slower on "
+            "2 cores): load both with runtime.load(..., takes_turns=True), or pass draft=DIR "
+            "to runtime.load.",
             stacklevel=3,
         )
     if draft.tokenizer.get_vocab() != target.tokenizer.get_vocab():
@@ -163,21 +170,34 @@ def check_draft(draft: Any, target: Any) -> None:
         )
 
 
+DRAFT_LOOKUP_NGRAM = 2  # a draft model's proposer copies instead after a match this long
+
+
 class DraftModel:
     """A smaller model with the same tokenizer, decoding over its own one-row cache (one
     per request; ``SpeculativeLM`` checks the pair with ``check_draft`` once, at load —
     comparing the two vocabularies costs ~4 ms, which per request would be most of a
-    small model's time to first token)."""
+    small model's time to first token).
 
-    def __init__(self, draft: Any, target: Any) -> None:
+    When the text's last ``DRAFT_LOOKUP_NGRAM``+ tokens occurred earlier in it, what followed
+    them there is proposed instead (``PromptLookup``): free, where the draft costs a step
+    per guess, and on repeated stretches right more often. On a trained ``small`` target
+    with an int4 ``nano`` draft: 1.63x the target alone drafting every call, 2.15x copying
+    first (a single-token match copied first: less). ``lookup=False``: the draft every call."""
+
+    def __init__(self, draft: Any, target: Any, lookup: bool = True) -> None:
         self.lm = draft
         self.cache = SlotCache(draft.session, 1, draft.context, draft.decode_rows)
         self.length = 0  # tokens of the sequence in the draft's cache
+        self.lookup = PromptLookup() if lookup else None
 
     def propose(self, seq: list[int], k: int, params: SamplingParams, rng) -> tuple[list, list]:
         k = min(k, self.lm.context - len(seq))
         if k <= 0:
             return [], []
+        copied = self.lookup.copy(seq, k, DRAFT_LOOKUP_NGRAM) if self.lookup else []
+        if copied:  # the draft's cache catches up at its next call
+            return copied, [None] * len(copied)
         logits = self.cache.prefill(0, np.array(seq[self.length :]), self.length)
         self.length = len(seq)
         tokens, dists = [], []

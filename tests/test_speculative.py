@@ -16,7 +16,7 @@ from conftest import lively_model_dir
 from edgezoo import runtime
 from edgezoo.errors import ConfigError
 from edgezoo.runtime.sampling import SamplingParams as SP
-from edgezoo.runtime.session import spins
+from edgezoo.runtime.session import keeps_spinning, spins
 from edgezoo.runtime.speculative import (
     DraftLength,
     DraftModel,
@@ -43,12 +43,12 @@ def draft_dir(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="module")
 def target(target_dir):
-    return runtime.load(target_dir, backend="ort-cpu", variant="gqa")
+    return runtime.load(target_dir, backend="ort-cpu", variant="gqa", takes_turns=True)
 
 
 @pytest.fixture(scope="module")
 def draft(draft_dir):
-    return runtime.load(draft_dir, backend="ort-cpu", variant="gqa", spin=False)
+    return runtime.load(draft_dir, backend="ort-cpu", variant="gqa", takes_turns=True)
 
 
 @pytest.mark.parametrize("k", [1, 3, 8, "adaptive"])
@@ -59,7 +59,7 @@ def test_greedy_text_is_the_targets_own(target, draft, proposer, k):
         ids = target.encode([prompt])[0]
         want = target.generate_ids([ids], params)[0]
         make = {
-            "self": lambda: DraftModel(target, target),
+            "self": lambda: DraftModel(target, target, lookup=False),
             "draft": lambda: DraftModel(draft, target),
             "lookup": PromptLookup,
         }[proposer]
@@ -210,6 +210,35 @@ def test_prompt_lookup_proposes_what_follows_the_latest_earlier_match():
     assert PromptLookup().propose([4, 4], 3, SP(), None)[0] == [4, 4, 4]
 
 
+def test_a_draft_model_copies_a_repeat_instead_of_drafting(target, draft):
+    """After a match of its last 2+ tokens earlier in the text the proposer copies what
+    followed (free); after a shorter one the draft model guesses (and its cache catches up)."""
+    greedy = SP(temperature=0)
+    proposer = DraftModel(draft, target)
+    guesses, dists = proposer.propose([5, 6, 7, 8, 5, 6], 3, greedy, None)
+    assert (guesses, dists, proposer.length) == ([7, 8, 5], [None] * 3, 0)  # not run
+    seq = [5, 6, 7, 8, 9, 5]  # "5" came earlier, "9 5" did not
+    guesses, dists = proposer.propose(seq, 3, greedy, None)
+    alone = DraftModel(draft, target, lookup=False).propose(seq, 3, greedy, None)
+    assert (guesses, dists) == alone and proposer.length == len(seq) + 2
+
+
+def test_the_target_drafts_with_its_own_variant(target_dir):
+    """draft=its own dir, draft_variant=another graph of it: self-drafting (a quantized
+    graph guesses for the full-precision one); greedy text stays the target's."""
+    spec = runtime.load(
+        target_dir, backend="ort-cpu", variant="gqa", draft=target_dir, draft_variant="gqa"
+    )
+    assert spec.draft.variant == "gqa" and spec.draft is not spec.target
+    greedy = SP(temperature=0, max_new_tokens=30, ignore_eos=True)
+    for prompt in PROMPTS:
+        assert (
+            spec.generate(prompt, greedy).token_ids
+            == spec.target.generate(prompt, greedy).token_ids
+        )
+    assert spec.last_stats.acceptance == 1.0  # the same graph: every guess holds
+
+
 def test_the_draft_length_grows_on_full_acceptance_and_shrinks_on_a_miss():
     length = DraftLength(4, 9)
     seen = []
@@ -301,15 +330,21 @@ def test_load_with_a_draft_and_the_errors(target_dir, draft_dir, tmp_path, token
     other.save(str(odd / "tokenizer.json"))
     with pytest.raises(ConfigError, match="tokenizer differs"):
         runtime.load(target_dir, backend="ort-cpu", draft=odd)
-    # The draft's threads sleep between runs (spinning, they take the target's cores);
-    # the target's keep ORT's default. A spinning draft passed by hand gets a warning.
-    assert spins(spec.target.session) and not spins(spec.draft.session)
-    with pytest.warns(UserWarning, match="spin=False"):
+    # Target and draft take turns: their threads spin during a run and stop after it (an
+    # idle pool spinning on takes the cores the other runs on). Pools left spinning, passed
+    # by hand, get a warning that says how to load them.
+    for model in (spec.target, spec.draft):
+        assert spins(model.session) and not keeps_spinning(model.session)
+    with pytest.warns(UserWarning, match="draft model's threads go on spinning"):
         SpeculativeLM(spec.target, runtime.load(draft_dir, backend="ort-cpu"))
-    quiet = runtime.load(draft_dir, backend="ort-cpu", spin=False)
+    turns = runtime.load(draft_dir, backend="ort-cpu", takes_turns=True)
+    with pytest.warns(UserWarning, match=r"target model's .*takes_turns=True"):
+        SpeculativeLM(runtime.load(target_dir, backend="ort-cpu"), turns)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        SpeculativeLM(spec.target, quiet)
+        SpeculativeLM(spec.target, turns)
+    with pytest.raises(ConfigError, match="give draft=DIR"):
+        runtime.load(target_dir, backend="ort-cpu", draft_variant="gqa")
     fixed = runtime.load(target_dir, backend="ort-cpu", draft=draft_dir, max_draft_tokens=4)
     assert (
         fixed.generate(PROMPTS[0], greedy).token_ids
