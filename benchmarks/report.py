@@ -61,7 +61,8 @@ SECTIONS = [
     ),
     (
         "speculative-small-int4-draft",
-        "Speculative decoding on the trained `small` target with int4 drafts",
+        "Speculative decoding on the trained `small` target with int4 drafts (the target's "
+        "own int4 graph among them), beside ONNX Runtime GenAI",
         "speculative_small_int4draft.md",
     ),
     (

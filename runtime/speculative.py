@@ -44,7 +44,7 @@ class DraftLength:
 
     A run of copied code earns long guesses that cost the target little more than one
     token; a stretch of misses costs at most one guess. On a trained ``small`` model's
-    held-out prompts, prompt lookup from 4 growing to 12 decoded 6–13 % faster than a
+    held-out prompts, prompt lookup from 4 growing to 12 decoded 3–15 % faster than a
     fixed 4 (``benchmarks/results/speculative_small.md``)."""
 
     def __init__(self, start: int = DEFAULT_DRAFT_TOKENS, most: int | None = None) -> None:
