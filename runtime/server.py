@@ -142,8 +142,9 @@ def serve(
     """Load ``model_dir`` and serve it until Ctrl-C / SIGTERM (then finish in-flight work).
 
     ``draft`` (a draft model dir or "prompt-lookup"; ``draft_variant``: the draft dir's
-    variant) decodes speculatively, on static batching: lower latency for a few clients at a time; ``lookup_corpus`` adds guesses
-    from a corpus to prompt lookup (see ``runtime.load``)."""
+    variant) decodes speculatively, on static batching: lower latency for a few clients at
+    a time; ``lookup_corpus`` adds guesses from a corpus to prompt lookup (see
+    ``runtime.load``)."""
     check_bind(host, api_key)  # before the slow load
     try:
         import fastapi  # noqa: F401

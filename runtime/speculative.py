@@ -3,8 +3,10 @@ all in one multi-token call over its in-place cache, and every guess it agrees w
 token gained for the price of one step.
 
 Proposers: a small draft model with the same tokenizer (the zoo's size ladder gives one for
-every target), or prompt lookup (copy what followed the last n-gram earlier in the text —
-no second model; strong on code, on answers that quote their prompt, and on loops).
+every target; the target's own int4 graph is one too), or prompt lookup (copy what followed
+the last n-gram earlier in the text — no second model; strong on code, on answers that
+quote their prompt, and on loops). A draft model's turn is skipped when a repeat can be
+copied.
 
 Greedy output is token-for-token the target's own greedy output. Sampling uses the
 accept/reject rule of Leviathan et al. (2023): a proposal ``x`` with draft probability
@@ -371,7 +373,7 @@ class SpeculativeLM:
     @property
     def proposer_name(self) -> str:
         if self.draft is not None:
-            return "draft model"
+            return f"draft model {self.draft.variant} + prompt lookup"
         return "prompt lookup" if self.corpus is None else "prompt + corpus lookup"
 
     def length(self) -> DraftLength:
