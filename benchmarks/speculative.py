@@ -128,8 +128,12 @@ def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> d
     # A target and a draft model run in turns, each pool asleep once its run is over (as
     # runtime.load(draft=DIR) loads them): a second instance of the target for them; the
     # rows above measure the target as a plain load runs it.
-    paired = paths and runtime.load(
-        args.target, backend="ort-cpu", variant=variant, threads=args.threads, takes_turns=True
+    paired = (
+        runtime.load(
+            args.target, backend="ort-cpu", variant=variant, threads=args.threads, takes_turns=True
+        )
+        if paths
+        else None
     )
     for path in paths:
         draft_variant = variant if args.draft_variant == "same" else args.draft_variant
