@@ -194,12 +194,14 @@ class DraftModel:
         self.lookup = PromptLookup() if lookup else None
 
     def propose(self, seq: list[int], k: int, params: SamplingParams, rng) -> tuple[list, list]:
+        # A copy needs no room in the draft's cache (only the target's, which k allows for);
+        # the draft's cache catches up at its next call.
+        copied = self.lookup.copy(seq, k, DRAFT_LOOKUP_NGRAM) if self.lookup and k > 0 else []
+        if copied:
+            return copied, [None] * len(copied)
         k = min(k, self.lm.context - len(seq))
         if k <= 0:
             return [], []
-        copied = self.lookup.copy(seq, k, DRAFT_LOOKUP_NGRAM) if self.lookup else []
-        if copied:  # the draft's cache catches up at its next call
-            return copied, [None] * len(copied)
         logits = self.cache.prefill(0, np.array(seq[self.length :]), self.length)
         self.length = len(seq)
         tokens, dists = [], []
