@@ -149,18 +149,24 @@ def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> d
     totals = {m: {"proposed": 0, "accepted": 0} for m in methods}
     identical = dict.fromkeys(methods, True)
     peer_rates, peer = [], {}
-    for _ in range(args.rounds):
+    for round_ in range(args.rounds):
         seconds = dict.fromkeys(methods, 0.0)
         alone_tokens = []
-        for ids in encoded:
-            reference = None
-            for name, model in methods.items():
-                elapsed, tokens, extra = time_method(model, ids, params)
+        for i, ids in enumerate(encoded):
+            # Each prompt starts at another method: what runs just before a method (a plain
+            # session's threads still spinning, the caches another model left) changes its
+            # speed, and a fixed order would always hand the same method the same neighbour.
+            names = list(methods)
+            start = (i + len(encoded) * round_) % len(names)
+            produced = {}
+            for name in names[start:] + names[:start]:
+                elapsed, produced[name], extra = time_method(methods[name], ids, params)
                 seconds[name] += elapsed
-                reference = reference or tokens
-                identical[name] &= tokens == reference
                 for key, value in extra.items():
                     totals[name][key] += value
+            reference = produced["target alone"]
+            for name, tokens in produced.items():
+                identical[name] &= tokens == reference
             alone_tokens.append(reference)
         for name in methods:
             rates[name].append(len(encoded) * args.max_new_tokens / seconds[name])
@@ -321,7 +327,8 @@ def table(result: dict) -> str:
         f"{draft_variants(result)}), "
         f"{guesses(result)}, {result['prompts']} held-out stdlib prompts × "
         f"{result['max_new_tokens']} greedy tokens, batch 1, {result['threads']} threads; medians "
-        f"of {result['rounds']} interleaved rounds. Held-out loss: {losses or 'not recorded'}."
+        f"of {result['rounds']} interleaved rounds (each prompt starts at another method). "
+        f"Held-out loss: {losses or 'not recorded'}."
     )
     lines.append(
         "Prompt lookup: what followed the latest earlier match of the text's last 1-3 tokens, "
