@@ -70,6 +70,7 @@ bench-results: setup
 	$(BIN)/python -m benchmarks.speculative --target runs/spec-small --draft runs/demo,runs/draft/nano-kl0.7,runs/spec-small --draft-variant gqa-int4 --variants gqa,gqa-int8,gqa-int8-dynamic --corpus builtin --rounds 5 --out benchmarks/results/speculative_small_int4draft
 	$(BIN)/python -m benchmarks.bench --sizes nano,micro,mini,small,medium --precisions fp32,int8,int4 --batches 1 --prompts 32 --repeats 3 --work runs/bench \
 		--peers ort-genai,ort-genai:int8,ort-genai:int4 --peer-prompts 32,512 --out benchmarks/results/peers_genai
+	$(BIN)/python -m benchmarks.call_cost --model runs/bench/lm-small --rounds 20
 	$(BIN)/python -m benchmarks.int8_forms --sizes nano,micro,mini,small,medium --rounds 3
 	$(BIN)/python -m benchmarks.step_overhead --sizes nano,micro,mini,small
 	$(BIN)/python -m benchmarks.steady_mask --sizes nano,micro,small --rounds 11

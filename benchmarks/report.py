@@ -66,6 +66,12 @@ SECTIONS = [
         "speculative_small_int4draft.md",
     ),
     (
+        "call-cost",
+        "What a call of several tokens costs against one, per variant (the price of checking "
+        "speculative guesses)",
+        "call_cost.md",
+    ),
+    (
         "peers-genai",
         "Beside ONNX Runtime GenAI, nano → medium × fp32/int8/int4: decode step, TTFT at 32 "
         "and 512 tokens, peak memory of fresh processes",

@@ -467,3 +467,19 @@ def test_serve_with_prompt_lookup_says_how_many_guesses(target_dir, monkeypatch,
     assert "speculative (prompt lookup, 3 → 9 guesses per call)" in capsys.readouterr().out
     serve(target_dir, backend="ort-cpu", draft="prompt-lookup", draft_tokens=3, max_draft_tokens=3)
     assert "speculative (prompt lookup, 3 guesses per call)" in capsys.readouterr().out
+
+
+def test_call_cost_benchmark_times_each_length_against_one_token(target_dir, tmp_path):
+    import json
+
+    from benchmarks import call_cost
+
+    out = tmp_path / "cost"
+    args = ["--model", str(target_dir), "--variants", "gqa", "--lengths", "1,4"]
+    call_cost.main([*args, "--rounds", "2", "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert set(result["seconds"]["gqa"]) == {"1", "4"}
+    assert all(s > 0 for s in result["seconds"]["gqa"].values())
+    assert "| gqa |" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        call_cost.main(["--model", str(target_dir), "--lengths", "2,4", "--out", str(out)])
