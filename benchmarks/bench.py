@@ -110,7 +110,9 @@ def prepare(size: str, work: Path, context: int = 1024) -> Path:
         if _head_bits(variants["gqa-int4"]) != INT4_HEAD_BITS:  # built before the head rule
             quantize_model(out, "int4", QuantizeOptions(head_bits=INT4_HEAD_BITS), False)
         dynamic = variants.get("gqa-int8-dynamic", {}).get("quantization", {})
-        if dynamic.get("activation_scales") != "per row":  # before the second int8 form / per row
+        blocks = variants["gqa-int8"].get("quantization", {}).get("block_choice")
+        # built before the second int8 form / per-row scales / per-matrix int8 blocks
+        if dynamic.get("activation_scales") != "per row" or blocks != "auto":
             quantize_model(out, "int8", QuantizeOptions(), measure_all=False)
         return out
     import torch

@@ -14,6 +14,7 @@ from edgezoo.quantize.prune.cli import add_prune_parser
 from edgezoo.quantize.speed import SPEED_MARGIN, SPEED_ROUNDS
 
 TARGETS = ("int8", "int8-static", "fp16", "int4")  # the pipeline's, without importing it
+AUTO_BLOCK, BLOCK_SIZES = "auto", (16, 32, 64, 128, 256)  # graphs', without importing onnx
 
 
 def register(subparsers: Any) -> None:
@@ -41,10 +42,10 @@ def register(subparsers: Any) -> None:
     )
     s.add_argument(
         "--block-size",
-        type=int,
-        default=32,
-        choices=(16, 32, 64, 128),
-        help="int4/weight-only block size",
+        type=_block_size,
+        default=AUTO_BLOCK,
+        help="weight-only block size: 16, 32, 64, 128, 256 or auto (default: int4 blocks of "
+        "32; int8 per matrix, the widest of these dividing its input dimension)",
     )
     s.add_argument(
         "--asymmetric",
@@ -130,6 +131,15 @@ def _margin(text: str) -> float:
     if value < 1.0:
         raise argparse.ArgumentTypeError(f"{value} is not a margin: use 1.0 or more (1.05 = 5 %)")
     return value
+
+
+def _block_size(text: str) -> int | str:
+    if text == AUTO_BLOCK:
+        return text
+    if text.isdigit() and int(text) in BLOCK_SIZES:
+        return int(text)
+    sizes = ", ".join(map(str, BLOCK_SIZES))
+    raise argparse.ArgumentTypeError(f"block size {text!r}: use one of {sizes} or {AUTO_BLOCK}")
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:

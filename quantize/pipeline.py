@@ -56,7 +56,7 @@ DEFAULT_BUDGET = {"perplexity_pct": 2.0, "accuracy_points": 1.0, "chrf_points": 
 @dataclass
 class QuantizeOptions:
     per_channel: bool = True
-    block_size: int = 32
+    block_size: int | str = "auto"  # weight-only: a size, or auto (graphs.block_sizes)
     symmetric: bool = True
     accuracy_level: int = 4
     # LM head bits in int4 variants: "auto" builds both and keeps int4 when the held-out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import onnx
 import pytest
@@ -189,6 +191,40 @@ def test_quantized_graphs_use_the_expected_ops(lm_dir):
     assert "MatMulInteger" in ops["int8"] or "DynamicQuantizeMatMul" in ops["int8"]
     assert {"MatMulNBits", "GatherBlockQuantized"} <= ops["gqa-int4"]
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops["int8-static"]
+
+
+def _nbits_blocks(path) -> dict[str, tuple[int, int]]:
+    """Each MatMulNBits node's (K, block_size)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    attrs = [{a.name: a.i for a in n.attribute} for n in graph.node if n.op_type == "MatMulNBits"]
+    return {i: (a["K"], a["block_size"]) for i, a in enumerate(attrs)}
+
+
+def test_weight_only_blocks_auto_per_matrix_for_int8_and_32_for_int4(lm_dir, tmp_path):
+    """``--block-size auto``: each int8 matrix takes the widest block dividing its input
+    dimension (K 64 and 128 here: two passes), int4 keeps 32; a fixed size goes to all."""
+    variants = manifest.read(lm_dir)["variants"]
+    int8 = _nbits_blocks(lm_dir / "onnx" / variants["gqa-int8"]["file"])
+    assert all(block == graphs.widest_block(k) and k % block == 0 for k, block in int8.values())
+    assert {block for _, block in int8.values()} == {64, 128}
+    assert variants["gqa-int8"]["quantization"]["block_size"] == "per matrix, 64-128"
+    int4 = _nbits_blocks(lm_dir / "onnx" / variants["gqa-int4"]["file"])
+    assert {block for _, block in int4.values()} == {32}
+    assert variants["gqa-int4"]["quantization"]["block_size"] == 32
+    src, dst = lm_dir / "onnx" / "model.gqa.onnx", tmp_path / "model.fixed.onnx"
+    details = graphs.weight_only(src, dst, 8, block_size=16, head_bits=None, embeddings=False)
+    assert {block for _, block in _nbits_blocks(dst).values()} == {16}
+    assert details["block_size"] == 16
+    assert [graphs.widest_block(k) for k in (64, 288, 1376, 2048, 100)] == [64, 32, 32, 256, 32]
+
+
+def test_block_size_argument():
+    from edgezoo.quantize.cli import _block_size
+
+    assert _block_size("auto") == "auto" and _block_size("256") == 256
+    for bad in ("512", "12", "big"):
+        with pytest.raises(argparse.ArgumentTypeError, match="use one of 16, 32, 64, 128, 256"):
+            _block_size(bad)
 
 
 def test_runtime_picks_variants_by_precision_and_auto(lm_dir):
