@@ -280,6 +280,8 @@ def weight_only(
     ``block_size``: one of ``BLOCK_SIZES``, or ``auto`` (``block_sizes``)."""
     model = onnx.load(str(src))
     untied = untie_lm_head(model)
+    for i, node in enumerate(model.graph.node):  # the passes pick nodes by name
+        node.name = node.name or f"{node.op_type}_{i}"
     head = lm_head_node(model)
     split_head = bool(head and head_bits and head_bits != bits)
     main = block_sizes(model, bits, block_size)
