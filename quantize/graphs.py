@@ -76,8 +76,9 @@ def int8_dynamic(
         source = src
         if with_head:
             model = onnx.load(str(src))
+            merged = merge_head_chunks(model)
             untied = untie_lm_head(model)
-            if untied:  # quantize_dynamic reads a file: stage the untied graph beside dst
+            if untied or merged:  # quantize_dynamic reads a file: stage the graph beside dst
                 staged = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=dst.parent)))
                 source = staged / src.name
                 _save(model, source)
@@ -191,6 +192,34 @@ def untie_lm_head(model: onnx.ModelProto) -> bool:
     return False
 
 
+def merge_head_chunks(model: onnx.ModelProto) -> bool:
+    """Join an LM head written in column slices (``export.gqa_graph._lm_head``: MatMuls of
+    one input whose outputs a Concat makes ``logits``) back into one ``MatMul`` named
+    ``lm_head``, so that quantization sees one head (its bits, its block, untying)."""
+    graph = model.graph
+    concat = next((n for n in graph.node if n.op_type == "Concat" and "logits" in n.output), None)
+    if concat is None:
+        return False
+    producers = {out: n for n in graph.node for out in n.output}
+    inits = {i.name: i for i in graph.initializer}
+    parts = [producers.get(name) for name in concat.input]
+    if not all(p is not None and p.op_type == "MatMul" and p.input[1] in inits for p in parts):
+        return False
+    if len({p.input[0] for p in parts}) != 1:
+        return False
+    weight = np.concatenate([numpy_helper.to_array(inits[p.input[1]]) for p in parts], axis=1)
+    at = list(graph.node).index(parts[0])
+    for node in [*parts, concat]:
+        graph.node.remove(node)
+    for p in parts:
+        graph.initializer.remove(inits[p.input[1]])
+    graph.initializer.append(numpy_helper.from_array(weight, "lm_head.weight"))
+    head = helper.make_node("MatMul", [parts[0].input[0], "lm_head.weight"], list(concat.output))
+    head.name = "lm_head"
+    graph.node.insert(at, head)
+    return True
+
+
 def lm_head_node(model: onnx.ModelProto) -> str | None:
     """The MatMul producing ``logits`` (the LM head), if the graph has one."""
     for node in model.graph.node:
@@ -279,6 +308,7 @@ def weight_only(
     """MatMulNBits weight-only quantization; returns what was done for the manifest.
     ``block_size``: one of ``BLOCK_SIZES``, or ``auto`` (``block_sizes``)."""
     model = onnx.load(str(src))
+    merge_head_chunks(model)
     untied = untie_lm_head(model)
     for i, node in enumerate(model.graph.node):  # the passes pick nodes by name
         node.name = node.name or f"{node.op_type}_{i}"

@@ -269,3 +269,38 @@ def test_source_commit_only_from_edgezoos_own_checkout(tmp_path):
     assert source_commit(site) is None
     assert source_commit(other) is None  # their top level, but not edgezoo's pyproject
     assert source_commit(tmp_path / "not-a-repo") is None
+
+
+def test_large_untied_head_is_written_in_pieces_that_quantizers_join(
+    tmp_path, tokenizer, monkeypatch
+):
+    """A head over ``HEAD_CHUNK_BYTES`` becomes column slices + Concat (less peak memory at
+    load); the graph still validates against PyTorch, and quantizing joins the slices into
+    one head again (one int8 / int4 MatMulNBits and one MatMulInteger produce the logits)."""
+    from edgezoo.export import gqa_graph
+    from edgezoo.quantize.pipeline import QuantizeOptions, quantize_model
+
+    cfg = LlamaConfig(**{**TINY_LM, "tie_word_embeddings": False})
+    make_model_dir(tmp_path, cfg, tokenizer)
+    head_bytes = cfg.hidden_size * cfg.vocab_size * 4
+    monkeypatch.setattr(gqa_graph, "HEAD_CHUNK_BYTES", head_bytes // 3 + 1)
+    result = to_onnx(tmp_path, optimize=False, greedy_steps=8)
+    assert "gqa" in result.variants  # validated: logits within tolerance of PyTorch
+    graph = onnx.load(str(tmp_path / "onnx" / "model.gqa.onnx"), load_external_data=False).graph
+    (concat,) = [n for n in graph.node if "logits" in n.output]
+    assert concat.op_type == "Concat" and len(concat.input) == 3
+    widths = sorted(i.dims[1] for i in graph.initializer if i.name.startswith("lm_head.weight."))
+    assert sum(widths) == cfg.vocab_size and len(widths) == 3
+    for target in ("int8", "int4"):
+        quantize_model(tmp_path, target, QuantizeOptions(head_bits=8), measure_all=False)
+    variants = manifest.read(tmp_path)["variants"]
+    for name, op in (("gqa-int8", "MatMulNBits"), ("gqa-int4", "MatMulNBits")):
+        g = onnx.load(str(tmp_path / "onnx" / variants[name]["file"]), load_external_data=False)
+        (head,) = [n for n in g.graph.node if "logits" in n.output]
+        assert head.op_type == op and "Concat" not in {n.op_type for n in g.graph.node}
+    assert variants["gqa-int4"]["quantization"]["lm_head_bits"] == 8
+    dynamic = onnx.load(
+        str(tmp_path / "onnx" / variants["gqa-int8-dynamic"]["file"]), load_external_data=False
+    )
+    ops = [n.op_type for n in dynamic.graph.node]
+    assert "MatMul" not in ops and "Concat" not in ops
