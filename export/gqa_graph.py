@@ -174,10 +174,10 @@ def _lm_head(g: GraphBuilder, x: str, weight: np.ndarray) -> None:
     """An untied LM head ``[hidden, vocab]``: column slices of at most ``HEAD_CHUNK_BYTES``,
     their logits concatenated. Why: ONNX Runtime prepacks each MatMul weight at load,
     holding the weight's file pages and its packed copy at once, and the head is by far the
-    largest weight (``medium``: 98 MB of 499) — in one piece it put 65–70 MB on the load's
-    peak memory that decoding never needs again (``medium`` fp32: 550 → 485 MB peak in
-    four pieces, decode step unchanged). The quantizers join the pieces first
-    (``quantize.graphs.merge_head_chunks``)."""
+    largest weight (``medium``: 98 MB of 499) — in one piece it put ~60 MB on the load's
+    peak memory that decoding never needs again (``medium`` fp32, a fresh process that loads
+    and decodes: 557 → 495 MB peak in three pieces, decode step unchanged). The quantizers
+    join the pieces first (``quantize.graphs.merge_head_chunks``)."""
     chunks = -(-weight.nbytes // HEAD_CHUNK_BYTES)
     if chunks <= 1:
         g.op("MatMul", [x, g.const("lm_head.weight", weight)], name="lm_head")
