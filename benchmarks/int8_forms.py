@@ -4,7 +4,8 @@ decode per token, time to first token, peak memory, and what a multi-token call 
     python -m benchmarks.int8_forms --sizes nano,micro,mini,small,medium
 
 * ``gqa-int8``: weight-only ``MatMulNBits`` (bits 8, int8 activations per block inside the
-  kernel) — op for op what GenAI's builder writes for int8.
+  kernel) — the op GenAI's builder writes for int8, with each matrix's block as wide as
+  its input dimension allows (up to 256) where the builder's default is 32.
 * ``gqa-int8-dynamic``: ``quantize_dynamic`` (``MatMulInteger``, the tied LM head untied and
   quantized too; activations quantized with one scale per token, and two-row decode steps
   — ``quantize.graphs.per_row_activations``): integer GEMMs that run on AMX / VNNI units
