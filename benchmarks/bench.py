@@ -106,6 +106,11 @@ def prepare(size: str, work: Path, context: int = 1024) -> Path:
 
     out = work / f"lm-{size}"
     variants = manifest.read(out)["variants"]
+    if {"gqa", "gqa-int8", "gqa-int4"} <= set(variants) and _head_whole(out, variants["gqa"]):
+        to_onnx(out, greedy_steps=8, optimize=False)  # exported before the sliced LM head
+        quantize_model(out, "int8", QuantizeOptions(), measure_all=False)
+        quantize_model(out, "int4", QuantizeOptions(head_bits=INT4_HEAD_BITS), measure_all=False)
+        return out
     if {"gqa", "gqa-int8", "gqa-int4"} <= set(variants):
         if _head_bits(variants["gqa-int4"]) != INT4_HEAD_BITS:  # built before the head rule
             quantize_model(out, "int4", QuantizeOptions(head_bits=INT4_HEAD_BITS), False)
@@ -133,6 +138,20 @@ def prepare(size: str, work: Path, context: int = 1024) -> Path:
 # 8 bits): speed rows use a 4-bit head, as ONNX Runtime GenAI's builder does by default, so
 # int4 compares with int4. Trained models get the gate's choice (quantize --head-bits auto).
 INT4_HEAD_BITS = 4
+
+
+def _head_whole(model_dir: Path, gqa: dict) -> bool:
+    """Whether the GQA graph has an untied LM head in one piece that the export now writes
+    in slices (``export.gqa_graph._lm_head``)."""
+    import onnx
+
+    from edgezoo.export.gqa_graph import HEAD_CHUNK_BYTES
+
+    graph = onnx.load(str(model_dir / "onnx" / gqa["file"]), load_external_data=False).graph
+    head = next(n for n in graph.node if "logits" in n.output)
+    weight = next((i for i in graph.initializer if i.name == head.input[-1]), None)
+    nbytes = 4 * int(np.prod(weight.dims)) if weight is not None else 0
+    return head.op_type == "MatMul" and nbytes > HEAD_CHUNK_BYTES
 
 
 def _head_bits(entry: dict) -> int | None:

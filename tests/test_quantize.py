@@ -251,6 +251,9 @@ def test_block_size_argument():
     from edgezoo.quantize.cli import _block_size
 
     assert _block_size("auto") == "auto" and _block_size("256") == 256
+    from edgezoo.quantize import cli
+
+    assert sorted(cli.BLOCK_SIZES) == sorted(graphs.BLOCK_SIZES)  # the CLI's copy agrees
     for bad in ("512", "12", "big"):
         with pytest.raises(argparse.ArgumentTypeError, match="use one of 16, 32, 64, 128, 256"):
             _block_size(bad)
