@@ -26,7 +26,7 @@ from edgezoo import atomic, runtime
 from edgezoo.runtime.backends import cache_root
 from edgezoo.runtime.corpus_lookup import CORPUS_GUESSES, MIN_NGRAM, load_index
 from edgezoo.runtime.sampling import SamplingParams
-from edgezoo.runtime.speculative import DraftLength, SpeculativeLM
+from edgezoo.runtime.speculative import MIN_CONFIDENCE, DraftLength, SpeculativeLM
 from edgezoo.zoo.data import is_validation, iter_documents
 
 RESULTS = Path(__file__).parent / "results"
@@ -64,6 +64,9 @@ def time_method(model, prompt_ids: list[int], params: SamplingParams) -> tuple[f
     elapsed = time.perf_counter() - start
     stats = getattr(model, "last_stats", None)
     extra = {"proposed": stats.proposed, "accepted": stats.accepted} if stats else {}
+    for source, tally in (stats.by_source if stats else {}).items():
+        for name, value in zip(("calls", "proposed", "accepted"), tally, strict=True):
+            extra[f"{source} {name}"] = value
     return elapsed, result.token_ids, extra
 
 
@@ -143,10 +146,14 @@ def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> d
         label = draft_label(path, args.target, draft.variant)
         drafts[label] = draft.variant
         methods[label] = SpeculativeLM(paired, draft, k=args.k, max_k=max_k)
+        if args.corpus:
+            methods[f"{label} + corpus"] = SpeculativeLM(
+                paired, draft, k=args.k, max_k=max_k, corpus=corpus
+            )
     params = SamplingParams(temperature=0, max_new_tokens=args.max_new_tokens, ignore_eos=True)
     encoded = [target.encode([p])[0] for p in prompts]
     rates: dict[str, list[float]] = {m: [] for m in methods}
-    totals = {m: {"proposed": 0, "accepted": 0} for m in methods}
+    totals: dict[str, dict[str, int]] = {m: {"proposed": 0, "accepted": 0} for m in methods}
     identical = dict.fromkeys(methods, True)
     peer_rates, peer = [], {}
     for round_ in range(args.rounds):
@@ -163,7 +170,7 @@ def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> d
                 elapsed, produced[name], extra = time_method(methods[name], ids, params)
                 seconds[name] += elapsed
                 for key, value in extra.items():
-                    totals[name][key] += value
+                    totals[name][key] = totals[name].get(key, 0) + value
             reference = produced["target alone"]
             for name, tokens in produced.items():
                 identical[name] &= tokens == reference
@@ -190,6 +197,7 @@ def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> d
         "acceptance": {
             m: t["accepted"] / t["proposed"] for m, t in totals.items() if t["proposed"]
         },
+        "guess_sources": {m: t for m, t in totals.items() if t["proposed"]},
         "peer": {
             "name": args.peer,
             "tokens_per_s": peer_rate,
@@ -340,7 +348,10 @@ def table(result: dict) -> str:
             "Draft rows: what followed an earlier match of the text's last 2-3 tokens is copied "
             "(as prompt lookup), and the draft model guesses only when there is none; target and "
             "draft take turns on the cores (each one's threads stop spinning when its run "
-            "returns; a second instance of the target)."
+            "returns; a second instance of the target). The draft stops guessing after a "
+            f"token it gives less than {MIN_CONFIDENCE:.0%}; each source of guesses (copy, "
+            'corpus, draft) keeps its own count. "+ corpus": the corpus is tried before the '
+            "draft model."
         )
     if result.get("corpus"):
         lines.append(
@@ -354,7 +365,32 @@ def table(result: dict) -> str:
             "builder, the row's precision) in a fresh process per prompt; its tokens/s is the "
             "prompt's time to first token plus its mean step time × the other tokens."
         )
+    lines.extend(sources_table(result))
     return "\n".join(lines) + "\n"
+
+
+def sources_table(result: dict) -> list[str]:
+    """Where the guesses came from, per method, for the first variant: target calls that
+    checked guesses of each source, guesses per such call, the share kept."""
+    row = result["rows"][0]
+    found = row.get("guess_sources", {})
+    if not found:
+        return []
+    lines = [
+        f"\nGuesses by source ({row['variant']}, all rounds):\n",
+        "| method | source | calls | guesses per call | kept |",
+        "|---|---|---|---|---|",
+    ]
+    for method, totals in found.items():
+        for source in ("copy", "corpus", "draft"):
+            calls = totals.get(f"{source} calls", 0)
+            if calls:
+                proposed, kept = totals[f"{source} proposed"], totals[f"{source} accepted"]
+                lines.append(
+                    f"| {method} | {source} | {calls} | {proposed / calls:.1f} | "
+                    f"{kept / proposed:.0%} |"
+                )
+    return lines
 
 
 if __name__ == "__main__":

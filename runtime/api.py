@@ -59,9 +59,10 @@ def load(
     (2 more after a call that kept every guess, 1 fewer after a miss) up to
     ``max_draft_tokens`` (default 3 × ``draft_tokens``; equal: fixed). Greedy output is
     the target's own (``runtime.speculative``). ``lookup_corpus`` (a text file or a folder
-    of them; implies prompt lookup): when the text has nothing earlier to copy, guess what
-    most often followed its last tokens there (``runtime.corpus_lookup``; indexed once,
-    kept under the cache folder).
+    of them; implies prompt lookup without a draft model): when the text has nothing
+    earlier to copy, guess what most often followed its last tokens there, before any
+    draft model's turn (``runtime.corpus_lookup``; indexed once, kept under the cache
+    folder).
 
     ``expected_batch``: how many prompts will usually decode together (a server's slots).
     Above 1, of rival graphs of the precision asked for (int8: weight-only and dynamic), the
@@ -73,11 +74,7 @@ def load(
     yourself: load both so; ``draft=`` does it for you), whose idle pools would otherwise
     take the cores the other is running on.
     """
-    if lookup_corpus is not None:
-        if draft not in (None, "prompt-lookup"):
-            raise ConfigError(
-                "a lookup corpus goes with prompt lookup, not a draft model: drop one of them."
-            )
+    if lookup_corpus is not None and draft is None:
         draft = "prompt-lookup"
     # Speculative decoding checks several tokens per call: of rival graphs of the precision
     # asked for, the one the quality gate timed fastest at that.
@@ -97,19 +94,19 @@ def load(
         raise ConfigError(
             f"{path} is not a decoder-only LM: speculative decoding is for language models."
         )
-    if str(draft) == "prompt-lookup":
-        corpus = None
-        if lookup_corpus is not None:
-            from edgezoo.runtime.corpus_lookup import load_index
+    corpus = None
+    if lookup_corpus is not None:
+        from edgezoo.runtime.corpus_lookup import load_index
 
-            corpus = load_index(lookup_corpus, model.tokenizer, backends.cache_root())
+        corpus = load_index(lookup_corpus, model.tokenizer, backends.cache_root())
+    if str(draft) == "prompt-lookup":
         return SpeculativeLM(model, None, k=draft_tokens, max_k=max_draft_tokens, corpus=corpus)
     draft_lm = _load(
         draft, backend, draft_variant, threads, "gqa", False, max_batch, False, takes_turns=True
     )
     if not isinstance(draft_lm, LanguageModel):
         raise ConfigError(f"draft {draft} is a classifier, not a language model.")
-    return SpeculativeLM(model, draft_lm, k=draft_tokens, max_k=max_draft_tokens)
+    return SpeculativeLM(model, draft_lm, k=draft_tokens, max_k=max_draft_tokens, corpus=corpus)
 
 
 @dataclass(frozen=True)

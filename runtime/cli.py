@@ -68,8 +68,9 @@ def add_speculative_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lookup-corpus",
         metavar="PATH",
-        help="with prompt lookup (implied): a text file or folder (e.g. your codebase) to "
-        "guess from when the text has nothing earlier to copy; indexed once, then cached",
+        help="a text file or folder (e.g. your codebase) to guess from when the text has "
+        "nothing earlier to copy, before the --draft model's turn (without --draft: prompt "
+        "lookup, implied); indexed once, then cached",
     )
     parser.add_argument(
         "--draft-tokens",

@@ -193,11 +193,15 @@ class CorpusLookup:
         self.index = index
         self.prompt = PromptLookup()
 
-    def propose(self, seq: list[int], k: int, params: SamplingParams, rng) -> tuple[list, list]:
-        found, dists = self.prompt.propose(seq, k, params, rng)
-        if found or k < 1:
+    def propose(self, seq: list[int], k, params: SamplingParams, rng) -> tuple[list, list]:
+        """``k``: an int or the request's ``GuessCounts`` ("copy", then "corpus")."""
+        from edgezoo.runtime.speculative import GuessCounts
+
+        counts = GuessCounts.of(k)
+        found, dists = self.prompt.propose(seq, counts, params, rng)
+        if found:
             return found, dists
-        found = self.index.continuation(seq, min(k, CORPUS_GUESSES))
+        found = self.index.continuation(seq, min(counts.k("corpus"), CORPUS_GUESSES))
         return found, [None] * len(found)
 
     def accept(self, seq_len: int) -> None:

@@ -194,7 +194,7 @@ def serve(
     spec = ""
     if draft:
         length = model.length()
-        guesses = f"{length.k}" if length.fixed else f"{length.k} → {length.most}"
+        guesses = f"{length.start}" if length.fixed else f"{length.start} → {length.most}"
         spec = f", speculative ({model.proposer_name}, {guesses} guesses per call)"
     print(f"edgezoo serve: {mode} batching{spec}", flush=True)
     uvicorn.run(

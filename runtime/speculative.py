@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from edgezoo.errors import ConfigError
-from edgezoo.runtime.corpus_lookup import CorpusIndex, CorpusLookup
+from edgezoo.runtime.corpus_lookup import CORPUS_GUESSES, CorpusIndex, CorpusLookup
 from edgezoo.runtime.engine import supports_engine
 from edgezoo.runtime.engine_rows import EngineRequest, Row, RowDelta
 from edgezoo.runtime.language_model import Generation, StreamDelta
@@ -64,6 +64,44 @@ class DraftLength:
         if proposed and not self.fixed:
             grow = accepted == proposed
             self.k = min(self.most, self.k + 2) if grow else max(1, self.k - 1)
+
+
+class GuessCounts:
+    """How many guesses the next target call checks: a ``DraftLength`` per source of
+    guesses ("copy": the text's own repeats, "corpus", "draft": a draft model), each
+    adapting to how often its own guesses hold, and never more than ``room`` (what the
+    request's budget and the context leave).
+
+    One schedule for all let a run of copied code (kept whole, so growing to 12) hand its
+    length to the draft model's next turn: 12 draft steps, of which a couple held."""
+
+    def __init__(self, start: int = DEFAULT_DRAFT_TOKENS, most: int | None = None) -> None:
+        template = DraftLength(start, most)  # refuses a bad pair now
+        self.start, self.most, self.fixed = template.k, template.most, template.fixed
+        self.room = self.most
+        self.schedules: dict[str, DraftLength] = {}
+        self.source: str | None = None  # the source asked last: whose guesses are checked
+
+    @classmethod
+    def of(cls, k: int | GuessCounts) -> GuessCounts:
+        """``k`` itself, or a fixed count of ``k`` for an int (0: no guesses)."""
+        if isinstance(k, GuessCounts):
+            return k
+        counts = cls(max(k, 1), max(k, 1))
+        counts.room = k
+        return counts
+
+    def k(self, source: str) -> int:
+        """How many guesses ``source`` may propose for the next call."""
+        self.source = source
+        schedule = self.schedules.setdefault(source, DraftLength(self.start, self.most))
+        return max(0, min(self.room, schedule.k))
+
+    def update(self, proposed: int, accepted: int) -> None:
+        """After a call that checked ``proposed`` guesses of the source asked last."""
+        if self.source is not None:
+            self.schedules[self.source].update(proposed, accepted)
+        self.source = None
 
 
 def distribution(params: SamplingParams, logits: np.ndarray) -> np.ndarray:
@@ -124,8 +162,10 @@ class PromptLookup:
         self._latest: dict[tuple[int, ...], int] = {}  # n-gram -> latest start with a successor
         self._indexed = 0  # n-grams ending before this position are in the index
 
-    def propose(self, seq: list[int], k: int, params: SamplingParams, rng) -> tuple[list, list]:
-        found = self.copy(seq, k)
+    def propose(
+        self, seq: list[int], k: int | GuessCounts, params: SamplingParams, rng
+    ) -> tuple[list, list]:
+        found = self.copy(seq, GuessCounts.of(k).k("copy"))
         return found, [None] * len(found)
 
     def copy(self, seq: list[int], k: int, shortest: int = 1) -> list[int]:
@@ -151,6 +191,12 @@ class PromptLookup:
         """The index follows the sequence itself: nothing to roll back."""
 
 
+def top_probability(logits: np.ndarray) -> float:
+    """The softmax's largest value: how sure a greedy draft is of its pick."""
+    shifted = np.exp(logits - logits.max())
+    return float(1.0 / shifted.sum())
+
+
 def check_draft(draft: Any, target: Any) -> None:
     """A draft must run like the target (gqa on ort-cpu) and share its vocabulary; neither
     model's threads should go on spinning after its runs (a warning says how to load them)."""
@@ -173,6 +219,7 @@ def check_draft(draft: Any, target: Any) -> None:
 
 
 DRAFT_LOOKUP_NGRAM = 2  # a draft model's proposer copies instead after a match this long
+MIN_CONFIDENCE = 0.4  # a draft model stops guessing after a token it gives less than this
 
 
 class DraftModel:
@@ -185,21 +232,43 @@ class DraftModel:
     them there is proposed instead (``PromptLookup``): free, where the draft costs a step
     per guess, and on repeated stretches right more often. On a trained ``small`` target
     with an int4 ``nano`` draft: 1.63x the target alone drafting every call, 2.15x copying
-    first (a single-token match copied first: less). ``lookup=False``: the draft every call."""
+    first (a single-token match copied first: less). ``lookup=False``: the draft every call.
+    ``corpus``: when there is nothing to copy, what followed the text's last tokens in a
+    corpus is tried before the draft model (``CorpusIndex``).
 
-    def __init__(self, draft: Any, target: Any, lookup: bool = True) -> None:
+    The draft stops guessing after a token it gave less than ``min_confidence`` (greedy:
+    its top probability; sampling: that of the token drawn): the target rarely keeps what
+    follows a guess the draft itself doubted, and every guess costs a draft step."""
+
+    def __init__(
+        self,
+        draft: Any,
+        target: Any,
+        lookup: bool = True,
+        corpus: CorpusIndex | None = None,
+        min_confidence: float = MIN_CONFIDENCE,
+    ) -> None:
         self.lm = draft
         self.cache = SlotCache(draft.session, 1, draft.context, draft.decode_rows)
         self.length = 0  # tokens of the sequence in the draft's cache
         self.lookup = PromptLookup() if lookup else None
+        self.corpus, self.min_confidence = corpus, min_confidence
 
-    def propose(self, seq: list[int], k: int, params: SamplingParams, rng) -> tuple[list, list]:
+    def propose(
+        self, seq: list[int], k: int | GuessCounts, params: SamplingParams, rng
+    ) -> tuple[list, list]:
+        counts = GuessCounts.of(k)
         # A copy needs no room in the draft's cache (only the target's, which k allows for);
         # the draft's cache catches up at its next call.
-        copied = self.lookup.copy(seq, k, DRAFT_LOOKUP_NGRAM) if self.lookup and k > 0 else []
-        if copied:
-            return copied, [None] * len(copied)
-        k = min(k, self.lm.context - len(seq))
+        if self.lookup is not None:
+            copied = self.lookup.copy(seq, counts.k("copy"), DRAFT_LOOKUP_NGRAM)
+            if copied:
+                return copied, [None] * len(copied)
+        if self.corpus is not None:
+            found = self.corpus.continuation(seq, min(counts.k("corpus"), CORPUS_GUESSES))
+            if found:
+                return found, [None] * len(found)
+        k = min(counts.k("draft"), self.lm.context - len(seq))
         if k <= 0:
             return [], []
         logits = self.cache.prefill(0, np.array(seq[self.length :]), self.length)
@@ -208,11 +277,15 @@ class DraftModel:
         for i in range(k):
             if params.greedy:
                 token, q = int(np.argmax(logits)), None
+                sure = self.min_confidence <= 0 or top_probability(logits) >= self.min_confidence
             else:
                 q = distribution(params, logits)
                 token = int(rng.choice(len(q), p=q))
+                sure = q[token] >= self.min_confidence
             tokens.append(token)
             dists.append(q)
+            if not sure:
+                break
             if i + 1 < k:
                 logits = self.cache.decode(np.array([token]), np.array([self.length]))[0]
                 self.length += 1
@@ -228,6 +301,8 @@ class SpeculativeStats:
     proposed: int = 0
     accepted: int = 0
     target_calls: int = 0
+    # per source of guesses ("copy", "corpus", "draft"): [calls, proposed, accepted]
+    by_source: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def acceptance(self) -> float:
@@ -239,19 +314,19 @@ def speculative_deltas(
     prompt_ids: list[int],
     params: SamplingParams,
     proposer: PromptLookup | CorpusLookup | DraftModel,
-    length: DraftLength | None = None,
+    length: GuessCounts | None = None,
     stats: SpeculativeStats | None = None,
 ) -> Iterator[RowDelta]:
-    """Continue one prompt on ``target`` with ``proposer``'s guesses checked ``length.k``
-    at a time (adapting as it goes); yields text as it is accepted (the last delta has the
-    ``Generation``)."""
+    """Continue one prompt on ``target`` with ``proposer``'s guesses, as many per target
+    call as ``length`` says for their source (adapting as it goes); yields text as it is
+    accepted (the last delta has the ``Generation``)."""
     if not params.logits_only:
         raise ConfigError(
             "speculative decoding applies no repetition/presence/frequency penalties and "
             "records no logprobs; leave them out or load the model without a draft."
         )
     stats = stats if stats is not None else SpeculativeStats()
-    length = length or DraftLength()
+    length = length or GuessCounts()
     # Greedy draws nothing: no generator, and no ``numpy.random`` import (~7 MB resident).
     rng = None if params.greedy else np.random.default_rng(params.seed)
     request = EngineRequest(list(prompt_ids), params, lambda delta: None)
@@ -265,8 +340,8 @@ def speculative_deltas(
             yield delta
             if delta.finish_reason:
                 return
-        room = min(length.k, row.budget - len(row.ids), target.context - len(seq) - 1)
-        guesses, dists = proposer.propose(seq, max(room, 0), params, rng)
+        length.room = max(0, min(row.budget - len(row.ids), target.context - len(seq) - 1))
+        guesses, dists = proposer.propose(seq, length, params, rng)
         chunk = np.array([seq[-1], *guesses])
         checked = cache.extend(0, chunk, len(seq) - 1)  # p after seq[-1] and each guess
         stats.target_calls += 1
@@ -290,6 +365,11 @@ def speculative_deltas(
             token = best[len(guesses)] if best is not None else _pick(params, checked[-1], rng)
             delta = _joined(delta, _take(row, token, seq))
         stats.accepted += kept
+        if guesses and length.source is not None:
+            tally = stats.by_source.setdefault(length.source, [0, 0, 0])
+            tally[0] += 1
+            tally[1] += len(guesses)
+            tally[2] += kept
         length.update(len(guesses), kept)
         proposer.accept(len(seq))
 
@@ -299,7 +379,7 @@ def speculative_generate(
     prompt_ids: list[int],
     params: SamplingParams,
     proposer: PromptLookup | CorpusLookup | DraftModel,
-    length: DraftLength | None = None,
+    length: GuessCounts | None = None,
 ) -> tuple[Generation, SpeculativeStats]:
     """``speculative_deltas`` run to the end: the ``Generation`` and the acceptance."""
     stats = SpeculativeStats()
@@ -353,18 +433,17 @@ class SpeculativeLM:
     ):
         """``k`` guesses per target call to start with, adapting up to ``max_k`` (default
         3 × ``k``; ``max_k=k`` keeps it fixed) — see ``DraftLength``. ``corpus`` (prompt
-        lookup only): where guesses come from when the text has nothing to copy."""
+        lookup, or before a draft model's turn): where guesses come from when the text has
+        nothing to copy."""
         if not supports_engine(target):
             raise ConfigError(
                 "speculative decoding needs the target's gqa graph on ort-cpu (its cache rolls "
                 "back by a length change): export with the default settings and load it with "
                 "backend='ort-cpu'."
             )
-        DraftLength(k, max_k)  # refuses a bad pair now, not mid-request
+        GuessCounts(k, max_k)  # refuses a bad pair now, not mid-request
         if draft is not None:
             check_draft(draft, target)
-            if corpus is not None:
-                raise ConfigError("a lookup corpus goes with prompt lookup, not a draft model.")
         self.target, self.draft, self.k, self.max_k = target, draft, k, max_k
         self.corpus = corpus
         self.last_stats = SpeculativeStats()
@@ -374,17 +453,18 @@ class SpeculativeLM:
 
     @property
     def proposer_name(self) -> str:
+        corpus = "" if self.corpus is None else " + corpus"
         if self.draft is not None:
-            return f"draft model {self.draft.variant} + prompt lookup"
-        return "prompt lookup" if self.corpus is None else "prompt + corpus lookup"
+            return f"draft model {self.draft.variant} + prompt lookup{corpus}"
+        return f"prompt{corpus} lookup"
 
-    def length(self) -> DraftLength:
-        """A fresh guess-count schedule (one per request)."""
-        return DraftLength(self.k, self.max_k)
+    def length(self) -> GuessCounts:
+        """Fresh guess-count schedules (one set per request)."""
+        return GuessCounts(self.k, self.max_k)
 
     def _proposer(self) -> PromptLookup | CorpusLookup | DraftModel:
         if self.draft is not None:
-            return DraftModel(self.draft, self.target)
+            return DraftModel(self.draft, self.target, corpus=self.corpus)
         return PromptLookup() if self.corpus is None else CorpusLookup(self.corpus)
 
     def deltas(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[RowDelta]:
