@@ -26,7 +26,13 @@ from edgezoo import atomic, runtime
 from edgezoo.runtime.backends import cache_root
 from edgezoo.runtime.corpus_lookup import CORPUS_GUESSES, MIN_NGRAM, load_index
 from edgezoo.runtime.sampling import SamplingParams
-from edgezoo.runtime.speculative import MIN_CONFIDENCE, DraftLength, SpeculativeLM
+from edgezoo.runtime.speculative import (
+    MIN_CONFIDENCE,
+    DraftLength,
+    DraftModel,
+    GuessCounts,
+    SpeculativeLM,
+)
 from edgezoo.zoo.data import is_validation, iter_documents
 
 RESULTS = Path(__file__).parent / "results"
@@ -56,6 +62,30 @@ def training_corpus(folder: Path) -> Path:
                     (tmp / f"{i:05d}.txt").write_text(text, encoding="utf-8")
             (tmp / ".done").write_text("")
     return folder
+
+
+class OneCount(GuessCounts):
+    """The guess count before each source kept its own: one schedule for every source."""
+
+    def k(self, source: str) -> int:
+        k = super().k("any")
+        self.source = source  # the tallies still name it
+        return k
+
+    def update(self, proposed: int, accepted: int) -> None:
+        self.source = self.source and "any"
+        super().update(proposed, accepted)
+
+
+class Unguarded(SpeculativeLM):
+    """A draft proposer as it was before: one guess count for copies and the draft model,
+    and the draft guessing on however unsure it is (``--ablate``)."""
+
+    def length(self) -> GuessCounts:
+        return OneCount(self.k, self.max_k)
+
+    def _proposer(self) -> DraftModel:
+        return DraftModel(self.draft, self.target, corpus=self.corpus, min_confidence=0)
 
 
 def time_method(model, prompt_ids: list[int], params: SamplingParams) -> tuple[float, list, dict]:
@@ -146,6 +176,10 @@ def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> d
         label = draft_label(path, args.target, draft.variant)
         drafts[label] = draft.variant
         methods[label] = SpeculativeLM(paired, draft, k=args.k, max_k=max_k)
+        if args.ablate:
+            methods[f"{label}, one count, no confidence stop"] = Unguarded(
+                paired, draft, k=args.k, max_k=max_k
+            )
         if args.corpus:
             methods[f"{label} + corpus"] = SpeculativeLM(
                 paired, draft, k=args.k, max_k=max_k, corpus=corpus
@@ -246,6 +280,12 @@ def main(argv: list[str] | None = None) -> None:
         "corpus' training split, written under runs/; '' for none)",
     )
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--ablate",
+        action="store_true",
+        help="also time each draft as the proposer ran before: one guess count for every "
+        "source, no stop on an unsure guess",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
         "--peer",

@@ -509,7 +509,7 @@ def test_benchmark_puts_each_method_beside_a_peer_on_the_same_weights(
     bench.main(
         [
             *("--target", str(target_dir), "--draft", str(draft_dir), "--variants", "gqa"),
-            *("--prompts", "2", "--max-new-tokens", "8", "--rounds", "1", "--k", "2"),
+            *("--prompts", "2", "--max-new-tokens", "8", "--rounds", "1", "--k", "2", "--ablate"),
             *("--peer", "edgezoo", "--work", str(tmp_path / "work"), "--out", str(out)),
         ]
     )
@@ -521,6 +521,7 @@ def test_benchmark_puts_each_method_beside_a_peer_on_the_same_weights(
     for method, rate in row["tokens_per_s"].items():
         assert peer["vs_peer"][method] == pytest.approx(rate / peer["tokens_per_s"])
         assert row["identical_greedy_text"][method] is True
+    assert any(m.endswith("one count, no confidence stop") for m in row["tokens_per_s"])
     table = out.with_suffix(".md").read_text()
     assert "| gqa | edgezoo (same weights) |" in table
     for method, totals in row["guess_sources"].items():  # every guess has a source
