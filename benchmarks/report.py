@@ -66,6 +66,12 @@ SECTIONS = [
         "speculative_small_int4draft.md",
     ),
     (
+        "speculative-small-avx2",
+        "Speculative decoding on an AVX2-only host: a `small` target trained 500 steps, the "
+        "demo model as the draft, with and without the corpus, and as the proposer ran before",
+        "speculative_small_avx2.md",
+    ),
+    (
         "call-cost",
         "What a call of several tokens costs against one, per variant (the price of checking "
         "speculative guesses)",
@@ -76,6 +82,12 @@ SECTIONS = [
         "Beside ONNX Runtime GenAI, nano → medium × fp32/int8/int4: decode step, TTFT at 32 "
         "and 512 tokens, peak memory of fresh processes",
         "peers_genai.md",
+    ),
+    (
+        "peers-genai-avx2",
+        "Beside ONNX Runtime GenAI on an AVX2-only host (AMD EPYC: no AVX-512, VNNI or AMX), "
+        "the same table",
+        "peers_genai_avx2.md",
     ),
     (
         "int8-forms",

@@ -148,14 +148,38 @@ def test_per_row_int8_logits_do_not_depend_on_the_call(int8_target):
     ]
     together = np.stack([r[0] for r in rows])
     np.testing.assert_allclose(together, single, atol=0.05 * np.abs(single).max())
-    # the plain loop's batches and the serving engine decode per-row graphs too
+    # the plain loop's batches and the serving engine decode per-row graphs too: a row's
+    # text is the prompt's own, up to a near-tie that rounding may flip (seen on an AVX2
+    # host: a batch row's int8 activations round differently from the prompt's alone)
     params = SP(temperature=0, max_new_tokens=30, ignore_eos=True)
     ids = [int8_target.encode([p])[0] for p in PROMPTS[:2]]
     want = [int8_target.generate_ids([i], params)[0].token_ids for i in ids]
-    assert [g.token_ids for g in int8_target.generate_ids(ids, params)] == want
+    batched = int8_target.generate_ids(ids, params)
+    for prompt, alone, got in zip(ids, want, batched, strict=True):
+        _same_up_to_a_near_tie(int8_target, prompt, alone, got.token_ids)
     short = SP(temperature=0, max_new_tokens=10, ignore_eos=True)  # leaves the other alone
     engine = int8_target.generate_each(ids, [params, short])
-    assert [g.token_ids for g in engine] == [want[0], want[1][:10]]
+    for prompt, alone, got in zip(ids, [want[0], want[1][:10]], engine, strict=True):
+        _same_up_to_a_near_tie(int8_target, prompt, alone, got.token_ids)
+
+
+NEAR_TIE = 0.25  # logits this close may swap when int8 rounding moves them (0.01-0.1 seen)
+
+
+def _same_up_to_a_near_tie(lm, prompt: list[int], alone: list[int], got: list[int]) -> None:
+    """``got`` is ``alone``, or equal to it up to a token where ``alone``'s two best
+    logits were within ``NEAR_TIE`` and ``got`` took the other one."""
+    from edgezoo.runtime.slot_cache import SlotCache
+
+    assert len(got) == len(alone)
+    if got == alone:
+        return
+    i = next(j for j, (a, b) in enumerate(zip(alone, got, strict=True)) if a != b)
+    cache = SlotCache(lm.session, 1, lm.context, lm.decode_rows)
+    logits = cache.extend(0, np.array(prompt + alone[:i]), 0)[-1]
+    first, second = np.argsort(logits)[::-1][:2]
+    assert {alone[i], got[i]} == {int(first), int(second)}, (i, alone[i], got[i])
+    assert logits[first] - logits[second] < NEAR_TIE
 
 
 def test_corpus_lookup_keeps_greedy_text_and_adds_accepted_guesses(target, tmp_path):
