@@ -72,8 +72,9 @@ class GuessCounts:
     adapting to how often its own guesses hold, and never more than ``room`` (what the
     request's budget and the context leave).
 
-    One schedule for all let a run of copied code (kept whole, so growing to 12) hand its
-    length to the draft model's next turn: 12 draft steps, of which a couple held."""
+    With one schedule for all, a run of copied code (kept whole, so growing to 12) handed
+    its length to the draft model's next turn: up to 12 draft steps, each a draft-model
+    call, on guesses that hold far less often than copies."""
 
     def __init__(self, start: int = DEFAULT_DRAFT_TOKENS, most: int | None = None) -> None:
         template = DraftLength(start, most)  # refuses a bad pair now
