@@ -89,6 +89,15 @@ def test_dynamic_int8_gqa_graph_quantizes_its_tied_head(lm_dir):
     assert entry["quantization"]["activation_scales"] == "per row" and entry["decode_rows"] == 2
     assert variants["int8"]["quantization"]["activation_scales"] == "per call"
     assert "decode_rows" not in variants["int8"]
+    # 7-bit weights: AVX2's int8 kernel adds product pairs in 16 bits (see int8_dynamic)
+    full = onnx.load(str(lm_dir / "onnx" / entry["file"]))
+    codes = [
+        onnx.numpy_helper.to_array(i)
+        for i in full.graph.initializer
+        if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2
+    ]
+    assert codes and max(int(np.abs(c.astype(np.int32)).max()) for c in codes) <= 64
+    assert entry["quantization"]["weight_bits"] == 7
     rivals = ("gqa-int8", "gqa-int8-dynamic")
     for use in ("requests", "multi-token calls", "batched decode"):  # one preferred form each
         chosen = [n for n in rivals if use in variants[n].get("preferred", {}).get("ort-cpu", [])]
