@@ -44,8 +44,9 @@ def register(subparsers: Any) -> None:
         "--block-size",
         type=_block_size,
         default=AUTO_BLOCK,
-        help="weight-only block size: 16, 32, 64, 128, 256 or auto (default: int4 blocks of "
-        "32; int8 per matrix, the widest of these dividing its input dimension)",
+        help="weight-only block size: 16, 32, 64, 128, 256 or auto (default: int4 and an "
+        "encoder-decoder's int8 in blocks of 32; an LM's int8 per matrix, the widest of these "
+        "dividing its input dimension)",
     )
     s.add_argument(
         "--asymmetric",
