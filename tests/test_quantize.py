@@ -305,7 +305,9 @@ def test_int8_static_for_tensorrt_is_symmetric(lm_dir, text_corpus):
     variants = quantize_model(
         lm_dir,
         "int8-static",
-        QuantizeOptions(data=str(text_corpus), calibration_samples=4, for_tensorrt=True),
+        QuantizeOptions(
+            data=str(text_corpus), calibration_samples=4, for_tensorrt=True, speed_rounds=1
+        ),
     )
     entry = variants["int8-static-trt"]
     assert "ort-trt" in entry["backends"] and entry["quantization"]["symmetric_activations"]
@@ -333,7 +335,9 @@ def test_classifier_int8(tmp_path, tokenizer, labelled_csv):
     save_model_dir(build_model(cfg).eval(), tmp_path)
     save_tokenizer(tokenizer, tmp_path, 128)
     to_onnx(tmp_path)
-    variants = quantize_model(tmp_path, "int8", QuantizeOptions(data=str(labelled_csv)))
+    variants = quantize_model(
+        tmp_path, "int8", QuantizeOptions(data=str(labelled_csv), speed_rounds=1)
+    )
     assert (
         0 <= variants["int8"]["quality"]["accuracy"] <= 1
         and "classify_ms_p50" in variants["int8"]["latency"]
