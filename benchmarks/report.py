@@ -90,6 +90,12 @@ SECTIONS = [
         "peers_genai_avx2.md",
     ),
     (
+        "peers-genai-avx512",
+        "Beside ONNX Runtime GenAI on an AMD host with AVX-512 and VNNI (no AMX), nano → "
+        "medium, prompts of 32 and 512 tokens",
+        "peers_genai_avx512.md",
+    ),
+    (
         "int8-forms",
         "The two int8 graphs (weight-only MatMulNBits, dynamic MatMulInteger with per-token scales) beside GenAI's int8: "
         "decode, TTFT, memory, multi-token call cost",
