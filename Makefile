@@ -71,7 +71,8 @@ bench-results: setup
 	$(BIN)/python -m benchmarks.bench --sizes nano,micro,mini,small,medium --precisions fp32,int8,int4 --batches 1 --prompts 32 --repeats 3 --work runs/bench \
 		--peers ort-genai,ort-genai:int8,ort-genai:int4 --peer-prompts 32,512 --out benchmarks/results/peers_genai
 	# On an AVX-512 host without AMX, the same peers_genai line with
-	# --out benchmarks/results/peers_genai_avx512.
+	# --out benchmarks/results/peers_genai_avx512, and the speculative_small line (after the
+	# recipe above) with --variants gqa,gqa-int8-dynamic --out benchmarks/results/speculative_small_avx512.
 	# On an AVX2-only host (no AVX-512/VNNI/AMX), the same peers_genai line with
 	# --out benchmarks/results/peers_genai_avx2, and, after training runs/spec-small-base as above:
 	# benchmarks.speculative --target runs/spec-small-base --draft runs/demo --draft-variant gqa

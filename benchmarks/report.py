@@ -72,6 +72,12 @@ SECTIONS = [
         "speculative_small_avx2.md",
     ),
     (
+        "speculative-small-avx512",
+        "Speculative decoding on an AMD AVX-512/VNNI host: the full `small` recipe (500 + 500 "
+        "bf16 steps), the demo and the distilled `nano` as drafts, with and without the corpus",
+        "speculative_small_avx512.md",
+    ),
+    (
         "call-cost",
         "What a call of several tokens costs against one, per variant (the price of checking "
         "speculative guesses)",
