@@ -127,6 +127,7 @@ def quantize_model(
     needs_data = measure_all or to == "int8-static" or s2s  # s2s: the logit check's sources
     ev = eval_data(model_dir, opts.data) if needs_data else EvalData()
     onnx_dir = manifest.onnx_dir(model_dir)
+    graph_opts = s2s_options(opts) if s2s else opts  # what each s2s graph is quantized with
     for name, source, method in jobs:
         src_entry = manifest.read(model_dir)["variants"][source]
         if s2s:
@@ -135,7 +136,7 @@ def quantize_model(
                 name,
                 source,
                 method,
-                lambda src, dst, m=method: _make(src, dst, m, s2s_options(opts), model_dir, ev),
+                lambda src, dst, m=method: _make(src, dst, m, graph_opts, model_dir, ev),
                 opts.logit_tolerance,
                 _precision(method),
                 _backends(src_entry, method, opts),
