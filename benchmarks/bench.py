@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgezoo import atomic, manifest
+from edgezoo.argtypes import at_least
 from edgezoo.runtime.timing import time_decode
 
 if TYPE_CHECKING:
@@ -227,7 +228,13 @@ def run(
     peers: list[str],
     work: Path,
     peer_prompts: tuple[int, ...] = (32,),
+    peer_rounds: int = 1,
 ) -> dict:
+    """Time every size × precision × batch × prompt, then each peer beside edgezoo.
+
+    The peer rows are measured ``peer_rounds`` times, round after round over the whole
+    list (not one row's rounds back to back): a noisy minute then lands on every row once,
+    and each row reports the median of its rounds with the spread of its per-round ratios."""
     from rich.progress import Progress
 
     from edgezoo.zoo.presets import count_params, make_config
@@ -239,11 +246,13 @@ def run(
         "copy_bandwidth_gbs": copy_bandwidth_gbs(threads),
         "runs": [],
         "peers": [],
+        "peer_rounds": peer_rounds,
     }
     bw = results["copy_bandwidth_gbs"]
     jobs = [(s, p, b, n) for s in sizes for p in precisions for b in batches for n in prompts]
     with Progress() as progress:
-        task = progress.add_task("bench", total=len(jobs) + len(sizes) * len(peers))
+        peer_jobs = [(s, peer, n) for s in sizes for peer in peers for n in peer_prompts]
+        task = progress.add_task("bench", total=len(jobs) + len(peer_jobs) * peer_rounds)
         prepared: dict[str, Path] = {}
         for size, precision, batch, prompt in jobs:
             if size not in prepared:
@@ -262,25 +271,27 @@ def run(
             row["ratio_to_floor"] = row["decode_ms_p50"] / row["floor_ms"]
             results["runs"].append(row)
             progress.advance(task)
-        own_fresh: dict[tuple[Path, str, int], PeerResult] = {}
-        for size in sizes:
-            for peer in peers:
-                for prompt in peer_prompts:
-                    progress.update(task, description=f"{size} peer {peer} p{prompt}")
-                    results["peers"].append(
-                        _peer_row(
-                            peer,
-                            prepared[size],
-                            size,
-                            prompt,
-                            new_tokens,
-                            threads,
-                            repeats,
-                            work,
-                            own_fresh,
-                        )
+        rounds: list[list[dict]] = []
+        for r in range(peer_rounds):
+            own_fresh: dict[tuple[Path, str, int], PeerResult] = {}  # fresh per round
+            rounds.append([])
+            for size, peer, prompt in peer_jobs:
+                progress.update(task, description=f"{size} peer {peer} p{prompt} round {r + 1}")
+                rounds[-1].append(
+                    _peer_row(
+                        peer,
+                        prepared[size],
+                        size,
+                        prompt,
+                        new_tokens,
+                        threads,
+                        repeats,
+                        work,
+                        own_fresh,
                     )
+                )
                 progress.advance(task)
+        results["peers"] = [median_of_rounds(list(row)) for row in zip(*rounds, strict=True)]
     return results
 
 
@@ -357,6 +368,40 @@ def _peer_row(
     return result
 
 
+RATIOS = ("speedup_vs_peer", "speedup_vs_peer_fresh", "ttft_speedup_vs_peer")
+
+
+def median_of_rounds(rows: list[dict]) -> dict:
+    """One peer row from its rounds: each time the median of the rounds that have it, each
+    ratio the median of the per-round ratios (each round's pair was timed together, so a
+    paired ratio is not thrown off by a slow minute the way a ratio of medians is), its
+    per-round values kept beside it (``<ratio>_rounds``), and the fewest equal tokens."""
+    if len(rows) == 1:
+        return rows[0]
+    row = dict(rows[0])
+    for key, value in rows[0].items():
+        if isinstance(value, float) or value is None:
+            values = [r[key] for r in rows if r.get(key) is not None]
+            row[key] = statistics.median(values) if values else None
+    for key in RATIOS:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        if values:
+            row[key + "_rounds"] = values
+    row["greedy_agreement"] = min(r["greedy_agreement"] for r in rows)
+    row["available"] = all(r["available"] for r in rows)
+    row["rounds"] = len(rows)
+    return row
+
+
+def _ratio(p: dict, key: str) -> str:
+    """A ratio, with the range of its rounds when it had more than one."""
+    text = _num(p.get(key), ".2f", "×")
+    spread = p.get(key + "_rounds")
+    if spread and len(spread) > 1:
+        text += f" ({min(spread):.2f}–{max(spread):.2f})"
+    return text
+
+
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [
@@ -379,7 +424,13 @@ def markdown(results: dict) -> str:
             "Peers, batch 1, same weights, same run (peer ÷ edgezoo > 1 means edgezoo is faster). "
             "edgezoo ms/token: in this process, before and after the peer; edgezoo fresh: run exactly like the peer (a fresh process, the same timing code). "
             "TTFT: the prompt's prefill and first token. "
-            "Peak RSS: the high-water mark of a fresh process that loads the model and decodes, for the peer and for edgezoo alike:",
+            "Peak RSS: the high-water mark of a fresh process that loads the model and decodes, for the peer and for edgezoo alike"
+            + (
+                f". Medians of {results['peer_rounds']} interleaved rounds (every row once per round); "
+                "in brackets the lowest and highest of a ratio's rounds:"
+                if results.get("peer_rounds", 1) > 1
+                else ":"
+            ),
             "",
             "| size | peer | precision | prompt | peer ms/token | edgezoo ms/token | peer ÷ edgezoo | edgezoo fresh ms/token | peer ÷ edgezoo fresh | peer TTFT ms | edgezoo TTFT ms | TTFT peer ÷ edgezoo | greedy tokens equal | peer peak RSS MB | edgezoo peak RSS MB | note |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -392,9 +443,9 @@ def markdown(results: dict) -> str:
             if p["available"]:
                 lines.append(
                     f"{head} {p['decode_ms_per_token_p50']:.2f} | {ours} | "
-                    f"{_num(p.get('speedup_vs_peer'), '.2f', '×')} | {fresh} | "
-                    f"{_num(p.get('speedup_vs_peer_fresh'), '.2f', '×')} | {_num(p.get('ttft_ms'), '.1f')} | "
-                    f"{our_ttft} | {_num(p.get('ttft_speedup_vs_peer'), '.2f', '×')} | {p['greedy_agreement']} | "
+                    f"{_ratio(p, 'speedup_vs_peer')} | {fresh} | "
+                    f"{_ratio(p, 'speedup_vs_peer_fresh')} | {_num(p.get('ttft_ms'), '.1f')} | "
+                    f"{our_ttft} | {_ratio(p, 'ttft_speedup_vs_peer')} | {p['greedy_agreement']} | "
                     f"{_mb(p.get('peak_rss_mb'))} | {_mb(p.get('edgezoo_peak_rss_mb'))} | {p['note'][:60]} |"
                 )
             else:
@@ -503,6 +554,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="32",
         help="prompt lengths of the peer rows (their TTFT is the prompt's prefill), e.g. 32,512",
     )
+    p.add_argument(
+        "--peer-rounds",
+        type=at_least(1),
+        default=1,
+        help="measure every peer row this many times, round after round over all rows, and "
+        "report medians with the spread of each ratio (on a noisy host: 3 or more)",
+    )
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=2, help="fixed for every runtime and recorded")
     p.add_argument("--repeats", type=int, default=3)
@@ -537,6 +595,7 @@ def main(args: argparse.Namespace) -> int:
         split(args.peers),
         Path(args.work),
         tuple(int(x) for x in split(args.peer_prompts)),
+        args.peer_rounds,
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 
@@ -23,6 +24,7 @@ def test_bench_writes_json_table_and_plot(tmp_path):
         peers=["edgezoo"],  # our own runtime in a fresh process: a peer with no extra install
         work=tmp_path / "work",
         peer_prompts=(16, 40),
+        peer_rounds=2,  # every peer row twice, round after round
     )
     assert results["copy_bandwidth_gbs"] > 0 and results["machine"]["cores"] >= 1
     assert len(results["runs"]) == 4
@@ -37,12 +39,13 @@ def test_bench_writes_json_table_and_plot(tmp_path):
     assert variants["gqa-int4"]["quantization"]["lm_head_bits"] == 4
     assert variants["gqa-int8"]["quantization"].get("lm_head_bits", 8) == 8
     assert [p["prompt"] for p in results["peers"]] == [16, 40]
+    assert all(p["rounds"] == 2 and len(p["speedup_vs_peer_rounds"]) == 2 for p in results["peers"])
     for p in results["peers"]:  # the same runtime and graph: the same tokens
         assert p["available"] and p["greedy_agreement"] == 8, p["note"]
         assert p["ttft_ms"] > 0 and p["edgezoo_ttft_ms"] > 0 and p["peak_rss_mb"] > 0
-        assert p["ttft_speedup_vs_peer"] == pytest.approx(p["ttft_ms"] / p["edgezoo_ttft_ms"])
-        fresh = p["edgezoo_fresh_decode_ms_p50"]
-        assert p["speedup_vs_peer_fresh"] == pytest.approx(p["decode_ms_per_token_p50"] / fresh)
+        for ratio in ("ttft_speedup_vs_peer", "speedup_vs_peer_fresh", "speedup_vs_peer"):
+            # paired per round: the median of the rounds' ratios, not a ratio of medians
+            assert p[ratio] == pytest.approx(statistics.median(p[ratio + "_rounds"]))
     table = bench.markdown(results)
     assert "| nano | edgezoo | fp32 | 40 |" in table
     assert "| nano | 1.1M | int4 | 2 | 16 |" in table and "random-init" in table
@@ -79,3 +82,33 @@ def test_pareto_front_drops_dominated_points():
     }
     front = pareto(bench, {"a": 3.0, "b": 2.5})
     assert {(p["size"], p["precision"]) for p in front} == {("a", "int4"), ("b", "int4")}
+
+
+def test_peer_rounds_report_medians_of_paired_ratios_and_their_spread():
+    """Three rounds of one peer row: each time is the median of its rounds, each ratio the
+    median of the per-round ratios (not the ratio of the medians), shown with its range."""
+    rounds = [
+        {"peer": "ort-genai", "precision": "int4", "size": "small", "prompt": 32,
+         "available": True, "note": "", "decode_ms_per_token_p50": peer,
+         "edgezoo_decode_ms_p50": ours, "edgezoo_fresh_decode_ms_p50": ours,
+         "speedup_vs_peer": peer / ours, "speedup_vs_peer_fresh": peer / ours,
+         "ttft_ms": 10.0, "edgezoo_ttft_ms": 8.0, "ttft_speedup_vs_peer": 1.25,
+         "peak_rss_mb": 200.0, "edgezoo_peak_rss_mb": rss, "greedy_agreement": agree}
+        for peer, ours, rss, agree in [(4.0, 2.0, 180.0, 128), (2.0, 1.0, 190.0, 127), (3.0, 5.0, 170.0, 128)]
+    ]  # fmt: skip
+    row = bench.median_of_rounds(rounds)
+    assert row["decode_ms_per_token_p50"] == 3.0 and row["edgezoo_decode_ms_p50"] == 2.0
+    assert row["speedup_vs_peer"] == 2.0  # median of 2.0, 2.0, 0.6, where 3.0 / 2.0 is 1.5
+    assert row["speedup_vs_peer_rounds"] == [2.0, 2.0, 0.6]
+    assert row["edgezoo_peak_rss_mb"] == 180.0 and row["greedy_agreement"] == 127
+    assert row["rounds"] == 3 and bench.median_of_rounds(rounds[:1]) is rounds[0]
+    assert bench._ratio(row, "speedup_vs_peer") == "2.00× (0.60–2.00)"
+    results = {
+        "machine": {"cpu": "x", "cores": 2, "memory_gb": 1, "onnxruntime": "1", "torch": "2",
+                    "date": "today"},
+        "threads": 2, "copy_bandwidth_gbs": 30.0, "weights": "random", "runs": [],
+        "peers": [row], "peer_rounds": 3,
+    }  # fmt: skip
+    table = bench.markdown(results)
+    assert "Medians of 3 interleaved rounds" in table
+    assert "| small | ort-genai | int4 | 32 | 3.00 | 2.00 | 2.00× (0.60–2.00) |" in table
