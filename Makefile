@@ -69,7 +69,7 @@ bench-results: setup
 	$(BIN)/edgezoo quantize runs/draft/nano-kl0.7 --to int4
 	$(BIN)/python -m benchmarks.speculative --target runs/spec-small --draft runs/demo,runs/draft/nano-kl0.7,runs/spec-small --draft-variant gqa-int4 --variants gqa,gqa-int8,gqa-int8-dynamic,gqa-int4 --corpus builtin --rounds 5 --out benchmarks/results/speculative_small_int4draft
 	$(BIN)/python -m benchmarks.bench --sizes nano,micro,mini,small,medium --precisions fp32,int8,int4 --batches 1 --prompts 32 --repeats 3 --work runs/bench \
-		--peers ort-genai,ort-genai:int8,ort-genai:int4 --peer-prompts 32,512 --out benchmarks/results/peers_genai
+		--peers ort-genai,ort-genai:int8,ort-genai:int4 --peer-prompts 32,512 --peer-rounds 3 --out benchmarks/results/peers_genai
 	# On an AVX-512 host without AMX, the same peers_genai line with
 	# --out benchmarks/results/peers_genai_avx512, and the speculative_small line (after the
 	# recipe above) with --variants gqa,gqa-int8-dynamic --out benchmarks/results/speculative_small_avx512.
