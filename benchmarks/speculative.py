@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from edgezoo import atomic, runtime
+from edgezoo.runtime.api import one_thread_draft
 from edgezoo.runtime.backends import cache_root
 from edgezoo.runtime.corpus_lookup import CORPUS_GUESSES, MIN_NGRAM, load_index
 from edgezoo.runtime.sampling import SamplingParams
@@ -157,32 +158,40 @@ def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> d
         methods["prompt + corpus lookup"] = SpeculativeLM(
             target, None, k=args.k, max_k=max_k, corpus=corpus
         )
-    drafts, paths = {}, list(filter(None, args.draft.split(",")))
-    # A target and a draft model run in turns, each pool asleep once its run is over (as
-    # runtime.load(draft=DIR) loads them): a second instance of the target for them; the
-    # rows above measure the target as a plain load runs it.
-    paired = (
-        runtime.load(
-            args.target, backend="ort-cpu", variant=variant, threads=args.threads, takes_turns=True
-        )
-        if paths
-        else None
-    )
+    drafts, draft_threads, paths = {}, {}, list(filter(None, args.draft.split(",")))
+    paired = None  # a second instance of the target, for drafts with a thread pool
     for path in paths:
         draft_variant = variant if args.draft_variant == "same" else args.draft_variant
+        threads = one_thread_draft(path, draft_variant, args.threads, args.draft_threads)
+        # As runtime.load(draft=DIR) loads them: a one-thread draft beside the target's own
+        # (spinning) pool; a draft with a pool and a second instance of the target in turns,
+        # each pool asleep once its run is over.
+        if threads != 1 and paired is None:
+            paired = runtime.load(
+                args.target,
+                backend="ort-cpu",
+                variant=variant,
+                threads=args.threads,
+                takes_turns=True,
+            )
+        checker = target if threads == 1 else paired
         draft = runtime.load(
-            path, backend="ort-cpu", variant=draft_variant, threads=args.threads, takes_turns=True
+            path,
+            backend="ort-cpu",
+            variant=draft_variant,
+            threads=threads,
+            takes_turns=threads != 1,
         )
         label = draft_label(path, args.target, draft.variant)
-        drafts[label] = draft.variant
-        methods[label] = SpeculativeLM(paired, draft, k=args.k, max_k=max_k)
+        drafts[label], draft_threads[label] = draft.variant, threads
+        methods[label] = SpeculativeLM(checker, draft, k=args.k, max_k=max_k)
         if args.ablate:
             methods[f"{label}, one count, no confidence stop"] = Unguarded(
-                paired, draft, k=args.k, max_k=max_k
+                checker, draft, k=args.k, max_k=max_k
             )
         if args.corpus:
             methods[f"{label} + corpus"] = SpeculativeLM(
-                paired, draft, k=args.k, max_k=max_k, corpus=corpus
+                checker, draft, k=args.k, max_k=max_k, corpus=corpus
             )
     params = SamplingParams(temperature=0, max_new_tokens=args.max_new_tokens, ignore_eos=True)
     encoded = [target.encode([p])[0] for p in prompts]
@@ -224,6 +233,7 @@ def run_variant(args: argparse.Namespace, variant: str, prompts: list[str]) -> d
         "variant": variant,
         "target_variant": target.variant,
         "draft_variants": drafts,
+        "draft_threads": draft_threads,
         "identical_greedy_text": identical,
         "tokens_per_s": {m: statistics.median(r) for m, r in rates.items()},
         "rounds_tokens_per_s": rates,
@@ -288,6 +298,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
+        "--draft-threads",
+        type=int,
+        default=None,
+        help="the drafts' threads (default: runtime.load's rule, 1 for a small draft)",
+    )
+    p.add_argument(
         "--peer",
         default="ort-genai",
         help="the runtime to compare with on the same target weights ('' for none)",
@@ -318,6 +334,21 @@ def main(argv: list[str] | None = None) -> None:
     atomic.write_json(Path(args.out).with_suffix(".json"), result)
     atomic.write_text(Path(args.out).with_suffix(".md"), table(result))
     print(table(result))
+
+
+def draft_threads(result: dict) -> str:
+    """How the rows' drafts shared the cores with the target."""
+    counts = {n for row in result["rows"] for n in row.get("draft_threads", {}).values()}
+    one = "a one-thread draft runs beside the target's own pool (as a plain load runs it)"
+    pooled = (
+        "a draft with a thread pool and the target take turns on the cores (each one's "
+        "threads stop spinning when its run returns; a second instance of the target)"
+    )
+    if not counts:  # results from before drafts had their own thread count
+        return pooled
+    return "; ".join(
+        one if n == 1 else f"{pooled}, the draft on {n} threads" for n in sorted(counts)
+    )
 
 
 def draft_variants(result: dict) -> str:
@@ -386,9 +417,8 @@ def table(result: dict) -> str:
     if result.get("draft"):
         lines.append(
             "Draft rows: what followed an earlier match of the text's last 2-3 tokens is copied "
-            "(as prompt lookup), and the draft model guesses only when there is none; target and "
-            "draft take turns on the cores (each one's threads stop spinning when its run "
-            "returns; a second instance of the target). The draft stops guessing after a "
+            "(as prompt lookup), and the draft model guesses only when there is none; "
+            f"{draft_threads(result)}. The draft stops guessing after a "
             f"token it gives less than {MIN_CONFIDENCE:.0%}; each source of guesses (copy, "
             'corpus, draft) keeps its own count. "+ corpus": the corpus is tried before the '
             "draft model."

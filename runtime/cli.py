@@ -43,8 +43,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_speculative_arguments(parser: argparse.ArgumentParser) -> None:
-    """--draft / --prompt-lookup / --draft-variant / --lookup-corpus / --draft-tokens /
-    --max-draft-tokens, shared by generate and serve."""
+    """--draft / --prompt-lookup / --draft-variant / --draft-threads / --lookup-corpus /
+    --draft-tokens / --max-draft-tokens, shared by generate and serve."""
     speculate = parser.add_mutually_exclusive_group()
     speculate.add_argument(
         "--draft",
@@ -64,6 +64,14 @@ def add_speculative_arguments(parser: argparse.ArgumentParser) -> None:
         help="the --draft model's variant, as --variant picks the model's (default: auto). "
         "--draft set to the model's own dir with --draft-variant int4 drafts with its int4 "
         "graph",
+    )
+    parser.add_argument(
+        "--draft-threads",
+        type=argtypes.at_least(0),
+        default=None,
+        metavar="N",
+        help="the --draft model's intra-op threads (default: 1 for a draft of up to 16 MB, "
+        "which then runs beside the model's own threads; else --threads, the two taking turns)",
     )
     parser.add_argument(
         "--lookup-corpus",
@@ -297,6 +305,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         threads=args.threads,
         draft=draft,
         draft_variant=args.draft_variant,
+        draft_threads=args.draft_threads,
         draft_tokens=args.draft_tokens,
         max_draft_tokens=args.max_draft_tokens,
         lookup_corpus=args.lookup_corpus,

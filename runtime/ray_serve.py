@@ -60,6 +60,7 @@ class ReplicaOptions:
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK
     draft: str | None = None  # a draft model dir or "prompt-lookup": speculative decoding
     draft_variant: str = "auto"  # the draft dir's variant
+    draft_threads: int | None = None  # the draft's threads (see runtime.load)
     draft_tokens: int = 4
     max_draft_tokens: int | None = None
     lookup_corpus: str | None = None  # prompt lookup's corpus (see runtime.load)
@@ -193,6 +194,7 @@ def build_app(opts: ReplicaOptions, replica_id: str, cpus_per_replica: float = 1
         max_batch=opts.max_batch,
         draft=opts.draft,
         draft_variant=opts.draft_variant,
+        draft_threads=opts.draft_threads,
         draft_tokens=opts.draft_tokens,
         max_draft_tokens=opts.max_draft_tokens,
         lookup_corpus=opts.lookup_corpus,
@@ -400,6 +402,7 @@ def cmd_serve_ray(args: Any) -> int:
         prefill_chunk=args.prefill_chunk,
         draft=draft_of(args),
         draft_variant=args.draft_variant,
+        draft_threads=args.draft_threads,
         draft_tokens=args.draft_tokens,
         max_draft_tokens=args.max_draft_tokens,
         lookup_corpus=args.lookup_corpus,

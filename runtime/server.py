@@ -135,6 +135,7 @@ def serve(
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     draft: str | Path | None = None,
     draft_variant: str = "auto",
+    draft_threads: int | None = None,
     draft_tokens: int = 4,
     max_draft_tokens: int | None = None,
     lookup_corpus: str | Path | None = None,
@@ -142,7 +143,7 @@ def serve(
     """Load ``model_dir`` and serve it until Ctrl-C / SIGTERM (then finish in-flight work).
 
     ``draft`` (a draft model dir or "prompt-lookup"; ``draft_variant``: the draft dir's
-    variant) decodes speculatively, on static batching: lower latency for a few clients at
+    variant; ``draft_threads``: its threads, see ``runtime.load``) decodes speculatively, on static batching: lower latency for a few clients at
     a time; ``lookup_corpus`` adds guesses from a corpus to prompt lookup (see
     ``runtime.load``)."""
     check_bind(host, api_key)  # before the slow load
@@ -165,6 +166,7 @@ def serve(
         max_batch=max_batch,
         draft=draft,
         draft_variant=draft_variant,
+        draft_threads=draft_threads,
         draft_tokens=draft_tokens,
         max_draft_tokens=max_draft_tokens,
         lookup_corpus=lookup_corpus,
@@ -237,6 +239,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         prefill_chunk=args.prefill_chunk,
         draft=draft_of(args),
         draft_variant=args.draft_variant,
+        draft_threads=args.draft_threads,
         draft_tokens=args.draft_tokens,
         max_draft_tokens=args.max_draft_tokens,
         lookup_corpus=args.lookup_corpus,

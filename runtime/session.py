@@ -78,6 +78,12 @@ def spins(session: ort.InferenceSession) -> bool:
     return _config(session, ALLOW_SPINNING, "1") != "0"
 
 
+def has_pool(session: ort.InferenceSession) -> bool:
+    """Whether ``session`` runs on more threads than the caller's (1 intra-op thread: no
+    pool, every operator on the thread that called ``run``)."""
+    return session.get_session_options().intra_op_num_threads != 1
+
+
 def keeps_spinning(session: ort.InferenceSession) -> bool:
     """Whether ``session``'s threads go on spinning after a run has returned (they take
     cores from whatever runs next in the process)."""

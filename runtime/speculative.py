@@ -32,7 +32,7 @@ from edgezoo.runtime.engine import supports_engine
 from edgezoo.runtime.engine_rows import EngineRequest, Row, RowDelta
 from edgezoo.runtime.language_model import Generation, StreamDelta
 from edgezoo.runtime.sampling import SamplingParams, softmax, top_k_mask, top_p_mask
-from edgezoo.runtime.session import keeps_spinning
+from edgezoo.runtime.session import has_pool, keeps_spinning
 from edgezoo.runtime.slot_cache import SlotCache
 
 DEFAULT_DRAFT_TOKENS = 4  # guesses per target call at the start
@@ -199,17 +199,20 @@ def top_probability(logits: np.ndarray) -> float:
 
 
 def check_draft(draft: Any, target: Any) -> None:
-    """A draft must run like the target (gqa on ort-cpu) and share its vocabulary; neither
-    model's threads should go on spinning after its runs (a warning says how to load them)."""
+    """A draft must run like the target (gqa on ort-cpu) and share its vocabulary. A draft
+    with a thread pool must take turns with the target: neither's threads should go on
+    spinning after its runs (a warning says how to load them). A one-thread draft has no
+    pool: it runs on the calling thread, beside whatever the target's pool does."""
     if not supports_engine(draft):
         raise ConfigError("the draft model must run its gqa graph on ort-cpu, as the target.")
-    spinning = [n for n, m in (("draft", draft), ("target", target)) if keeps_spinning(m.session)]
-    if spinning:
+    pairs = (("draft", draft), ("target", target))
+    spinning = [n for n, m in pairs if keeps_spinning(m.session)]
+    if spinning and has_pool(draft.session):
         warnings.warn(
             f"the {' and '.join(spinning)} model's threads go on spinning after its runs and "
             "take the cores the other model runs on next (speculative decoding 1.4x slower on "
-            "2 cores): load both with runtime.load(..., takes_turns=True), or pass draft=DIR "
-            "to runtime.load.",
+            "2 cores): load both with runtime.load(..., takes_turns=True), load the draft "
+            "with threads=1, or pass draft=DIR to runtime.load.",
             stacklevel=3,
         )
     if draft.tokenizer.get_vocab() != target.tokenizer.get_vocab():

@@ -16,7 +16,7 @@ from conftest import lively_model_dir
 from edgezoo import runtime
 from edgezoo.errors import ConfigError
 from edgezoo.runtime.sampling import SamplingParams as SP
-from edgezoo.runtime.session import keeps_spinning, spins
+from edgezoo.runtime.session import has_pool, keeps_spinning, spins
 from edgezoo.runtime.speculative import (
     DraftLength,
     DraftModel,
@@ -423,19 +423,27 @@ def test_load_with_a_draft_and_the_errors(target_dir, draft_dir, tmp_path, token
     other.save(str(odd / "tokenizer.json"))
     with pytest.raises(ConfigError, match="tokenizer differs"):
         runtime.load(target_dir, backend="ort-cpu", draft=odd)
-    # Target and draft take turns: their threads spin during a run and stop after it (an
-    # idle pool spinning on takes the cores the other runs on). Pools left spinning, passed
-    # by hand, get a warning that says how to load them.
-    for model in (spec.target, spec.draft):
+    # A small draft runs on one thread, with no pool to take the cores the target's pool
+    # spins on: the target keeps its plain loop's spinning pool.
+    assert not has_pool(spec.draft.session) and keeps_spinning(spec.target.session)
+    # A draft with a pool takes turns with the target: their threads spin during a run and
+    # stop after it (an idle pool spinning on takes the cores the other runs on).
+    pooled = runtime.load(target_dir, backend="ort-cpu", draft=draft_dir, draft_threads=2)
+    for model in (pooled.target, pooled.draft):
+        assert has_pool(model.session)
         assert spins(model.session) and not keeps_spinning(model.session)
+    with pytest.raises(ConfigError, match="draft_threads=-1"):
+        runtime.load(target_dir, backend="ort-cpu", draft=draft_dir, draft_threads=-1)
+    # Pools left spinning, passed by hand, get a warning that says how to load them.
     with pytest.warns(UserWarning, match="draft model's threads go on spinning"):
-        SpeculativeLM(spec.target, runtime.load(draft_dir, backend="ort-cpu"))
+        SpeculativeLM(pooled.target, runtime.load(draft_dir, backend="ort-cpu"))
     turns = runtime.load(draft_dir, backend="ort-cpu", takes_turns=True)
     with pytest.warns(UserWarning, match=r"target model's .*takes_turns=True"):
-        SpeculativeLM(runtime.load(target_dir, backend="ort-cpu"), turns)
+        SpeculativeLM(spec.target, turns)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        SpeculativeLM(spec.target, turns)
+        SpeculativeLM(pooled.target, turns)
+        SpeculativeLM(spec.target, runtime.load(draft_dir, backend="ort-cpu", threads=1))
     with pytest.raises(ConfigError, match="give draft=DIR"):
         runtime.load(target_dir, backend="ort-cpu", draft_variant="gqa")
     fixed = runtime.load(target_dir, backend="ort-cpu", draft=draft_dir, max_draft_tokens=4)
@@ -548,6 +556,9 @@ def test_benchmark_puts_each_method_beside_a_peer_on_the_same_weights(
     assert any(m.endswith("one count, no confidence stop") for m in row["tokens_per_s"])
     table = out.with_suffix(".md").read_text()
     assert "| gqa | edgezoo (same weights) |" in table
+    # a tiny draft runs on one thread beside the target's pool, as runtime.load runs it
+    assert set(row["draft_threads"].values()) == {1}
+    assert "a one-thread draft runs beside the target's own pool" in table
     for method, totals in row["guess_sources"].items():  # every guess has a source
         for key in ("proposed", "accepted"):
             by_source = [v for k, v in totals.items() if k.endswith(f" {key}")]
